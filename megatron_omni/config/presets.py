@@ -1,0 +1,24 @@
+"""Model size presets (Qwen3 shapes from the released configs)."""
+from __future__ import annotations
+
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": dict(num_layers=4, hidden_size=64, ffn_hidden_size=192, num_attention_heads=4,
+                 num_query_groups=2, head_dim=16, max_position_embeddings=4096,
+                 rope_theta=1_000_000.0, tie_embeddings=True),
+    "qwen3-0.6b": dict(num_layers=28, hidden_size=1024, ffn_hidden_size=3072,
+                       num_attention_heads=16, num_query_groups=8, head_dim=128,
+                       vocab_size=151936, max_position_embeddings=40960,
+                       rope_theta=1_000_000.0, tie_embeddings=True),
+    "qwen3-1.7b": dict(num_layers=28, hidden_size=2048, ffn_hidden_size=6144,
+                       num_attention_heads=16, num_query_groups=8, head_dim=128,
+                       vocab_size=151936, max_position_embeddings=40960,
+                       rope_theta=1_000_000.0, tie_embeddings=True),
+    "qwen3-8b": dict(num_layers=36, hidden_size=4096, ffn_hidden_size=12288,
+                     num_attention_heads=32, num_query_groups=8, head_dim=128,
+                     vocab_size=151936, max_position_embeddings=40960,
+                     rope_theta=1_000_000.0, tie_embeddings=False),
+    "qwen3-32b": dict(num_layers=64, hidden_size=5120, ffn_hidden_size=25600,
+                      num_attention_heads=64, num_query_groups=8, head_dim=128,
+                      vocab_size=151936, max_position_embeddings=40960,
+                      rope_theta=1_000_000.0, tie_embeddings=False),
+}

@@ -1,0 +1,145 @@
+"""Typed configuration: one dataclass per topic, one docstring per field.
+
+A run's YAML has one section per dataclass below (model, parallel, training, data, logging,
+checkpoint) plus ``phase``. ``load_config`` (config/load.py) builds these from YAML and
+``--set a.b=c`` overrides; ``validate`` (config/validate.py) checks cross-field rules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """The Qwen3-style decoder. Defaults are the ``tiny`` preset (config/presets.py)."""
+
+    preset: str = "tiny"
+    """Size preset the other fields start from: tiny, qwen3-0.6b, qwen3-1.7b, qwen3-8b, qwen3-32b."""
+    num_layers: int = 4
+    hidden_size: int = 64
+    ffn_hidden_size: int = 192
+    """SwiGLU intermediate size (each of gate and up)."""
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    """Key/value heads (GQA). Must divide num_attention_heads."""
+    head_dim: int = 16
+    """Per-head size (Qwen3 sets it independently of hidden_size / heads)."""
+    vocab_size: int | None = None
+    """Vocabulary size; null = the tokenizer's size (data.tokenizer)."""
+    max_position_embeddings: int = 4096
+    rope_theta: float = 1_000_000.0
+    rope_scaling_factor: float = 1.0
+    """Linear position interpolation factor (>1 stretches RoPE for longer contexts)."""
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    """Share the input embedding and the output layer (Qwen3-0.6B does; 8B/32B do not)."""
+    init_std: float = 0.02
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    backend: str = "auto"
+    """Layer implementation: auto (TE when importable, else local), te, or local."""
+
+
+@dataclass
+class ParallelConfig:
+    """Parallel layout. The data-parallel size is derived: world / (tp · pp · cp)."""
+
+    tp: int = 1
+    """Tensor-parallel size (attention heads and MLP columns split)."""
+    pp: int = 1
+    """Pipeline-parallel size (layers split into stages)."""
+    vpp: int | None = None
+    """Virtual pipeline stages per rank (interleaved 1F1B); null or 1 = plain 1F1B."""
+    cp: int = 1
+    """Context-parallel size (the sequence split across ranks)."""
+    sequence_parallel: bool = False
+    """Split activations outside attention/MLP along the sequence over the TP group (needs tp>1)."""
+    distributed_optimizer: bool = True
+    """Shard optimizer state over data-parallel ranks (megatron's DistributedOptimizer)."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation and schedule."""
+
+    train_steps: int = 40
+    micro_batch_size: int = 2
+    global_batch_size: int = 8
+    """Samples per optimizer step = micro_batch_size · dp · number of micro-batches."""
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 4
+    lr_decay_style: str = "cosine"
+    """cosine, linear or constant (after warmup)."""
+    lr_decay_steps: int | None = None
+    """Steps over which lr decays to min_lr; null = train_steps."""
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    seed: int = 1234
+    precision: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
+    eval_interval: int = 20
+    """Run validation every N steps (0 = never)."""
+    eval_steps: int = 2
+    """Global batches per validation."""
+    recompute: str | None = None
+    """Activation recomputation: null, 'selective' (core attention) or 'full' (whole layers)."""
+
+
+@dataclass
+class DataConfig:
+    """Indexed-binary text data (megatron-core GPTDataset + BlendedMegatronDatasetBuilder)."""
+
+    tokenizer: str | None = None
+    """Path to a sentencepiece .model or a HF tokenizer.json."""
+    train_blend: list = field(default_factory=list)
+    """Weighted blend: [weight1, prefix1, weight2, prefix2, ...] or [prefix] (prefix = path
+    without .bin/.idx)."""
+    valid_blend: list | None = None
+    """Validation blend; null = a split of train_blend (see split)."""
+    split: str = "95,5,0"
+    """train,valid,test percentages used when valid_blend is null."""
+    seq_length: int = 128
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+    cache_dir: str | None = None
+    """Where megatron-core caches dataset indices; null = <checkpoint.dir>/data_cache."""
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 1
+    """Print one console line every N steps (from the last pipeline stage)."""
+    tensorboard_dir: str | None = None
+    """TensorBoard folder; null = <checkpoint.dir>/tensorboard."""
+    megatron_log_level: str = "WARNING"
+    """Level of megatron-core's own loggers (INFO shows its parameter and dataset reports)."""
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "runs/tiny"
+    """Run folder: checkpoints (iter_NNNNNNN/), the latest-pointer file, tensorboard, caches."""
+    save_interval: int = 20
+    """Save every N steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Keep the newest N checkpoints (0 = keep all)."""
+    resume: bool = True
+    """Continue from the newest complete checkpoint in dir, if any."""
+    load: str | None = None
+    """Start from this checkpoint's weights (another run or an HF import); ignored on resume."""
+
+
+@dataclass
+class OmniConfig:
+    phase: int = 3
+    """Training phase of the plan (1–6)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

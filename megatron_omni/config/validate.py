@@ -1,0 +1,134 @@
+"""Cross-field checks run before any model is built. Each names the fields and a valid value."""
+from __future__ import annotations
+
+from megatron_omni.config.load import ConfigError
+from megatron_omni.config.schema import OmniConfig
+
+SUPPORTED_PHASES = {1, 2, 3, 4, 5, 6}
+
+
+def validate(cfg: OmniConfig, world_size: int) -> int:
+    """Check cfg for a job of `world_size` ranks; returns the derived data-parallel size."""
+    _validate_phase(cfg)
+    dp = _validate_world(cfg, world_size)
+    _validate_heads(cfg)
+    _validate_layers(cfg)
+    _validate_batch(cfg, dp)
+    _validate_sequence(cfg)
+    _validate_training(cfg)
+    return dp
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _validate_phase(cfg: OmniConfig) -> None:
+    if cfg.phase not in SUPPORTED_PHASES:
+        raise ConfigError(f"phase={cfg.phase} is not a phase of the plan; use one of 1-6")
+
+
+def _validate_world(cfg: OmniConfig, world_size: int) -> int:
+    p = cfg.parallel
+    for name in ("tp", "pp", "cp"):
+        if getattr(p, name) < 1:
+            raise ConfigError(f"parallel.{name}={getattr(p, name)} must be >= 1")
+    model_parallel = p.tp * p.pp * p.cp
+    if world_size % model_parallel:
+        fits = [d for d in _divisors(world_size)]
+        raise ConfigError(
+            f"world size {world_size} is not a multiple of parallel.tp*pp*cp = "
+            f"{p.tp}*{p.pp}*{p.cp} = {model_parallel}; launch a multiple of {model_parallel} "
+            f"processes, or choose tp*pp*cp in {fits}")
+    if p.sequence_parallel and p.tp == 1:
+        raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1; "
+                          "set parallel.sequence_parallel=false or raise parallel.tp")
+    if p.cp > 1 and cfg.model.backend != "te":
+        raise ConfigError(
+            f"parallel.cp={p.cp} needs context-parallel attention: dense attention has it only "
+            "with transformer-engine (model.backend=te); otherwise set parallel.cp=1")
+    return world_size // model_parallel
+
+
+def _validate_heads(cfg: OmniConfig) -> None:
+    m, tp = cfg.model, cfg.parallel.tp
+    if m.num_attention_heads % m.num_query_groups:
+        raise ConfigError(
+            f"model.num_attention_heads={m.num_attention_heads} is not divisible by "
+            f"model.num_query_groups={m.num_query_groups}; use num_query_groups in "
+            f"{_divisors(m.num_attention_heads)}")
+    for name in ("num_attention_heads", "num_query_groups"):
+        n = getattr(m, name)
+        if n % tp:
+            raise ConfigError(
+                f"model.{name}={n} is not divisible by parallel.tp={tp}; "
+                f"use parallel.tp in {[d for d in _divisors(n) if m.num_attention_heads % d == 0 and m.num_query_groups % d == 0]}")
+
+
+def _validate_layers(cfg: OmniConfig) -> None:
+    p, n = cfg.parallel, cfg.model.num_layers
+    vpp = p.vpp or 1
+    if vpp > 1 and p.pp == 1:
+        raise ConfigError(f"parallel.vpp={p.vpp} needs parallel.pp > 1 (interleaved pipeline); "
+                          "set parallel.vpp=null or raise parallel.pp")
+    if n % (p.pp * vpp):
+        valid_pp = [d for d in _divisors(n) if n % (d * vpp) == 0]
+        raise ConfigError(
+            f"model.num_layers={n} is not divisible by parallel.pp*vpp = {p.pp}*{vpp} = "
+            f"{p.pp * vpp}; use parallel.pp in {valid_pp} (with vpp={vpp}) or num_layers a "
+            f"multiple of {p.pp * vpp}")
+
+
+def _validate_batch(cfg: OmniConfig, dp: int) -> None:
+    t, p = cfg.training, cfg.parallel
+    per_step = t.micro_batch_size * dp
+    if t.micro_batch_size < 1 or t.global_batch_size % per_step or t.global_batch_size < per_step:
+        lower = max(per_step, t.global_batch_size // per_step * per_step)
+        raise ConfigError(
+            f"training.global_batch_size={t.global_batch_size} is not a multiple of "
+            f"training.micro_batch_size*dp = {t.micro_batch_size}*{dp} = {per_step}; "
+            f"use global_batch_size={lower} or {lower + per_step}")
+    num_micro = t.global_batch_size // per_step
+    if (p.vpp or 1) > 1 and num_micro % p.pp:
+        raise ConfigError(
+            f"interleaved pipeline (parallel.vpp={p.vpp}) needs the number of micro-batches "
+            f"({num_micro} = global_batch_size / (micro_batch_size*dp)) to be a multiple of "
+            f"parallel.pp={p.pp}; use training.global_batch_size={per_step * p.pp * max(1, num_micro // p.pp)}")
+
+
+def _validate_sequence(cfg: OmniConfig) -> None:
+    p, s = cfg.parallel, cfg.data.seq_length
+    if p.cp > 1 and s % (2 * p.cp):
+        raise ConfigError(
+            f"data.seq_length={s} must be divisible by 2*parallel.cp = {2 * p.cp} (load-balanced "
+            f"context parallel); use data.seq_length={s // (2 * p.cp) * (2 * p.cp) or 2 * p.cp}")
+    if p.sequence_parallel and s % p.tp:
+        raise ConfigError(
+            f"data.seq_length={s} must be divisible by parallel.tp={p.tp} with sequence "
+            f"parallelism; use data.seq_length={max(p.tp, s // p.tp * p.tp)}")
+    if s > cfg.model.max_position_embeddings:
+        raise ConfigError(
+            f"data.seq_length={s} exceeds model.max_position_embeddings="
+            f"{cfg.model.max_position_embeddings}; raise max_position_embeddings or shorten seq_length")
+
+
+def _validate_training(cfg: OmniConfig) -> None:
+    t = cfg.training
+    if t.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"training.precision={t.precision!r}; use auto, bf16 or fp32")
+    if t.lr_decay_style not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"training.lr_decay_style={t.lr_decay_style!r}; use cosine, linear or constant")
+    if t.recompute not in (None, "selective", "full"):
+        raise ConfigError(f"training.recompute={t.recompute!r}; use null, selective or full")
+    if cfg.model.backend not in ("auto", "te", "local"):
+        raise ConfigError(f"model.backend={cfg.model.backend!r}; use auto, te or local")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"training.min_lr={t.min_lr} exceeds training.lr={t.lr}")
+    if t.train_steps < 1:
+        raise ConfigError(f"training.train_steps={t.train_steps} must be >= 1")
+    decay = t.lr_decay_steps or t.train_steps
+    if t.warmup_steps >= decay:
+        raise ConfigError(
+            f"training.warmup_steps={t.warmup_steps} must be smaller than the decay length "
+            f"(training.lr_decay_steps, or train_steps when null) = {decay}; "
+            f"use warmup_steps={max(0, decay // 10)}")

@@ -1,0 +1,1 @@
+"""Checkpoint conversion between our megatron-core models and Hugging Face formats."""

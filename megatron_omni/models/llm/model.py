@@ -1,0 +1,97 @@
+"""The Qwen3-style decoder as a megatron-core GPTModel, built from our config and layer spec."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt.gpt_model import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_omni.config.schema import OmniConfig
+from megatron_omni.models.llm.spec import decoder_block_spec, resolve_backend
+
+VOCAB_DIVISOR = 128
+"""The embedding table is padded to a multiple of this (independent of TP, so a checkpoint
+reshards between TP sizes; any TP that is a power of two up to 128 divides it)."""
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    return -(-vocab_size // VOCAB_DIVISOR) * VOCAB_DIVISOR
+
+
+def params_dtype(cfg: OmniConfig) -> torch.dtype:
+    """bf16 on GPU and fp32 on CPU under precision=auto."""
+    precision = cfg.training.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "fp32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def transformer_config(cfg: OmniConfig) -> TransformerConfig:
+    """megatron-core's TransformerConfig for the decoder described by cfg.model / cfg.parallel."""
+    m, p, t = cfg.model, cfg.parallel, cfg.training
+    dtype = params_dtype(cfg)
+    on_gpu = torch.cuda.is_available()
+    recompute = {}
+    if t.recompute == "full":
+        recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif t.recompute == "selective":
+        recompute = dict(recompute_granularity="selective", recompute_modules=["core_attn"])
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=m.head_dim,
+        tensor_model_parallel_size=p.tp,
+        pipeline_model_parallel_size=p.pp,
+        virtual_pipeline_model_parallel_size=p.vpp if (p.vpp or 1) > 1 else None,
+        context_parallel_size=p.cp,
+        sequence_parallel=p.sequence_parallel,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_eps,
+        qk_layernorm=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        bias_activation_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+        init_method_std=m.init_std,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        bf16=dtype == torch.bfloat16,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        use_cpu_initialization=not on_gpu,
+        calculate_per_token_loss=True,
+        deallocate_pipeline_outputs=True,
+        **recompute,
+    )
+
+
+def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None) -> GPTModel:
+    """The decoder chunk this rank holds (pipeline stage, and virtual stage when vpp > 1)."""
+    config = transformer_config(cfg)
+    pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    m = cfg.model
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=decoder_block_spec(config, resolve_backend(m.backend), vp_stage),
+        vocab_size=padded_vocab_size(vocab_size),
+        max_sequence_length=m.max_position_embeddings,
+        pre_process=pre,
+        post_process=post,
+        parallel_output=True,
+        share_embeddings_and_output_weights=m.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(m.rope_theta),
+        seq_len_interpolation_factor=m.rope_scaling_factor if m.rope_scaling_factor != 1.0 else None,
+        vp_stage=vp_stage,
+    )

@@ -1,0 +1,171 @@
+"""The training loop: build everything megatron-core needs, then step, log, evaluate and save.
+
+Read top to bottom: Trainer.__init__ (distributed → parallel state → tokenizer → model →
+optimizer → scheduler → checkpoint → data), then Trainer.train.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state as ps, tensor_parallel
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.transformer.module import Float16Module
+
+from megatron_omni import platform
+from megatron_omni.config import OmniConfig, config_to_dict, validate
+from megatron_omni.data.text import build_text_datasets, micro_batches
+from megatron_omni.data.tokenizer import load_tokenizer
+from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config
+from megatron_omni.training import checkpoint
+from megatron_omni.training.metrics import StepLogger, setup_logging, train_flops_per_token
+from megatron_omni.training.phases import check_phase_runnable
+from megatron_omni.training.step import evaluate, train_step
+
+log = logging.getLogger(__name__)
+
+
+def init_parallel(cfg: OmniConfig) -> int:
+    """torch.distributed + megatron parallel state + seeds; returns the data-parallel size."""
+    platform.init_distributed()
+    dp = validate(cfg, torch.distributed.get_world_size())
+    p = cfg.parallel
+    ps.initialize_model_parallel(p.tp, p.pp, p.vpp if (p.vpp or 1) > 1 else None, context_parallel_size=p.cp)
+    tensor_parallel.model_parallel_cuda_manual_seed(cfg.training.seed)
+    return dp
+
+
+def build_model(cfg: OmniConfig, vocab_size: int) -> list[DistributedDataParallel]:
+    """This rank's model chunks (one per virtual pipeline stage), wrapped in megatron's DDP."""
+    vpp = cfg.parallel.vpp or 1
+    tconfig = transformer_config(cfg)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+        check_for_nan_in_grad=True)
+    chunks = []
+    for i in range(vpp):
+        module = build_llm(cfg, vocab_size, vp_stage=i if vpp > 1 else None)
+        if platform.has_cuda():
+            module.cuda(torch.cuda.current_device())
+        if params_dtype(cfg) != torch.float32:
+            module = Float16Module(tconfig, module)
+        chunks.append(DistributedDataParallel(tconfig, ddp_config, module, disable_bucketing=i > 0))
+    tconfig = chunks[0].config
+    tconfig.finalize_model_grads_func = finalize_model_grads
+    tconfig.no_sync_func = [c.no_sync for c in chunks] if vpp > 1 else chunks[0].no_sync
+    return chunks
+
+
+def build_optimizer(cfg: OmniConfig, model):
+    t = cfg.training
+    dtype = params_dtype(cfg)
+    opt_config = OptimizerConfig(
+        optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps, clip_grad=t.clip_grad,
+        bf16=dtype == torch.bfloat16, params_dtype=dtype,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer)
+    optimizer = get_megatron_optimizer(opt_config, model)
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr, lr_warmup_steps=t.warmup_steps,
+        lr_decay_steps=t.lr_decay_steps or t.train_steps, lr_decay_style=t.lr_decay_style,
+        start_wd=t.weight_decay, end_wd=t.weight_decay, wd_incr_steps=t.train_steps,
+        wd_incr_style="constant")
+    # megatron's scheduler starts at step 0 (lr = init_lr = 0); we count the step being taken,
+    # so warmup step i uses lr * i / warmup_steps and decay reaches min_lr on the last step.
+    scheduler.step(increment=1)
+    return optimizer, scheduler
+
+
+class Trainer:
+    def __init__(self, cfg: OmniConfig):
+        self.cfg = cfg
+        self.phase_name = check_phase_runnable(cfg.phase)
+        self.dp = init_parallel(cfg)
+        setup_logging(torch.distributed.get_rank(), cfg.logging.megatron_log_level)
+        if cfg.data.tokenizer is None:
+            raise ValueError("data.tokenizer is not set; give a sentencepiece .model or a tokenizer.json")
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
+        self.model = build_model(cfg, self.vocab_size)
+        self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
+        self.iteration, self.consumed = self._restore()
+        t = cfg.training
+        num_evals = t.train_steps // t.eval_interval if t.eval_interval else 0
+        self.train_data, self.valid_data = build_text_datasets(
+            cfg, self.tokenizer, t.train_steps * t.global_batch_size,
+            t.eval_steps * t.global_batch_size if num_evals else 0)
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp)
+        is_logger = (ps.is_pipeline_last_stage(ignore_virtual=True)
+                     and ps.get_tensor_model_parallel_rank() == 0 and self.dp_rank == 0)
+        tb_dir = cfg.logging.tensorboard_dir or str(Path(cfg.checkpoint.dir) / "tensorboard")
+        self.logger = StepLogger(is_logger, tb_dir, t.train_steps,
+                                 train_flops_per_token(cfg, padded_vocab_size(self.vocab_size)),
+                                 torch.distributed.get_world_size())
+        log.info("phase %d (%s): %s, %d ranks (tp=%d pp=%d vpp=%s cp=%d dp=%d), %.2fM parameters "
+                 "on this rank", cfg.phase, self.phase_name, cfg.model.preset,
+                 torch.distributed.get_world_size(), cfg.parallel.tp, cfg.parallel.pp,
+                 cfg.parallel.vpp, cfg.parallel.cp, self.dp,
+                 sum(p.numel() for c in self.model for p in c.parameters()) / 1e6)
+
+    def _restore(self) -> tuple[int, int]:
+        """(iteration, consumed samples) from the newest checkpoint of this run, or from a given
+        starting checkpoint (weights only), or a fresh start."""
+        ck = self.cfg.checkpoint
+        latest = checkpoint.latest_checkpoint(ck.dir) if ck.resume else None
+        if latest is not None:
+            common = checkpoint.load_checkpoint(latest, self.model, self.optimizer, self.scheduler)
+            log.info("resumed from %s (step %d, %d samples consumed)", latest,
+                     common["iteration"], common["consumed_samples"])
+            return common["iteration"], common["consumed_samples"]
+        if ck.load is not None:
+            checkpoint.load_checkpoint(ck.load, self.model)
+            log.info("initialised weights from %s", ck.load)
+        return 0, 0
+
+    def _next_global_batch(self, data) -> list:
+        return list(itertools.islice(data, self.num_micro))
+
+    def _save(self) -> None:
+        ck = self.cfg.checkpoint
+        path = checkpoint.save_checkpoint(ck.dir, self.iteration, self.model, self.optimizer,
+                                          self.scheduler, self.consumed, config_to_dict(self.cfg),
+                                          ck.keep_last)
+        log.info("saved %s", path)
+
+    def validate(self) -> float | None:
+        t = self.cfg.training
+        data = micro_batches(self.valid_data, 0, self.cfg, self.dp_rank, self.dp)
+        batches = [self._next_global_batch(data) for _ in range(t.eval_steps)]
+        return evaluate(self.model, batches, self.cfg.data.seq_length, t.micro_batch_size)
+
+    def train(self) -> list[float]:
+        """Train to training.train_steps; returns the losses seen on this rank (last stage)."""
+        t, ck = self.cfg.training, self.cfg.checkpoint
+        data = micro_batches(self.train_data, self.consumed, self.cfg, self.dp_rank, self.dp)
+        losses = []
+        while self.iteration < t.train_steps:
+            start = time.perf_counter()
+            metrics = train_step(self.model, self.optimizer, self.scheduler,
+                                 self._next_global_batch(data), self.cfg.data.seq_length,
+                                 t.micro_batch_size)
+            self.iteration += 1
+            self.consumed += t.global_batch_size
+            if "loss" in metrics:
+                losses.append(metrics["loss"])
+                self.logger.train(self.iteration, metrics, time.perf_counter() - start,
+                                  t.global_batch_size * self.cfg.data.seq_length,
+                                  self.iteration % self.cfg.logging.log_interval == 0)
+            if t.eval_interval and self.iteration % t.eval_interval == 0:
+                loss = self.validate()
+                if loss is not None:
+                    self.logger.valid(self.iteration, loss)
+            if (ck.save_interval and self.iteration % ck.save_interval == 0) or self.iteration == t.train_steps:
+                self._save()
+        self.logger.close()
+        return losses
