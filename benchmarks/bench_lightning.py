@@ -1,0 +1,148 @@
+"""Lightning attention (chunked Triton) vs torch SDPA causal attention.
+
+    python benchmarks/bench_lightning.py            # GPU: bf16, B=1, H=32, D=128, T in 4K..128K
+    python benchmarks/bench_lightning.py --tiny     # CPU Triton interpreter, fp32, tiny shapes
+
+FLOPs (2 per multiply-add, per batch and head):
+- SDPA causal: the forward does 2 matmuls of 2·D FLOPs per (query, key) pair over T·(T+1)/2
+  pairs, 4·D·T·(T+1)/2; forward+backward is 3.5× that (the backward recomputes QKᵀ and adds 4
+  matmuls of the same size).
+- Lightning: the matmuls of the chunked algorithm, each counted once, over NT = ceil(T/C) chunks
+  of C tokens (the last chunk counted full, the masked upper triangle included). Per chunk the
+  forward does QKᵀ (2C²K), (QKᵀ⊙D)V (2C²V), Q·S (2CKV) and the state update KᵀV (2CKV):
+  2C²(K+V) + 4CKV. The backward adds the state recompute (2CKV), the reverse state-gradient
+  sweep (2CKV), dV (2C²K + 2C²V + 2CKV) and dQ, dK (2C²V + 4C²K + 4CKV): 2C²(3K+2V) + 10CKV.
+  Recomputation across K / V tiles inside a kernel is not counted.
+Speedups are written only after the correctness check on the same device passes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import device_name, time_ms, write_results  # noqa: E402
+from omni_kernels.lightning import (alibi_slopes, lightning_attn,  # noqa: E402
+                                    lightning_attn_naive)
+
+FULL = dict(seqlens=[4096, 8192, 32768, 65536, 131072], heads=32, head_dim=128, chunk_size=64)
+TINY = dict(seqlens=[64, 128], heads=2, head_dim=32, chunk_size=32)
+
+
+def rel_rmse(ref: torch.Tensor, out: torch.Tensor) -> float:
+    ref, out = ref.double(), out.double()
+    return float((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30))
+
+
+def qkv(T: int, H: int, D: int, dtype: torch.dtype, device: str, seed: int = 0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(1, T, H, D, generator=gen, device=device).to(dtype).requires_grad_()
+            for _ in range(3)]
+
+
+def correctness(cfg: dict, device: str, T: int) -> dict:
+    """The Triton op against the float64 recurrence at a small shape with an initial and a final
+    state: fp32 forward and all gradients (limit 1e-4), and the low-precision forward (1e-2, on
+    the same rounded inputs)."""
+    H, D, C = 2, min(cfg["head_dim"], 64), cfg["chunk_size"]
+    slopes = alibi_slopes(H, device)
+    q, k, v = qkv(T, H, D, torch.float32, device, seed=1)
+    h0 = torch.randn(1, H, D, D, device=device, requires_grad=True)
+    do, dfinal = torch.randn_like(v), torch.randn_like(h0)
+    results = {}
+    for name, op in (("ref", lightning_attn_naive), ("fast", lightning_attn)):
+        o, final = op(q, k, v, slopes, initial_state=h0, output_final_state=True, chunk_size=C)
+        grads = torch.autograd.grad((o, final), (q, k, v, h0), (do, dfinal))
+        results[name] = [o.detach(), final.detach(), *grads]
+    fp32 = max(rel_rmse(a, b) for a, b in zip(results["ref"], results["fast"]))
+    low = torch.bfloat16 if device == "cuda" else torch.float16
+    q, k, v = (x.detach().to(low) for x in (q, k, v))
+    o_low, _ = lightning_attn(q, k, v, slopes, chunk_size=C)
+    o_ref, _ = lightning_attn_naive(q.float(), k.float(), v.float(), slopes)
+    low_err = rel_rmse(o_ref, o_low)
+    return {"shape": dict(T=T, H=H, D=D, chunk_size=C),
+            "float32": {"max_rel_rmse": fp32, "limit": 1e-4},
+            str(low).replace("torch.", ""): {"rel_rmse_fwd": low_err, "limit": 1e-2},
+            "passed": fp32 <= 1e-4 and low_err <= 1e-2}
+
+
+def lightning_flops(T: int, H: int, D: int, C: int, backward: bool) -> float:
+    """Matmul FLOPs of the chunked algorithm (module docstring), batch 1, K = V = D."""
+    per_chunk = 2 * C * C * (2 * D) + 4 * C * D * D
+    if backward:
+        per_chunk += 2 * C * C * (5 * D) + 10 * C * D * D
+    return H * -(-T // C) * per_chunk
+
+
+def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str, iters: int) -> dict:
+    H, D, C = cfg["heads"], cfg["head_dim"], cfg["chunk_size"]
+    q, k, v = qkv(T, H, D, dtype, device)
+    q_t, k_t, v_t = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+    slopes = alibi_slopes(H, device)
+    do = torch.randn_like(v)
+    do_t = do.transpose(1, 2).contiguous()
+
+    def sdpa():
+        if device != "cuda":
+            return torch.nn.functional.scaled_dot_product_attention(q_t, k_t, v_t, is_causal=True)
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q_t, k_t, v_t, is_causal=True)
+
+    def lightning():
+        return lightning_attn(q, k, v, slopes, chunk_size=C)[0]
+
+    warmup = 1 if device != "cuda" else 2
+    row = {"T": T}
+    with torch.no_grad():
+        row["sdpa_fwd_ms"] = time_ms(sdpa, warmup, iters)
+        row["lightning_fwd_ms"] = time_ms(lightning, warmup, iters)
+    row["sdpa_fwdbwd_ms"] = time_ms(
+        lambda: torch.autograd.grad(sdpa(), (q_t, k_t, v_t), do_t), warmup, iters)
+    row["lightning_fwdbwd_ms"] = time_ms(
+        lambda: torch.autograd.grad(lightning(), (q, k, v), do), warmup, iters)
+    sdpa_fwd = 4 * D * H * T * (T + 1) / 2
+    flops = {("sdpa", "fwd"): sdpa_fwd, ("sdpa", "fwdbwd"): 3.5 * sdpa_fwd,
+             ("lightning", "fwd"): lightning_flops(T, H, D, C, backward=False),
+             ("lightning", "fwdbwd"): lightning_flops(T, H, D, C, backward=True)}
+    for (name, mode), count in flops.items():
+        row[f"{name}_{mode}_tflops"] = count / (row[f"{name}_{mode}_ms"] * 1e9)
+    for mode in ("fwd", "fwdbwd"):
+        row[f"speedup_{mode}"] = row[f"sdpa_{mode}_ms"] / row[f"lightning_{mode}_ms"]
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny fp32 shapes (CPU interpreter)")
+    parser.add_argument("--out", default=None, help="JSON path (default "
+                        "benchmarks/results/lightning_<device>.json)")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = TINY if args.tiny or device == "cpu" else FULL
+    dtype = torch.bfloat16 if device == "cuda" and cfg is FULL else torch.float32
+    check = correctness(cfg, device, T=100 if cfg is TINY else 1000)
+    print("correctness:", check)
+    rows = []
+    if check["passed"]:
+        for T in cfg["seqlens"]:
+            rows.append(bench_one(T, cfg, dtype, device, iters=2 if cfg is TINY else 10))
+            print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()})
+    else:
+        print("correctness check failed: no timings reported")
+    slug = re.sub(r"[^a-z0-9]+", "_", device_name().lower()).strip("_")
+    out = args.out or Path(__file__).resolve().parent / "results" / f"lightning_{slug}.json"
+    path = write_results(out, "lightning", rows, dtype=str(dtype), config=cfg, correctness=check)
+    print("wrote", path)
+    sys.exit(0 if check["passed"] else 1)
+
+
+if __name__ == "__main__":
+    main()
