@@ -52,6 +52,11 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def config_from_dict(data: dict) -> OmniConfig:
+    """The inverse of config_to_dict (e.g. the config stored in a checkpoint)."""
+    return _build(OmniConfig, data, "")
+
+
 def _build(cls, data, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")

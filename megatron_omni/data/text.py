@@ -96,6 +96,11 @@ def micro_batches(dataset, consumed: int, cfg: OmniConfig, dp_rank: int, dp_size
     t = cfg.training
     sampler = GlobalOrderSampler(len(dataset), consumed, t.micro_batch_size, t.global_batch_size,
                                  dp_rank, dp_size)
+    # The loader draws its workers' base seed from `generator`; without one it would draw from
+    # the global torch RNG (which dropout uses), so every new iterator (a validation pass, a
+    # resume) would shift the training RNG streams.
+    generator = torch.Generator().manual_seed(cfg.training.seed)
     return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
                                             num_workers=cfg.data.num_workers,
-                                            persistent_workers=cfg.data.num_workers > 0))
+                                            persistent_workers=cfg.data.num_workers > 0,
+                                            generator=generator))

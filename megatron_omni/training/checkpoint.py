@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing, parallel_state as ps, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.distributed import DistributedDataParallel
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,16 @@ _OPT_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 def iteration_dir(root: str | Path, iteration: int) -> Path:
     return Path(root) / f"iter_{iteration:07d}"
+
+
+def resolve(path: str | Path) -> Path:
+    """A run folder (→ its newest complete checkpoint) or one checkpoint folder, checked."""
+    path = Path(path)
+    if (path / POINTER).is_file():
+        return latest_checkpoint(path)
+    if not dist_checkpointing.check_is_distributed_checkpoint(str(path)):
+        raise FileNotFoundError(f"{path} is neither a run folder (with {POINTER}) nor a checkpoint folder")
+    return path
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -70,17 +82,23 @@ def _set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def _unwrap(chunk):
+    """The module under megatron's DDP wrapper (checkpoints never name the wrapper)."""
+    return chunk.module if isinstance(chunk, DistributedDataParallel) else chunk
+
+
 def _sharded_state(model, optimizer=None, loading: bool = False) -> dict:
-    state = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(model)}
+    state = {f"model{i}": _unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(model)}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(
             dict(state), is_loading=loading, metadata=_OPT_METADATA)
     return state
 
 
-def save_checkpoint(root: str | Path, iteration: int, model, optimizer, scheduler,
-                    consumed_samples: int, config_dict: dict, keep_last: int = 0) -> Path:
-    """Save a complete checkpoint of iteration; collective over all ranks."""
+def save_checkpoint(root: str | Path, iteration: int, model, consumed_samples: int, config_dict: dict,
+                    vocab_size: int, optimizer=None, scheduler=None, keep_last: int = 0) -> Path:
+    """Save a checkpoint of iteration (collective over all ranks): model chunks, and with an
+    optimizer also its state, the scheduler and the RNG streams (weights-only without)."""
     root = Path(root)
     final = iteration_dir(root, iteration)
     tmp = final.with_name(final.name + ".tmp")
@@ -93,8 +111,11 @@ def save_checkpoint(root: str | Path, iteration: int, model, optimizer, schedule
         tmp.mkdir(parents=True)
     torch.distributed.barrier()
     state = _sharded_state(model, optimizer)
-    state.update(rng_state=_rng_state(), scheduler=scheduler.state_dict(), iteration=iteration,
-                 consumed_samples=consumed_samples, config=config_dict, layout=_layout())
+    dtype = str(next(_unwrap(model[0]).parameters()).dtype).removeprefix("torch.")
+    state.update(iteration=iteration, consumed_samples=consumed_samples, config=config_dict,
+                 layout=_layout(), vocab_size=vocab_size, dtype=dtype)
+    if optimizer is not None:
+        state.update(rng_state=_rng_state(), scheduler=scheduler.state_dict())
     dist_checkpointing.save(state, str(tmp), content_metadata=_OPT_METADATA)
     torch.distributed.barrier()
     if rank0:
@@ -121,19 +142,62 @@ def read_common(path: str | Path) -> dict:
     return dist_checkpointing.load_common_state_dict(str(path))
 
 
+def _materialise_adam_state(optimizer) -> None:
+    """torch's Adam creates its state at the first step, but megatron's distributed optimizer
+    can only describe (and so load into) a state that exists: give a fresh torch Adam the state
+    its first step would start from (step 0, zero moments). Fused TE/Apex optimizers keep the
+    step elsewhere and are left alone."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Adam):
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                if not inner.state[p]:
+                    inner.state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p),
+                                          exp_avg_sq=torch.zeros_like(p))
+
+
+def _load_optimizer_state(optimizer, state) -> None:
+    """optimizer.load_state_dict(state), working around two megatron-core 0.16.1 problems with
+    torch's Adam (no Apex/TE) under the DistributedOptimizer: load_state_dict gives every
+    parameter state a 'step' that the fully-reshardable parameter-state loader then looks for in
+    the checkpoint's per-parameter tensors (KeyError), and that 'step' is ONE tensor shared by all
+    parameters, which Adam's in-place increment then advances once per parameter per step. The
+    steps are set aside while the tensors load and come back as one tensor per parameter."""
+    subs = getattr(optimizer, "chained_optimizers", [optimizer])
+    states = [state] if len(subs) == 1 else [v for _, v in sorted(state.items())] if isinstance(state, dict) else list(state)
+    for opt, sub_state in zip(subs, states):
+        inner = getattr(opt, "optimizer", None)
+        if not (isinstance(opt, DistributedOptimizer) and isinstance(inner, torch.optim.Adam)
+                and sub_state.get("param_state_sharding_type") == "fully_reshardable"):
+            opt.load_state_dict(sub_state)
+            continue
+        param_state = sub_state.pop("param_state")
+        opt.load_state_dict(sub_state)
+        steps = {p: st.pop("step") for p, st in inner.state.items() if "step" in st}
+        opt.load_parameter_state_from_fully_reshardable(param_state)
+        for p, step in steps.items():
+            inner.state[p]["step"] = step.clone()
+    if len(subs) > 1:
+        optimizer._synchronize_steps()
+
+
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> dict:
     """Load a checkpoint into model chunks (any TP/PP/VPP layout); also optimizer, scheduler and
     RNG when given. Returns the common part (iteration, consumed_samples, config, layout)."""
     common = read_common(path)
+    if optimizer is not None:
+        _materialise_adam_state(optimizer)
     state = _sharded_state(model, optimizer, loading=True)
     same_layout = common.get("layout") == _layout()
     if optimizer is not None and same_layout:
         state["rng_state"] = _rng_state()
     loaded = dist_checkpointing.load(state, str(path))
     for i, chunk in enumerate(model):
-        chunk.module.load_state_dict(loaded[f"model{i}"], strict=True)
+        _unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        _load_optimizer_state(optimizer, loaded["optimizer"])
         scheduler.load_state_dict(common["scheduler"])
         if same_layout:
             _set_rng_state(loaded["rng_state"])

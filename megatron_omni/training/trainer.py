@@ -18,7 +18,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
 from megatron_omni import platform
-from megatron_omni.config import OmniConfig, config_to_dict, validate
+from megatron_omni.config import ConfigError, OmniConfig, config_to_dict, validate
 from megatron_omni.data.text import build_text_datasets, micro_batches
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config
@@ -75,10 +75,22 @@ def build_optimizer(cfg: OmniConfig, model):
         lr_decay_steps=t.lr_decay_steps or t.train_steps, lr_decay_style=t.lr_decay_style,
         start_wd=t.weight_decay, end_wd=t.weight_decay, wd_incr_steps=t.train_steps,
         wd_incr_style="constant")
-    # megatron's scheduler starts at step 0 (lr = init_lr = 0); we count the step being taken,
-    # so warmup step i uses lr * i / warmup_steps and decay reaches min_lr on the last step.
-    scheduler.step(increment=1)
     return optimizer, scheduler
+
+
+_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                 "num_query_groups", "head_dim", "tie_embeddings")
+
+
+def check_same_model(common: dict, cfg: OmniConfig, vocab_size: int, source) -> None:
+    """A clear error when a checkpoint's model shape differs from the configured one."""
+    saved = common["config"]["model"]
+    diff = [f"model.{f}: checkpoint {saved[f]} vs config {getattr(cfg.model, f)}"
+            for f in _SHAPE_FIELDS if saved[f] != getattr(cfg.model, f)]
+    if padded_vocab_size(common["vocab_size"]) != padded_vocab_size(vocab_size):
+        diff.append(f"vocabulary: checkpoint {common['vocab_size']} vs this run {vocab_size}")
+    if diff:
+        raise ConfigError(f"{source} holds a different model; " + "; ".join(diff))
 
 
 class Trainer:
@@ -123,19 +135,28 @@ class Trainer:
             log.info("resumed from %s (step %d, %d samples consumed)", latest,
                      common["iteration"], common["consumed_samples"])
             return common["iteration"], common["consumed_samples"]
+        # megatron's scheduler starts at step 0 (lr = init_lr = 0); we count the step being
+        # taken, so warmup step i uses lr * i / warmup_steps and decay reaches min_lr on the last
+        # step. (A resumed scheduler already counts it: its saved state is restored as is.)
+        self.scheduler.step(increment=1)
         if ck.load is not None:
-            checkpoint.load_checkpoint(ck.load, self.model)
-            log.info("initialised weights from %s", ck.load)
+            source = checkpoint.resolve(ck.load)
+            check_same_model(checkpoint.read_common(source), self.cfg, self.vocab_size, source)
+            checkpoint.load_checkpoint(source, self.model)
+            log.info("initialised weights from %s", source)
         return 0, 0
 
     def _next_global_batch(self, data) -> list:
         return list(itertools.islice(data, self.num_micro))
 
-    def _save(self) -> None:
+    def save(self, weights_only: bool = False) -> None:
+        """Checkpoint the run as it stands (collective); weights_only leaves out the optimizer,
+        scheduler and RNG state (e.g. step-0 weights to start other runs from)."""
         ck = self.cfg.checkpoint
-        path = checkpoint.save_checkpoint(ck.dir, self.iteration, self.model, self.optimizer,
-                                          self.scheduler, self.consumed, config_to_dict(self.cfg),
-                                          ck.keep_last)
+        optimizer, scheduler = (None, None) if weights_only else (self.optimizer, self.scheduler)
+        path = checkpoint.save_checkpoint(ck.dir, self.iteration, self.model, self.consumed,
+                                          config_to_dict(self.cfg), self.vocab_size, optimizer,
+                                          scheduler, ck.keep_last)
         log.info("saved %s", path)
 
     def validate(self) -> float | None:
@@ -144,12 +165,15 @@ class Trainer:
         batches = [self._next_global_batch(data) for _ in range(t.eval_steps)]
         return evaluate(self.model, batches, self.cfg.data.seq_length, t.micro_batch_size)
 
-    def train(self) -> list[float]:
-        """Train to training.train_steps; returns the losses seen on this rank (last stage)."""
+    def train(self, max_steps: int | None = None) -> dict:
+        """Train to training.train_steps (or at most max_steps more steps in this call). Returns
+        {"train": {step: loss}, "valid": {step: loss}} as seen on this rank (filled on the last
+        pipeline stage)."""
         t, ck = self.cfg.training, self.cfg.checkpoint
         data = micro_batches(self.train_data, self.consumed, self.cfg, self.dp_rank, self.dp)
-        losses = []
-        while self.iteration < t.train_steps:
+        history = {"train": {}, "valid": {}}
+        end = t.train_steps if max_steps is None else min(t.train_steps, self.iteration + max_steps)
+        while self.iteration < end:
             start = time.perf_counter()
             metrics = train_step(self.model, self.optimizer, self.scheduler,
                                  self._next_global_batch(data), self.cfg.data.seq_length,
@@ -157,15 +181,16 @@ class Trainer:
             self.iteration += 1
             self.consumed += t.global_batch_size
             if "loss" in metrics:
-                losses.append(metrics["loss"])
+                history["train"][self.iteration] = metrics["loss"]
                 self.logger.train(self.iteration, metrics, time.perf_counter() - start,
                                   t.global_batch_size * self.cfg.data.seq_length,
                                   self.iteration % self.cfg.logging.log_interval == 0)
             if t.eval_interval and self.iteration % t.eval_interval == 0:
                 loss = self.validate()
                 if loss is not None:
+                    history["valid"][self.iteration] = loss
                     self.logger.valid(self.iteration, loss)
             if (ck.save_interval and self.iteration % ck.save_interval == 0) or self.iteration == t.train_steps:
-                self._save()
+                self.save()
         self.logger.close()
-        return losses
+        return history

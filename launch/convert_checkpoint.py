@@ -1,0 +1,72 @@
+"""Convert between megatron checkpoints and Hugging Face Qwen3 folders (one CPU or GPU process).
+
+    python launch/convert_checkpoint.py to-hf --checkpoint runs/tiny --out hf/tiny [--verify]
+    python launch/convert_checkpoint.py from-hf --hf Qwen3-0.6B --out runs/qwen3-init
+
+``to-hf`` takes a run folder (newest checkpoint) or one checkpoint folder saved at any TP/PP;
+``--verify`` loads the written folder with transformers and compares logits on random tokens.
+``from-hf`` writes a weights-only checkpoint; start a run from it with ``--set checkpoint.load=DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    to_hf = sub.add_parser("to-hf", help="megatron checkpoint -> HF Qwen3ForCausalLM folder")
+    to_hf.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    to_hf.add_argument("--out", required=True, help="output HF folder")
+    to_hf.add_argument("--tokenizer", help="tokenizer to export (default: the run's data.tokenizer)")
+    to_hf.add_argument("--verify", action="store_true", help="compare logits with transformers")
+    to_hf.add_argument("--tolerance", type=float, default=1e-5, help="--verify max abs logit difference")
+    from_hf = sub.add_parser("from-hf", help="HF Qwen3 folder -> weights-only megatron checkpoint")
+    from_hf.add_argument("--hf", required=True, help="HF folder (config.json + safetensors)")
+    from_hf.add_argument("--out", required=True, help="run folder to write iter_0000000 into")
+    from_hf.add_argument("--tokenizer", help="tokenizer path to record in the checkpoint's config")
+    return parser.parse_args(argv)
+
+
+def verify_logits(model, hf_dir, tolerance: float) -> float:
+    """Max |logit difference| between our model and transformers' on random tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=next(model.parameters()).dtype).eval()
+    tokens = torch.randint(0, hf.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    model.eval()
+    with torch.no_grad():
+        ours = model(tokens, positions, None).float()
+        theirs = hf(tokens).logits.float()
+    diff = (ours - theirs).abs().max().item()
+    if diff > tolerance:
+        raise SystemExit(f"verify failed: max |logit diff| {diff:.3e} > {tolerance:.1e}")
+    return diff
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from megatron_omni.training.metrics import quiet_warnings
+
+    quiet_warnings()
+    from megatron_omni import platform
+    from megatron_omni.conversion.checkpoints import hf_folder_to_megatron, megatron_to_hf_folder
+
+    platform.init_distributed()
+    if args.command == "to-hf":
+        model, out = megatron_to_hf_folder(args.checkpoint, args.out, args.tokenizer)
+        summary = {"hf_folder": str(out)}
+        if args.verify:
+            summary["max_abs_logit_diff"] = verify_logits(model, out, args.tolerance)
+    else:
+        summary = {"checkpoint": str(hf_folder_to_megatron(args.hf, args.out, args.tokenizer))}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
