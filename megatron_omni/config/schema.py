@@ -38,6 +38,23 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     backend: str = "auto"
     """Layer implementation: auto (TE when importable, else local), te, or local."""
+    layer_pattern: str | None = None
+    """Attention type of each layer, one letter per layer: D dense (GQA, RoPE), S sparse
+    (InfLLM-V2, NoPE), L linear (Lightning, RoPE), e.g. "SLLS". 'hybrid' = the SALA-like default
+    (1 sparse : 3 linear, first and last layers sparse); null = all dense (plain Qwen3)."""
+    sparse: SparseAttentionConfig = field(default_factory=lambda: SparseAttentionConfig())
+    """Settings of the S layers (defined at the end of this file)."""
+    linear: LinearAttentionConfig = field(default_factory=lambda: LinearAttentionConfig())
+    """Settings of the L layers (defined at the end of this file)."""
+
+    def layer_types(self) -> str:
+        """layer_pattern spelled out: one of D, S, L per layer."""
+        if self.layer_pattern is None:
+            return "D" * self.num_layers
+        if self.layer_pattern == "hybrid":
+            last = self.num_layers - 1
+            return "".join("S" if i % 4 == 0 or i == last else "L" for i in range(self.num_layers))
+        return self.layer_pattern
 
 
 @dataclass
@@ -143,3 +160,40 @@ class OmniConfig:
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+@dataclass
+class SparseAttentionConfig:
+    """InfLLM-V2 layers ('S' in model.layer_pattern). Defaults: MiniCPM4 / MiniCPM-SALA."""
+
+    dense_len: int = 8192
+    """A sequence with fewer tokens attends densely; longer ones attend block-sparse."""
+    block_size: int = 64
+    """Key block length (power of two >= 16, multiple of kernel_stride)."""
+    topk: int = 64
+    """Key blocks each query block picks by score, besides the forced init and local blocks."""
+    init_blocks: int = 1
+    """First blocks of each sequence, always attended."""
+    local_blocks: int = 32
+    """Most recent blocks (the query's own included), always attended."""
+    kernel_size: int = 32
+    """Mean-pooling window of the compressed keys that score the blocks."""
+    kernel_stride: int = 16
+    """Stride of that pooling (divides kernel_size and block_size)."""
+    output_gate: bool = True
+    """o = o_proj(attn * sigmoid(x W_gate)); false keeps exactly the dense layer's parameters."""
+
+
+@dataclass
+class LinearAttentionConfig:
+    """Lightning layers ('L' in model.layer_pattern)."""
+
+    num_query_groups: int | None = None
+    """Key/value heads; null = model.num_attention_heads (one per query head, as in SALA)."""
+    slopes: str = "alibi"
+    """Per-head decay: alibi (s_h = 2^(-8(h+1)/H) in every layer) or minimax (also scaled by
+    1 - l/(L-1) over the L linear layers: deeper layers forget more slowly)."""
+    output_gate: bool = True
+    """o = o_proj(RMSNorm(attn) * sigmoid(x W_gate)); false drops the gate."""
+    chunk_size: int = 64
+    """Tokens per chunk of the Triton kernel (power of two >= 16)."""

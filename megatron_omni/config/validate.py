@@ -16,6 +16,7 @@ def validate(cfg: OmniConfig, world_size: int) -> int:
     _validate_batch(cfg, dp)
     _validate_sequence(cfg)
     _validate_training(cfg)
+    _validate_hybrid(cfg)
     return dp
 
 
@@ -132,3 +133,69 @@ def _validate_training(cfg: OmniConfig) -> None:
             f"training.warmup_steps={t.warmup_steps} must be smaller than the decay length "
             f"(training.lr_decay_steps, or train_steps when null) = {decay}; "
             f"use warmup_steps={max(0, decay // 10)}")
+
+
+def _validate_hybrid(cfg: OmniConfig) -> None:
+    """model.layer_pattern and the settings of the layer types it uses."""
+    m = cfg.model
+    if m.layer_pattern is not None and m.layer_pattern != "hybrid":
+        bad = sorted(set(m.layer_pattern) - set("DSL"))
+        if bad:
+            raise ConfigError(
+                f"model.layer_pattern={m.layer_pattern!r} has letters {bad}; use D (dense), "
+                f"S (sparse) and L (linear), one per layer, or 'hybrid'")
+        if len(m.layer_pattern) != m.num_layers:
+            raise ConfigError(
+                f"model.layer_pattern={m.layer_pattern!r} has {len(m.layer_pattern)} letters but "
+                f"model.num_layers={m.num_layers}; give one letter per layer, e.g. "
+                f"{'SLLL' * (m.num_layers // 4) + 'S' * (m.num_layers % 4)!r}, or 'hybrid'")
+    types = m.layer_types()
+    if set(types) != {"D"} and cfg.parallel.cp > 1:
+        raise ConfigError(
+            f"parallel.cp={cfg.parallel.cp}: sparse (S) and linear (L) layers have no context "
+            "parallelism yet; set parallel.cp=1 or model.layer_pattern=null")
+    if "S" in types:
+        _validate_sparse(cfg)
+    if "L" in types:
+        _validate_linear(cfg)
+
+
+def _validate_sparse(cfg: OmniConfig) -> None:
+    s = cfg.model.sparse
+    if s.block_size < 16 or s.block_size & (s.block_size - 1):
+        raise ConfigError(f"model.sparse.block_size={s.block_size} must be a power of two >= 16, "
+                          "e.g. 64")
+    if s.kernel_stride < 1 or s.kernel_size < s.kernel_stride or s.kernel_size % s.kernel_stride:
+        raise ConfigError(
+            f"model.sparse.kernel_size={s.kernel_size} must be a positive multiple of "
+            f"model.sparse.kernel_stride={s.kernel_stride}; e.g. kernel_size=32, kernel_stride=16")
+    if s.block_size % s.kernel_stride:
+        raise ConfigError(
+            f"model.sparse.block_size={s.block_size} must be a multiple of "
+            f"model.sparse.kernel_stride={s.kernel_stride}; use kernel_stride in "
+            f"{[d for d in _divisors(s.block_size) if d <= s.kernel_size]}")
+    for name in ("topk", "init_blocks"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"model.sparse.{name}={getattr(s, name)} must be >= 0")
+    if s.local_blocks < 1:
+        raise ConfigError(f"model.sparse.local_blocks={s.local_blocks} must be >= 1 (it counts "
+                          "the query's own block)")
+    if s.dense_len < 1:
+        raise ConfigError(f"model.sparse.dense_len={s.dense_len} must be >= 1")
+
+
+def _validate_linear(cfg: OmniConfig) -> None:
+    m, tp = cfg.model, cfg.parallel.tp
+    lin = m.linear
+    if lin.slopes not in ("alibi", "minimax"):
+        raise ConfigError(f"model.linear.slopes={lin.slopes!r}; use alibi or minimax")
+    if lin.chunk_size < 16 or lin.chunk_size & (lin.chunk_size - 1):
+        raise ConfigError(f"model.linear.chunk_size={lin.chunk_size} must be a power of two >= 16, "
+                          "e.g. 64")
+    groups = lin.num_query_groups
+    if groups is not None and (groups < 1 or m.num_attention_heads % groups or groups % tp):
+        valid = [d for d in _divisors(m.num_attention_heads) if d % tp == 0]
+        raise ConfigError(
+            f"model.linear.num_query_groups={groups} must divide model.num_attention_heads="
+            f"{m.num_attention_heads} and be divisible by parallel.tp={tp}; use one of {valid} "
+            "or null (= num_attention_heads)")

@@ -71,6 +71,14 @@ def transformer_config(cfg: OmniConfig) -> TransformerConfig:
         use_cpu_initialization=not on_gpu,
         calculate_per_token_loss=True,
         deallocate_pipeline_outputs=True,
+        # Layers of different attention types differ in shapes: checkpoint each layer under its
+        # own key (decoder.layers.<i>.) instead of stacking all layers into one tensor per name.
+        hetereogenous_dist_checkpoint=set(m.layer_types()) != {"D"},
+        # With pp=2 a rank's previous and next stage are the same peer; the interleaved
+        # schedule's batched p2p posts [send_prev, recv_prev, send_next, recv_next], so a
+        # forward activation can be matched with a backward gradient of the same shape.
+        # Megatron's unbatched even/odd ordering pairs them correctly.
+        batch_p2p_comm=not (p.pp == 2 and (p.vpp or 1) > 1),
         **recompute,
     )
 
@@ -83,7 +91,7 @@ def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None) -> 
     m = cfg.model
     return GPTModel(
         config=config,
-        transformer_layer_spec=decoder_block_spec(config, resolve_backend(m.backend), vp_stage),
+        transformer_layer_spec=decoder_block_spec(config, resolve_backend(m.backend), vp_stage, m),
         vocab_size=padded_vocab_size(vocab_size),
         max_sequence_length=m.max_position_embeddings,
         pre_process=pre,

@@ -1,8 +1,12 @@
-"""Layer specs for the Qwen3-style decoder: one builder, two backends.
+"""Layer specs for the Qwen3-style decoder: one builder, two backends, three attention types.
 
 Local backend (works everywhere, CPU included): megatron's ColumnParallelLinear/RowParallelLinear,
 our SDPA core attention and our sequence-parallel RMSNorm. Transformer-engine backend (chosen
 automatically when TE imports): megatron's TE spec with fused norm+linear and TE attention.
+
+``model.layer_pattern`` picks each layer's attention: D dense (the layer above), S sparse
+(InfLLM-V2) or L linear (Lightning). S and L layers are built from local modules under either
+backend (their cores are Triton kernels); they differ from D only in the self_attention slot.
 """
 from __future__ import annotations
 
@@ -19,7 +23,12 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import (
     TransformerLayer, TransformerLayerSubmodules, get_transformer_layer_offset)
 
+from megatron_omni.config.schema import LinearAttentionConfig, ModelConfig, SparseAttentionConfig
+from megatron_omni.models.attention.gated import GatedAttentionSubmodules
+from megatron_omni.models.attention.linear import (HeadsRMSNorm, LightningAttention,
+                                                  LightningCoreAttention)
 from megatron_omni.models.attention.sdpa import SDPAttention
+from megatron_omni.models.attention.sparse import InfLLMv2Attention, InfLLMv2CoreAttention
 from megatron_omni.models.norm import RMSNorm
 
 
@@ -50,21 +59,62 @@ def dense_layer_spec(backend: str) -> ModuleSpec:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
+    return _local_layer_spec(ModuleSpec(
+        module=SelfAttention,
+        params={"attn_mask_type": AttnMaskType.causal},
+        submodules=SelfAttentionSubmodules(
+            linear_qkv=ColumnParallelLinear,
+            core_attention=SDPAttention,
+            linear_proj=RowParallelLinear,
+            q_layernorm=RMSNorm,
+            k_layernorm=RMSNorm,
+        ),
+    ))
+
+
+def sparse_layer_spec(settings: SparseAttentionConfig) -> ModuleSpec:
+    """A decoder layer whose attention is InfLLM-V2 (NoPE, the dense layer's parameters, an
+    optional output gate)."""
+    return _local_layer_spec(ModuleSpec(
+        module=InfLLMv2Attention,
+        submodules=GatedAttentionSubmodules(
+            linear_qkv=ColumnParallelLinear,
+            core_attention=functools.partial(InfLLMv2CoreAttention, settings=settings),
+            linear_proj=RowParallelLinear,
+            q_layernorm=RMSNorm,
+            k_layernorm=RMSNorm,
+            linear_gate=ColumnParallelLinear if settings.output_gate else None,
+        ),
+    ))
+
+
+def linear_layer_spec(settings: LinearAttentionConfig, linear_index: int = 0,
+                      num_linear: int = 1) -> ModuleSpec:
+    """A decoder layer whose attention is Lightning; `linear_index` of `num_linear` counts the
+    linear layers only (it sets the MiniMax decay scaling)."""
+    return _local_layer_spec(ModuleSpec(
+        module=LightningAttention,
+        params={"num_query_groups": settings.num_query_groups},
+        submodules=GatedAttentionSubmodules(
+            linear_qkv=ColumnParallelLinear,
+            core_attention=functools.partial(LightningCoreAttention, settings=settings,
+                                             decay_layer=(linear_index, num_linear)),
+            linear_proj=RowParallelLinear,
+            q_layernorm=RMSNorm,
+            k_layernorm=RMSNorm,
+            linear_gate=ColumnParallelLinear if settings.output_gate else None,
+            out_norm=HeadsRMSNorm,
+        ),
+    ))
+
+
+def _local_layer_spec(self_attention: ModuleSpec) -> ModuleSpec:
+    """Pre-norm layer around `self_attention` with a SwiGLU MLP, from local modules."""
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
             input_layernorm=RMSNorm,
-            self_attention=ModuleSpec(
-                module=SelfAttention,
-                params={"attn_mask_type": AttnMaskType.causal},
-                submodules=SelfAttentionSubmodules(
-                    linear_qkv=ColumnParallelLinear,
-                    core_attention=SDPAttention,
-                    linear_proj=RowParallelLinear,
-                    q_layernorm=RMSNorm,
-                    k_layernorm=RMSNorm,
-                ),
-            ),
+            self_attention=self_attention,
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=RMSNorm,
             mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(
@@ -74,14 +124,32 @@ def dense_layer_spec(backend: str) -> ModuleSpec:
     )
 
 
-def decoder_block_spec(config: TransformerConfig, backend: str,
-                       vp_stage: int | None = None) -> TransformerBlockSubmodules:
-    """The layers this pipeline stage (and virtual stage) builds, plus the final norm."""
-    layer_specs = [dense_layer_spec(backend)] * config.num_layers
+def layer_specs(model: ModelConfig | None, num_layers: int, backend: str) -> list[ModuleSpec]:
+    """One spec per layer of the whole decoder, by model.layer_pattern (all dense for None)."""
+    pattern = "D" * num_layers if model is None else model.layer_types()
+    if len(pattern) != num_layers or set(pattern) - set("DSL"):
+        raise ValueError(f"model.layer_pattern={pattern!r} must have one of D, S, L for each of "
+                         f"the {num_layers} layers")
+    specs = []
+    for i, letter in enumerate(pattern):
+        if letter == "D":
+            specs.append(dense_layer_spec(backend))
+        elif letter == "S":
+            specs.append(sparse_layer_spec(model.sparse))
+        else:
+            specs.append(linear_layer_spec(model.linear, pattern[:i].count("L"), pattern.count("L")))
+    return specs
+
+
+def decoder_block_spec(config: TransformerConfig, backend: str, vp_stage: int | None = None,
+                       model: ModelConfig | None = None) -> TransformerBlockSubmodules:
+    """The layers this pipeline stage (and virtual stage) builds, plus the final norm; `model`
+    gives the layer pattern and the sparse/linear settings (None: all dense)."""
+    specs = layer_specs(model, config.num_layers, backend)
     offset = get_transformer_layer_offset(config, vp_stage=vp_stage)
     count = get_num_layers_to_build(config, vp_stage=vp_stage)
     if backend == "te":
         from megatron.core.extensions.transformer_engine import TENorm as final_norm
     else:
         final_norm = RMSNorm
-    return TransformerBlockSubmodules(layer_specs=layer_specs[offset:offset + count], layer_norm=final_norm)
+    return TransformerBlockSubmodules(layer_specs=specs[offset:offset + count], layer_norm=final_norm)
