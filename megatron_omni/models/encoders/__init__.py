@@ -1,0 +1,1 @@
+"""Encoder towers (vision, audio) built from megatron-core transformer layers."""

@@ -1,0 +1,146 @@
+"""Whisper-style audio encoder on megatron-core, with tensor parallelism.
+
+    log-mel [b, n_mels, frames]          (16 kHz audio, 10 ms hop: 100 frames per second, ≤ 30 s)
+      -> GELU(Conv1d(n_mels, hidden, k=3, pad=1))             (replicated over TP)
+      -> GELU(Conv1d(hidden, hidden, k=3, stride=2, pad=1))   (replicated)  → L = (frames-1)//2 + 1
+      -> + sinusoidal positions [:L] (Whisper's fixed embed_positions; a buffer, never trained)
+      -> num_layers pre-LN encoder layers (models/encoders/spec.py), exact (erf) GELU MLP
+      -> final LayerNorm
+    -> [b, L, hidden]                    (50 tokens per second; 1500 for 30 s)
+
+GELUs are exact (erf), as Whisper's. Unlike HF's WhisperEncoder, which insists on exactly
+``2 * max_source_positions`` frames (30 s padded), any length up to that is accepted; at the full
+length the two agree.
+
+Whisper's attention has biases on q, v and out but **none on k**. We keep megatron's fused QKV
+with one bias and hold its k-part at zero: it starts at zero, is imported as zeros, and a gradient
+hook zeroes its gradient, so no optimizer moves it (its true gradient is zero anyway: a bias on k
+adds ``q·b_k`` to every score of a query, the same for all keys, which softmax cancels; but
+Adam's normalisation would amplify the rounding noise in it).
+
+Parameter names (what conversion/whisper.py produces)::
+
+    conv1.{weight, bias}   conv2.{weight, bias}   embed_positions [max_source_positions, hidden] (buffer)
+    transformer.layers.L.{input_layernorm, pre_mlp_layernorm}.{weight, bias}
+    transformer.layers.L.self_attention.linear_qkv.{weight, bias}   per head [q_h; k_h; v_h]
+    transformer.layers.L.self_attention.linear_proj.{weight, bias}
+    transformer.layers.L.mlp.linear_fc{1,2}.{weight, bias}
+    transformer.final_layernorm.{weight, bias}
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_omni.models.encoders.spec import (check_encoder_config, encoder_block_spec,
+                                                encoder_transformer_config)
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioEncoderConfig:
+    """Shapes of a Whisper-style audio encoder."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    ffn_hidden_size: int
+    num_mel_bins: int = 80
+    max_source_positions: int = 1500
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def max_frames(self) -> int:
+        """Longest accepted mel input (3000 frames = 30 s for Whisper)."""
+        return 2 * self.max_source_positions
+
+
+AUDIO_PRESETS: dict[str, AudioEncoderConfig] = {
+    "whisper-medium": AudioEncoderConfig(
+        hidden_size=1024, num_layers=24, num_attention_heads=16, ffn_hidden_size=4096, num_mel_bins=80),
+    "tiny": AudioEncoderConfig(
+        hidden_size=64, num_layers=2, num_attention_heads=4, ffn_hidden_size=96, num_mel_bins=16,
+        max_source_positions=32),
+}
+"""Named shapes: Whisper-medium's encoder (80 mel bins, 30 s), and a tiny one for CPU tests."""
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """Whisper's fixed positional table ``[length, channels]``: [sin | cos] halves with
+    geometric timescales from 1 to ``max_timescale``."""
+    if channels % 2:
+        raise ValueError(f"sinusoidal positions need an even number of channels; got {channels}")
+    increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-increment * torch.arange(channels // 2))
+    scaled_time = torch.arange(length).view(-1, 1) * inv_timescales.view(1, -1)
+    return torch.cat([scaled_time.sin(), scaled_time.cos()], dim=1)
+
+
+def audio_output_length(frames: int) -> int:
+    """Encoder tokens for ``frames`` mel frames (the stride-2 conv): ``(frames - 1) // 2 + 1``."""
+    return (frames - 1) // 2 + 1
+
+
+def audio_transformer_config(cfg: AudioEncoderConfig, **kwargs) -> TransformerConfig:
+    """The encoder's TransformerConfig; kwargs as for ``encoder_transformer_config``."""
+    return encoder_transformer_config(
+        num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads, ffn_hidden_size=cfg.ffn_hidden_size,
+        activation_func=F.gelu, layernorm_epsilon=cfg.layer_norm_eps, **kwargs)
+
+
+def _k_bias_zeroed(bias: torch.Tensor, heads: int) -> torch.Tensor:
+    """A copy of a fused QKV bias (per head [q; k; v]) with its k-part set to zero."""
+    bias = bias.clone()
+    bias.view(heads, 3, -1)[:, 1] = 0
+    return bias
+
+
+def _hold_k_bias_at_zero(bias: torch.nn.Parameter, heads: int) -> None:
+    """Zero the k-part of a fused QKV bias and of every gradient it receives."""
+    with torch.no_grad():
+        bias.copy_(_k_bias_zeroed(bias, heads))
+    bias.register_hook(functools.partial(_k_bias_zeroed, heads=heads))  # a partial pickles
+
+
+class AudioEncoder(MegatronModule):
+    """Whisper-style encoder: log-mel ``[b, num_mel_bins, frames]`` (frames ≤ max_frames) →
+    ``[b, (frames - 1) // 2 + 1, hidden]``.
+
+    ``config`` defaults to ``audio_transformer_config(cfg)`` (TP size from megatron's parallel_state).
+    """
+
+    def __init__(self, cfg: AudioEncoderConfig, config: TransformerConfig | None = None):
+        config = config or audio_transformer_config(cfg)
+        check_encoder_config(config, num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
+                             num_attention_heads=cfg.num_attention_heads,
+                             ffn_hidden_size=cfg.ffn_hidden_size, name="AudioEncoder")
+        super().__init__(config=config)
+        self.cfg = cfg
+        h, dtype = cfg.hidden_size, config.params_dtype
+        self.conv1 = torch.nn.Conv1d(cfg.num_mel_bins, h, kernel_size=3, padding=1, dtype=dtype)
+        self.conv2 = torch.nn.Conv1d(h, h, kernel_size=3, stride=2, padding=1, dtype=dtype)
+        self.register_buffer("embed_positions", sinusoids(cfg.max_source_positions, h).to(dtype))
+        self.transformer = TransformerBlock(config, encoder_block_spec(cfg.num_layers),
+                                            pre_process=True, post_process=True)
+        for layer in self.transformer.layers:
+            _hold_k_bias_at_zero(layer.self_attention.linear_qkv.bias,
+                                 layer.self_attention.num_attention_heads_per_partition)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """``[b, num_mel_bins, frames]`` → ``[b, (frames - 1) // 2 + 1, hidden]``."""
+        cfg = self.cfg
+        if mel.dim() != 3 or mel.shape[1] != cfg.num_mel_bins or not 0 < mel.shape[2] <= cfg.max_frames:
+            raise ValueError(f"AudioEncoder expects log-mel [b, {cfg.num_mel_bins}, frames] with "
+                             f"1 ≤ frames ≤ {cfg.max_frames}; got {tuple(mel.shape)}")
+        x = F.gelu(self.conv1(mel.to(self.conv1.weight.dtype)))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)                  # [b, L, hidden]
+        x = x + self.embed_positions[: x.shape[1]]
+        x = self.transformer(x.transpose(0, 1).contiguous(), attention_mask=None)  # [L, b, hidden]
+        return x.transpose(0, 1)

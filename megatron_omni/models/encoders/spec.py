@@ -1,0 +1,125 @@
+"""The transformer layers shared by our encoders (SigLIP- and Whisper-shaped), on megatron-core.
+
+One pre-LN encoder layer::
+
+    x = x + proj(attention(qkv(LayerNorm(x))))      non-causal (AttnMaskType.no_mask), biased
+    x = x + fc2(act(fc1(LayerNorm(x))))             biased, no gating
+
+qkv / fc1 are ColumnParallelLinear and proj / fc2 RowParallelLinear, so tensor parallelism splits
+heads and the MLP's hidden dimension; our SDPAttention is the core attention. The norms are
+megatron's WrappedTorchNorm, i.e. ``torch.nn.LayerNorm`` with weight and bias — exactly HF's
+``nn.LayerNorm``, so the encoders stay fp32-exact against transformers. Encoders run before the
+LLM's sequence-parallel split and never use sequence parallelism (WrappedTorchNorm asserts it).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from megatron_omni.models.attention.sdpa import SDPAttention
+
+
+def encoder_layer_spec() -> ModuleSpec:
+    """One pre-LN, non-causal encoder layer with biased linears and a plain (non-gated) MLP."""
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=WrappedTorchNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.no_mask},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=ColumnParallelLinear,
+                    core_attention=SDPAttention,
+                    linear_proj=RowParallelLinear,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=WrappedTorchNorm,
+            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(
+                linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )
+
+
+def encoder_block_spec(num_layers: int) -> TransformerBlockSubmodules:
+    """All ``num_layers`` layers plus a final LayerNorm (encoders are never pipeline-split: they
+    live on the first pipeline stage)."""
+    return TransformerBlockSubmodules(layer_specs=[encoder_layer_spec()] * num_layers,
+                                      layer_norm=WrappedTorchNorm)
+
+
+def encoder_transformer_config(*, num_layers: int, hidden_size: int, num_attention_heads: int,
+                               ffn_hidden_size: int, activation_func: Callable, layernorm_epsilon: float,
+                               tensor_model_parallel_size: int | None = None,
+                               params_dtype: torch.dtype = torch.float32, **overrides) -> TransformerConfig:
+    """megatron-core's TransformerConfig for an encoder tower.
+
+    No GQA (``num_query_groups = num_attention_heads``), biases on every linear, LayerNorm, no
+    sequence or pipeline parallelism, no bias-activation fusion (megatron's fused bias-GELU is the
+    tanh approximation, which would change Whisper's exact-erf GELU). ``tensor_model_parallel_size``
+    defaults to the size of megatron's TP group (1 when parallel_state is not initialised).
+    ``overrides`` go to TransformerConfig unchanged (e.g. dropout, recompute settings).
+    """
+    if tensor_model_parallel_size is None:
+        tensor_model_parallel_size = (parallel_state.get_tensor_model_parallel_world_size()
+                                      if parallel_state.model_parallel_is_initialized() else 1)
+    fields = dict(
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        ffn_hidden_size=ffn_hidden_size,
+        num_attention_heads=num_attention_heads,
+        num_query_groups=num_attention_heads,
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=1,
+        sequence_parallel=False,
+        normalization="LayerNorm",
+        layernorm_epsilon=layernorm_epsilon,
+        activation_func=activation_func,
+        gated_linear_unit=False,
+        add_bias_linear=True,
+        add_qkv_bias=True,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        use_cpu_initialization=not torch.cuda.is_available(),
+    )
+    fields.update(overrides)
+    return TransformerConfig(**fields)
+
+
+def check_encoder_config(config: TransformerConfig, *, num_layers: int, hidden_size: int,
+                         num_attention_heads: int, ffn_hidden_size: int, name: str) -> None:
+    """Raise ValueError when a caller-supplied TransformerConfig disagrees with the encoder's
+    shapes or asks for a feature the encoder layer does not have."""
+    wrong = [f"{field}={getattr(config, field)} (expected {want})" for field, want in (
+        ("num_layers", num_layers), ("hidden_size", hidden_size),
+        ("num_attention_heads", num_attention_heads), ("num_query_groups", num_attention_heads),
+        ("ffn_hidden_size", ffn_hidden_size), ("normalization", "LayerNorm"),
+        ("add_bias_linear", True), ("gated_linear_unit", False), ("sequence_parallel", False),
+        ("pipeline_model_parallel_size", 1)) if getattr(config, field) != want]
+    if wrong:
+        raise ValueError(f"{name}: TransformerConfig does not fit the encoder: " + ", ".join(wrong)
+                         + "; build it with encoder_transformer_config()")

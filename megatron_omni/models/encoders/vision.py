@@ -1,0 +1,128 @@
+"""SigLIP-style vision encoder on megatron-core, with tensor parallelism.
+
+    pixels [b, 3, H, W]  (H = W = image_size)
+      -> patch embedding: Conv2d(3, hidden, kernel=stride=patch_size) (replicated over TP)
+      -> + learned position embedding [num_patches, hidden] (replicated)
+      -> num_layers pre-LN encoder layers (models/encoders/spec.py; heads and MLP split over TP)
+         with GELU (tanh approximation, SigLIP's gelu_pytorch_tanh)
+      -> post LayerNorm
+    -> [b, num_patches, hidden], num_patches = (image_size // patch_size) ** 2, row-major patches
+
+No class token and no pooling head (HF's SiglipVisionModel ``head`` is not part of the tower we
+train on; ``last_hidden_state`` is what we match). Video frames ``[b, T, 3, H, W]`` go through the
+same encoder as b*T images and come back as ``[b, T, num_patches, hidden]``.
+
+Parameter names (what conversion/siglip.py produces)::
+
+    patch_embed.weight [hidden, 3, p, p]   patch_embed.bias [hidden]   position_embedding [N, hidden]
+    transformer.layers.L.{input_layernorm, pre_mlp_layernorm}.{weight, bias}
+    transformer.layers.L.self_attention.linear_qkv.{weight, bias}   per head [q_h; k_h; v_h]
+    transformer.layers.L.self_attention.linear_proj.{weight, bias}
+    transformer.layers.L.mlp.linear_fc{1,2}.{weight, bias}
+    transformer.final_layernorm.{weight, bias}
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_omni.models.encoders.spec import (check_encoder_config, encoder_block_spec,
+                                                encoder_transformer_config)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionEncoderConfig:
+    """Shapes of a SigLIP-style vision tower."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    ffn_hidden_size: int
+    patch_size: int
+    image_size: int
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side (SigLIP's 'valid' convolution drops a remainder of pixels)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size ** 2
+
+
+VISION_PRESETS: dict[str, VisionEncoderConfig] = {
+    "siglip-so400m-patch14-384": VisionEncoderConfig(
+        hidden_size=1152, num_layers=27, num_attention_heads=16, ffn_hidden_size=4304,
+        patch_size=14, image_size=384),
+    "tiny": VisionEncoderConfig(
+        hidden_size=64, num_layers=2, num_attention_heads=4, ffn_hidden_size=96,
+        patch_size=4, image_size=16),
+}
+"""Named shapes: the released SigLIP so400m/14 at 384 px (27×27 = 729 patches), and a tiny
+tower for CPU tests (4×4 = 16 patches)."""
+
+gelu_tanh = functools.partial(F.gelu, approximate="tanh")
+"""SigLIP's ``gelu_pytorch_tanh`` (a partial, so configs stay picklable)."""
+
+
+def vision_transformer_config(cfg: VisionEncoderConfig, **kwargs) -> TransformerConfig:
+    """The encoder's TransformerConfig; kwargs as for ``encoder_transformer_config`` (TP size,
+    params_dtype, dropout, recompute...)."""
+    return encoder_transformer_config(
+        num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads, ffn_hidden_size=cfg.ffn_hidden_size,
+        activation_func=gelu_tanh, layernorm_epsilon=cfg.layer_norm_eps, **kwargs)
+
+
+class VisionEncoder(MegatronModule):
+    """SigLIP-style vision tower: images ``[b, C, H, W]`` → ``[b, num_patches, hidden]``, video
+    ``[b, T, C, H, W]`` → ``[b, T, num_patches, hidden]`` (frames encoded independently).
+
+    ``config`` defaults to ``vision_transformer_config(cfg)`` (TP size from megatron's
+    parallel_state). Pixels must be ``image_size`` square, already normalised.
+    """
+
+    def __init__(self, cfg: VisionEncoderConfig, config: TransformerConfig | None = None):
+        config = config or vision_transformer_config(cfg)
+        check_encoder_config(config, num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
+                             num_attention_heads=cfg.num_attention_heads,
+                             ffn_hidden_size=cfg.ffn_hidden_size, name="VisionEncoder")
+        super().__init__(config=config)
+        self.cfg = cfg
+        dtype = config.params_dtype
+        self.patch_embed = torch.nn.Conv2d(cfg.num_channels, cfg.hidden_size, kernel_size=cfg.patch_size,
+                                           stride=cfg.patch_size, dtype=dtype)
+        self.position_embedding = torch.nn.Parameter(
+            torch.empty(cfg.num_patches, cfg.hidden_size, dtype=dtype))
+        config.init_method(self.position_embedding)
+        self.transformer = TransformerBlock(config, encoder_block_spec(cfg.num_layers),
+                                            pre_process=True, post_process=True)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images ``[b, C, H, W]`` → ``[b, N, hidden]``; video ``[b, T, C, H, W]`` →
+        ``[b, T, N, hidden]``."""
+        cfg = self.cfg
+        expected = (f"images [b, {cfg.num_channels}, {cfg.image_size}, {cfg.image_size}] or video frames "
+                    f"[b, T, {cfg.num_channels}, {cfg.image_size}, {cfg.image_size}]")
+        if pixels.dim() not in (4, 5) or tuple(pixels.shape[-3:]) != (
+                cfg.num_channels, cfg.image_size, cfg.image_size):
+            raise ValueError(f"VisionEncoder expects {expected}; got {tuple(pixels.shape)}")
+        if pixels.dim() == 5:
+            b, t = pixels.shape[:2]
+            return self._encode(pixels.flatten(0, 1)).unflatten(0, (b, t))
+        return self._encode(pixels)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images.to(self.patch_embed.weight.dtype))  # [b, hidden, g, g]
+        x = x.flatten(2).transpose(1, 2) + self.position_embedding     # [b, N, hidden]
+        x = self.transformer(x.transpose(0, 1).contiguous(), attention_mask=None)  # [N, b, hidden]
+        return x.transpose(0, 1)

@@ -1,0 +1,1 @@
+"""Position ids and rotary embeddings for the omni model (TMRoPE)."""
