@@ -1,0 +1,13 @@
+"""Offline preprocessing of multimodal corpora into the format of
+megatron_omni/data/sample_format.py: token streams with media placeholders and loss masks in
+Megatron indexed binaries, media in webdataset tar shards, and a manifest.
+
+One CLI per source shape, each `python -m omni_data_prep.multimodal.<name> --help`:
+    image_caption     jsonl of image path + caption, or webdataset tars of image + caption
+    interleaved       documents of texts and images in reading order (OmniCorpus/OBELICS)
+    audio_transcript  jsonl manifests of audio path + transcript (16 kHz, clips <= 30 s)
+    video_caption     videos with captions and/or subtitles (frames at 1 fps, audio track)
+    conversations     the unified SFT conversation format (loss on assistant turns only)
+The shared machinery (shards, workers, resume, skip accounting) is in `runner`, media decoding
+in `media`.
+"""

@@ -1,0 +1,444 @@
+"""The machinery every multimodal preprocessing CLI shares: shards, workers, resume, manifest.
+
+Input records (jsonl lines, or samples of webdataset tars) are cut into shards of up to
+`samples_per_shard` consecutive records of one file. A worker turns each record into a sample
+with its `SampleSource` (the kind-specific part: image captions, conversations, ...), tokenizes
+it (`build_token_stream`) and writes the shard's files as megatron_omni/data/sample_format.py
+defines them. Bad records are skipped and counted per reason (`SKIP_REASONS`); under `strict`
+the first one stops the run with a `BadRecordError` naming file and line (or tar key).
+
+Atomic and resumable: a shard's files are written under temporary names and renamed into place
+when complete, then a marker `<shard>.done.json` records its `ShardInfo` and a fingerprint of
+the options, tokenizer and raw records that made it. A rerun reuses every shard whose marker
+matches and writes the rest. `manifest.json` is removed when a run starts and written last, so
+a folder holding a manifest is complete and consistent. (A changed media file behind an
+unchanged record is not noticed: delete the shard's marker to redo it.)
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import sys
+import tarfile
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+from tqdm import tqdm
+
+from megatron_omni.data.sample_format import (FORMAT_VERSION, LOSS_MASK_SUFFIX, MANIFEST_NAME,
+                                              Manifest, MediaInfo, Piece, SampleMeta, ShardInfo,
+                                              build_token_stream, media_field, placeholder_kinds,
+                                              sample_id, shard_name)
+from megatron_omni.data.tokenizer import load_tokenizer
+from omni_data_prep.preprocess_text import _atomic_output
+from omni_data_prep.text_records import BadRecordError, Chunk, expand_inputs, read_chunks
+
+SKIP_REASONS = ("malformed_json", "invalid_utf8", "missing_key", "bad_field", "empty_text",
+                "missing_file", "corrupt_image", "corrupt_audio", "truncated_audio",
+                "wrong_sample_rate", "corrupt_video", "placeholder_mismatch")
+MARKER_SUFFIX = ".done.json"
+_TMP_TAG = ".tmp-"
+
+
+class SkipSample(Exception):
+    """A record that cannot become a sample; `reason` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Prepared:
+    """What a SampleSource makes of one record: the token pieces, the media in placeholder
+    order as (info, stored bytes), whether `<eod>` is a target, and kind-specific metadata."""
+
+    pieces: list[Piece]
+    media: list[tuple[MediaInfo, bytes]]
+    eod_loss: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordContext:
+    """Resolves media paths of a record: absolute paths as they are, relative ones against
+    `media_root` or, when that is None, the folder of the input file."""
+
+    input_dir: Path
+    media_root: Path | None
+
+    def resolve(self, value: object, key: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise SkipSample("bad_field", f"{key} is {value!r}, not a path")
+        path = Path(value)
+        return path if path.is_absolute() else (self.media_root or self.input_dir) / path
+
+
+def field_of(record: dict, key: str, kind: type | tuple[type, ...], required: bool = True):
+    """`record[key]` checked to be of `kind`: `missing_key` when absent (or None) and
+    required, `bad_field` when of another type; None when absent and not required."""
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise SkipSample("missing_key", f"no {key!r} (keys: {sorted(record)[:10]})")
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise SkipSample("bad_field", f"{key} is {type(value).__name__}")
+    return value
+
+
+def text_of(record: dict, key: str) -> str:
+    """The non-blank string `record[key]`, else `missing_key`, `bad_field` or `empty_text`."""
+    text = field_of(record, key, str)
+    if not text.strip():
+        raise SkipSample("empty_text", f"{key} is empty or only whitespace")
+    return text
+
+
+class SampleSource(ABC):
+    """The kind-specific part of a CLI: turns one record into a `Prepared` sample.
+
+    Subclasses are dataclasses of their options (they travel to worker processes and into the
+    manifest and shard fingerprints).
+    """
+
+    kind: ClassVar[str]
+    input_suffixes: ClassVar[tuple[str, ...]] = (".jsonl", ".json")
+
+    def parse(self, raw: object, chunk: Chunk) -> dict:
+        """The record as a dict; `raw` is a jsonl line (bytes) of `chunk`."""
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SkipSample("invalid_utf8", str(err)) from None
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SkipSample("malformed_json", str(err)) from None
+        if not isinstance(record, dict):
+            raise SkipSample("malformed_json", f"not a JSON object but {type(record).__name__}")
+        return record
+
+    def chunks(self, paths: Sequence[Path], samples_per_shard: int) -> Iterator[Chunk]:
+        """The input cut into shards' worth of raw records."""
+        return read_chunks(paths, "", samples_per_shard)
+
+    @abstractmethod
+    def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
+        """The sample of `record`; raise SkipSample for a record that cannot be used."""
+
+    def options(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _ShardTask:
+    index: int
+    chunk: Chunk
+    fingerprint: str
+
+
+@dataclass
+class _WorkerState:
+    source: SampleSource
+    tokenizer_path: str
+    output_dir: Path
+    dtype: type
+    strict: bool
+    media_root: Path | None
+
+    def __post_init__(self):
+        self.tokenizer = load_tokenizer(self.tokenizer_path)
+
+
+def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
+        output_dir: str | Path, workers: int = 1, samples_per_shard: int = 1000,
+        strict: bool = False, media_root: str | Path | None = None,
+        progress: bool = True) -> Manifest:
+    """Preprocess the records of `inputs` (glob patterns) into `output_dir` with `source`.
+
+    Args:
+        source: the kind of record and its options.
+        inputs: glob patterns of input files, read in order.
+        tokenizer: a SentencePiece `.model` or Hugging Face `tokenizer.json` holding the omni
+            special tokens.
+        output_dir: receives the shards and `manifest.json`; created when missing. Shards left
+            by an earlier run with the same options, tokenizer and records are reused.
+        workers: processes writing shards; 1 writes them in this process.
+        samples_per_shard: input records per shard (a shard never spans two input files).
+        strict: raise BadRecordError at the first bad record (in input order) instead of
+            skipping it; the manifest is not written then.
+        media_root: folder that relative media paths are relative to (default: the folder of
+            the input file holding the record).
+        progress: show a tqdm bar of records read.
+
+    Returns the Manifest, also written to `output_dir/manifest.json`.
+    """
+    if workers < 1 or samples_per_shard < 1:
+        raise ValueError(f"workers and samples_per_shard must be >= 1, got {workers} and "
+                         f"{samples_per_shard}")
+    paths = expand_inputs(inputs, source.input_suffixes)
+    tok = load_tokenizer(tokenizer)
+    tok_info = {"path": str(tokenizer), "sha256": _file_sha256(Path(tokenizer)),
+                "vocab_size": tok.vocab_size}
+    dtype = DType.optimal_dtype(tok.vocab_size)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for stale in out.glob(f"shard-*{_TMP_TAG}*"):
+        stale.unlink()
+
+    config = json.dumps({"kind": source.kind, "options": source.options(),
+                         "tokenizer": tok_info["sha256"], "format": FORMAT_VERSION},
+                        sort_keys=True)
+    tasks = (_ShardTask(i, chunk, _fingerprint(config, chunk))
+             for i, chunk in enumerate(source.chunks(paths, samples_per_shard)))
+    state = (source, str(tokenizer), out, dtype, strict,
+             Path(media_root) if media_root is not None else None)
+    shards = []
+    with (_shard_results(tasks, state, workers) as results,
+          tqdm(unit="record", disable=None if progress else True) as bar):
+        for shard in results:
+            shards.append(shard)
+            bar.update(shard.records)
+            bar.set_postfix(samples=sum(s.samples for s in shards),
+                            skipped=sum(sum(s.skipped.values()) for s in shards), refresh=False)
+    manifest = Manifest(source.kind, [str(p) for p in paths], tok_info,
+                        np.dtype(dtype).name, source.options(), shards)
+    with _atomic_file(out / MANIFEST_NAME) as tmp:
+        tmp.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
+    return manifest
+
+
+@contextlib.contextmanager
+def _shard_results(tasks: Iterable[_ShardTask], state: tuple, workers: int
+                   ) -> Iterator[Iterator[ShardInfo]]:
+    """ShardInfo of every task in order: a matching marker's, or that of a fresh write here or
+    in a pool of `workers` (at most 2·workers shards in flight)."""
+    out = state[2]
+    if workers == 1:
+        local = _WorkerState(*state)
+        yield _ordered(tasks, out, lambda task: _Ready(write_shard(local, task)), window=1)
+        return
+    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=state) as pool:
+        yield _ordered(tasks, out, lambda task: pool.apply_async(_write_in_worker, (task,)),
+                       window=2 * workers)
+
+
+class _Ready:
+    def __init__(self, value):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+
+def _ordered(tasks: Iterable[_ShardTask], out: Path, submit: Callable, window: int
+             ) -> Iterator[ShardInfo]:
+    pending = collections.deque()
+    for task in tasks:
+        done = _finished_shard(out, task)
+        pending.append(_Ready(done) if done is not None else submit(task))
+        while len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _finished_shard(out: Path, task: _ShardTask) -> ShardInfo | None:
+    name = shard_name(task.index)
+    marker = out / f"{name}{MARKER_SUFFIX}"
+    if not marker.is_file():
+        return None
+    info = ShardInfo(**json.loads(marker.read_text()))
+    files = [f"{name}.bin", f"{name}.idx", f"{name}{LOSS_MASK_SUFFIX}.bin",
+             f"{name}{LOSS_MASK_SUFFIX}.idx", f"{name}.tar"]
+    if info.fingerprint != task.fingerprint or not all((out / f).is_file() for f in files):
+        return None
+    return info
+
+
+_WORKER: _WorkerState | None = None
+
+
+def _init_worker(*state) -> None:
+    global _WORKER
+    _WORKER = _WorkerState(*state)
+
+
+def _write_in_worker(task: _ShardTask) -> ShardInfo:
+    return write_shard(_WORKER, task)
+
+
+def write_shard(state: _WorkerState, task: _ShardTask) -> ShardInfo:
+    """Turn the task's records into samples and write the shard's files atomically, then its
+    marker. Raises BadRecordError at the first bad record under strict."""
+    chunk, name = task.chunk, shard_name(task.index)
+    prefix = state.output_dir / name
+    ctx = RecordContext(Path(chunk.path).parent, state.media_root)
+    skipped = dict.fromkeys(SKIP_REASONS, 0)
+    media_counts = {"image": 0, "video": 0, "audio": 0}
+    samples = tokens = loss_tokens = 0
+    with (_atomic_output(prefix) as (bin_tmp, idx_tmp),
+          _atomic_output(Path(f"{prefix}{LOSS_MASK_SUFFIX}")) as (mask_bin_tmp, mask_idx_tmp),
+          _atomic_file(Path(f"{prefix}.tar")) as tar_tmp,
+          tarfile.open(tar_tmp, "w", format=tarfile.PAX_FORMAT) as tar):
+        token_builder = IndexedDatasetBuilder(bin_tmp, dtype=state.dtype)
+        mask_builder = IndexedDatasetBuilder(mask_bin_tmp, dtype=np.uint8)
+        for location, raw in chunk.records:
+            try:
+                record = state.source.parse(raw, chunk)
+                prepared = state.source.prepare(record, ctx)
+                _check_placeholders(prepared)
+                ids, mask = build_token_stream(prepared.pieces, state.tokenizer,
+                                               prepared.eod_loss)
+            except SkipSample as err:
+                if state.strict:
+                    raise BadRecordError(f"{chunk.path}:{location}: {err}") from None
+                skipped[err.reason] += 1
+                continue
+            key = sample_id(task.index, samples)
+            meta = SampleMeta(key, state.source.kind, [info for info, _ in prepared.media],
+                              {"file": chunk.path, "loc": location, "id": _record_id(record)},
+                              prepared.extra)
+            _add_member(tar, f"{key}.json", json.dumps(meta.to_json()).encode())
+            for i, (info, data) in enumerate(prepared.media):
+                _add_member(tar, f"{key}.{media_field(i, info)}", data)
+                media_counts[info.kind] += 1
+            token_builder.add_document(np.asarray(ids), [len(ids)])
+            mask_builder.add_document(np.asarray(mask), [len(mask)])
+            samples += 1
+            tokens += len(ids)
+            loss_tokens += sum(mask)
+        tar.close()
+        token_builder.finalize(idx_tmp)
+        mask_builder.finalize(mask_idx_tmp)
+        sizes = {"tokens": os.path.getsize(bin_tmp), "loss_mask": os.path.getsize(mask_bin_tmp),
+                 "tar": os.path.getsize(tar_tmp)}
+    info = ShardInfo(name, chunk.path, chunk.records[0][0], chunk.records[-1][0],
+                     len(chunk.records), samples, tokens, loss_tokens, media_counts, sizes,
+                     {r: n for r, n in skipped.items() if n}, task.fingerprint)
+    with _atomic_file(state.output_dir / f"{name}{MARKER_SUFFIX}") as tmp:
+        tmp.write_text(json.dumps(dataclasses.asdict(info), indent=1) + "\n")
+    return info
+
+
+def _check_placeholders(prepared: Prepared) -> None:
+    found = placeholder_kinds(prepared.pieces)
+    stored = [info.kind for info, _ in prepared.media]
+    if found != stored:
+        raise SkipSample("placeholder_mismatch", f"placeholders {found} but media {stored}")
+
+
+def _record_id(record: dict) -> str | int | None:
+    value = record.get("id")
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed owner, mode and time: a shard's bytes depend only on its samples.
+    member = tarfile.TarInfo(name)
+    member.size, member.mode, member.mtime = len(data), 0o444, 0
+    tar.addfile(member, io.BytesIO(data))
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; move it onto `path` on success, delete it on
+    failure."""
+    tmp = path.with_name(f"{path.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def _fingerprint(config: str, chunk: Chunk) -> str:
+    digest = hashlib.sha256(config.encode())
+    digest.update(chunk.path.encode())
+    for location, raw in chunk.records:
+        digest.update(str(location).encode())
+        if isinstance(raw, dict):
+            for key in sorted(raw):
+                digest.update(key.encode())
+                digest.update(raw[key])
+        else:
+            digest.update(raw)
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- command line
+
+def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser with the options every multimodal CLI takes (`run`'s arguments)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--input", nargs="+", required=True, metavar="GLOB",
+                        help="input files or glob patterns (quote them), read in the order given")
+    parser.add_argument("--tokenizer", required=True,
+                        help="SentencePiece .model or Hugging Face tokenizer.json")
+    parser.add_argument("--output-dir", required=True,
+                        help="folder for the shards and manifest.json; a rerun resumes there")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes writing shards (default: 1, in this process)")
+    parser.add_argument("--samples-per-shard", type=int, default=1000,
+                        help="input records per shard (default: 1000)")
+    parser.add_argument("--media-root", default=None,
+                        help="folder relative media paths start from (default: the folder of "
+                             "the input file)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop with an error naming file and line (or tar key) at the first "
+                             "bad record instead of skipping it")
+    return parser
+
+
+def run_cli(source: SampleSource, args: argparse.Namespace) -> Manifest:
+    """Run `run` for parsed common options, print a summary; exit 1 on a bad record under
+    --strict."""
+    start = time.perf_counter()
+    try:
+        manifest = run(source, args.input, args.tokenizer, args.output_dir,
+                       workers=args.workers, samples_per_shard=args.samples_per_shard,
+                       strict=args.strict, media_root=args.media_root)
+    except BadRecordError as err:
+        print(f"error: {err} (--strict)", file=sys.stderr)
+        sys.exit(1)
+    print(format_summary(manifest, time.perf_counter() - start))
+    print(f"wrote {len(manifest.shards)} shards and {MANIFEST_NAME} to {args.output_dir}")
+    return manifest
+
+
+def format_summary(manifest: Manifest, seconds: float) -> str:
+    """Two lines: totals, and skipped records per reason."""
+    totals = manifest.totals()
+    counts = totals["counts"]
+    media = ", ".join(f"{kind} {n:,}" for kind, n in counts["media"].items())
+    skipped = ", ".join(f"{r} {n}" for r, n in totals["skipped"].items()) or "none"
+    return (f"records {counts['records']:,}, samples {counts['samples']:,}, "
+            f"tokens {counts['tokens']:,}, media: {media}, seconds {seconds:.2f}\n"
+            f"skipped: {skipped}")
