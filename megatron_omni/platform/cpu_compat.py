@@ -1,7 +1,8 @@
 """Run megatron-core on a machine without CUDA: the one place that knows about it.
 
 megatron-core assumes CUDA in a handful of places (research/megatron.md, "Running megatron-core
-on CPU"): literal ``device="cuda"`` / ``torch.cuda.current_device()`` in factory calls,
+on CPU"): literal ``device="cuda"`` / ``torch.cuda.current_device()`` in factory calls (also
+inside custom autograd backward functions, which run outside the caller's torch-function modes),
 ``Tensor.cuda()``, CUDA RNG-state functions in its RNG tracker, and ``Tensor.type()`` strings
 checked against ``torch.cuda.*Tensor`` by the optimizer and gradient clipping. ``enable()``
 redirects exactly those to the CPU. On a CUDA machine it is never called.
@@ -52,6 +53,17 @@ def _cuda_type_string(self: torch.Tensor, dtype=None, non_blocking=False, **kwar
 _ORIG_TYPE = torch.Tensor.type
 
 
+_ORIG_BACKWARD_APPLY = torch.autograd.function.BackwardCFunction.apply
+
+
+def _backward_apply(self, *args):
+    """The autograd engine runs custom Functions' backward without the caller's torch-function
+    modes; megatron allocates on the current device there (sequence-parallel gathers and
+    reduce-scatters), so the redirection is entered again around each backward."""
+    with _CudaToCpu():
+        return _ORIG_BACKWARD_APPLY(self, *args)
+
+
 def _get_rng_state(device="cuda", clone=False, graph_safe=False):
     return torch.get_rng_state()
 
@@ -88,6 +100,7 @@ def enable() -> None:
     from megatron.core.tensor_parallel import random as mrandom
 
     _CudaToCpu().__enter__()  # stays active for the life of the process
+    torch.autograd.function.BackwardCFunction.apply = _backward_apply
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.Tensor.type = _cuda_type_string
     torch.cuda.current_device = lambda: 0

@@ -110,12 +110,6 @@ def _compare(layout: str) -> None:
                                        msg=lambda m: f"{layout} {name}: {m}")
 
 
-SP_BACKWARD_ON_CPU = pytest.mark.skip(reason=(
-    "megatron's sequence-parallel ColumnParallelLinear backward allocates on "
-    "torch.cuda.current_device(); on CPU that needs cpu_compat's TorchFunctionMode, which torch "
-    "does not apply inside autograd backward"))
-
-
-@pytest.mark.parametrize("layout", ["tp2", pytest.param("tp2_sp", marks=SP_BACKWARD_ON_CPU)])
+@pytest.mark.parametrize("layout", ["tp2", "tp2_sp"])
 def test_matches_single_rank(layout):
     run_ranks(_compare, 2, layout)
