@@ -100,7 +100,7 @@ class Trainer:
         self.dp = init_parallel(cfg)
         setup_logging(torch.distributed.get_rank(), cfg.logging.megatron_log_level)
         if cfg.data.tokenizer is None:
-            raise ValueError("data.tokenizer is not set; give a sentencepiece .model or a tokenizer.json")
+            raise ConfigError("data.tokenizer is not set; give a sentencepiece .model or a tokenizer.json")
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
         self.model = build_model(cfg, self.vocab_size)
@@ -160,7 +160,11 @@ class Trainer:
         log.info("saved %s", path)
 
     def validate(self) -> float | None:
+        """Mean validation loss over training.eval_steps fixed global batches (last stage)."""
         t = self.cfg.training
+        if self.valid_data is None:
+            raise ConfigError("no validation data: set training.eval_interval > 0 (and give "
+                              "data.valid_blend or a validation share in data.split)")
         data = micro_batches(self.valid_data, 0, self.cfg, self.dp_rank, self.dp)
         batches = [self._next_global_batch(data) for _ in range(t.eval_steps)]
         return evaluate(self.model, batches, self.cfg.data.seq_length, t.micro_batch_size)

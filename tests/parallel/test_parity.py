@@ -42,3 +42,16 @@ def test_matches_single_rank(runs, layout):
 def test_training_reduces_loss(runs):
     ref, _ = runs.get("single", 1, [])
     assert ref["train"]["3"] < ref["train"]["1"] - 0.1
+
+
+def test_tensorboard_has_the_step_scalars(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ref, run_dir = runs.get("single", 1, [])
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "valid/loss"} <= tags
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert logged == pytest.approx({int(k): v for k, v in ref["train"].items()}, rel=1e-6)
+    assert [e.value for e in events.Scalars("train/lr")][0] == pytest.approx(3e-3)
