@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, [f"phase={args.phase}", *args.overrides])
         if args.dry_run:
+            from megatron_omni.training.phases import check_phase_runnable
+
+            check_phase_runnable(cfg.phase)
             dp = validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
             print(yaml.safe_dump({**config_to_dict(cfg), "derived": {"dp": dp}}, sort_keys=False))
             return 0

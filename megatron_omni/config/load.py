@@ -30,19 +30,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Om
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        *parents, leaf = key.strip().split(".")
+        if not sep or not all([*parents, leaf]):
             raise ConfigError(f"--set {item!r}: expected section.field=value")
         node = raw
-        *parents, leaf = key.strip().split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # an absent or empty (null) section
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {p} is not a section")
         node[leaf] = yaml.safe_load(value)
     model = raw.get("model") or {}
     if isinstance(model, dict):
         preset = model.get("preset", "tiny")
-        if preset not in MODEL_PRESETS:
+        if not isinstance(preset, str) or preset not in MODEL_PRESETS:
             raise ConfigError(f"model.preset={preset!r} is unknown; use one of {sorted(MODEL_PRESETS)}")
         raw["model"] = {**MODEL_PRESETS[preset], **model}
     return _build(OmniConfig, raw, "")

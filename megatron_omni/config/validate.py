@@ -1,6 +1,8 @@
 """Cross-field checks run before any model is built. Each names the fields and a valid value."""
 from __future__ import annotations
 
+import math
+
 from megatron_omni.config.load import ConfigError
 from megatron_omni.config.schema import OmniConfig
 
@@ -53,6 +55,9 @@ def _validate_world(cfg: OmniConfig, world_size: int) -> int:
 
 def _validate_heads(cfg: OmniConfig) -> None:
     m, tp = cfg.model, cfg.parallel.tp
+    for name in ("num_attention_heads", "num_query_groups"):
+        if getattr(m, name) < 1:
+            raise ConfigError(f"model.{name}={getattr(m, name)} must be >= 1")
     if m.num_attention_heads % m.num_query_groups:
         raise ConfigError(
             f"model.num_attention_heads={m.num_attention_heads} is not divisible by "
@@ -64,6 +69,10 @@ def _validate_heads(cfg: OmniConfig) -> None:
             raise ConfigError(
                 f"model.{name}={n} is not divisible by parallel.tp={tp}; "
                 f"use parallel.tp in {[d for d in _divisors(n) if m.num_attention_heads % d == 0 and m.num_query_groups % d == 0]}")
+    if m.ffn_hidden_size % tp:
+        raise ConfigError(
+            f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={tp} (the "
+            f"MLP columns are split over tp); use ffn_hidden_size={m.ffn_hidden_size // tp * tp or tp}")
 
 
 def _validate_layers(cfg: OmniConfig) -> None:
@@ -73,17 +82,19 @@ def _validate_layers(cfg: OmniConfig) -> None:
         raise ConfigError(f"parallel.vpp={p.vpp} needs parallel.pp > 1 (interleaved pipeline); "
                           "set parallel.vpp=null or raise parallel.pp")
     if n % (p.pp * vpp):
-        valid_pp = [d for d in _divisors(n) if n % (d * vpp) == 0]
+        valid_pp = [d for d in _divisors(n) if n % (d * vpp) == 0 and (vpp == 1 or d > 1)]
+        fix = f"parallel.pp in {valid_pp} (with vpp={vpp}) or " if valid_pp else ""
         raise ConfigError(
             f"model.num_layers={n} is not divisible by parallel.pp*vpp = {p.pp}*{vpp} = "
-            f"{p.pp * vpp}; use parallel.pp in {valid_pp} (with vpp={vpp}) or num_layers a "
-            f"multiple of {p.pp * vpp}")
+            f"{p.pp * vpp}; use {fix}model.num_layers a multiple of {p.pp * vpp}")
 
 
 def _validate_batch(cfg: OmniConfig, dp: int) -> None:
     t, p = cfg.training, cfg.parallel
+    if t.micro_batch_size < 1:
+        raise ConfigError(f"training.micro_batch_size={t.micro_batch_size} must be >= 1")
     per_step = t.micro_batch_size * dp
-    if t.micro_batch_size < 1 or t.global_batch_size % per_step or t.global_batch_size < per_step:
+    if t.global_batch_size % per_step or t.global_batch_size < per_step:
         lower = max(per_step, t.global_batch_size // per_step * per_step)
         raise ConfigError(
             f"training.global_batch_size={t.global_batch_size} is not a multiple of "
@@ -103,10 +114,13 @@ def _validate_sequence(cfg: OmniConfig) -> None:
         raise ConfigError(
             f"data.seq_length={s} must be divisible by 2*parallel.cp = {2 * p.cp} (load-balanced "
             f"context parallel); use data.seq_length={s // (2 * p.cp) * (2 * p.cp) or 2 * p.cp}")
-    if p.sequence_parallel and s % p.tp:
+    if p.sequence_parallel and s % (p.tp * p.cp):
+        # each context-parallel rank holds seq_length/cp tokens, split again over tp
+        step = math.lcm(p.tp * p.cp, 2 * p.cp if p.cp > 1 else 1)
+        across = f"parallel.tp*cp = {p.tp}*{p.cp} = {p.tp * p.cp}" if p.cp > 1 else f"parallel.tp={p.tp}"
         raise ConfigError(
-            f"data.seq_length={s} must be divisible by parallel.tp={p.tp} with sequence "
-            f"parallelism; use data.seq_length={max(p.tp, s // p.tp * p.tp)}")
+            f"data.seq_length={s} must be divisible by {across} with sequence "
+            f"parallelism; use data.seq_length={max(step, s // step * step)}")
     if s > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"data.seq_length={s} exceeds model.max_position_embeddings="
@@ -124,7 +138,8 @@ def _validate_training(cfg: OmniConfig) -> None:
     if cfg.model.backend not in ("auto", "te", "local"):
         raise ConfigError(f"model.backend={cfg.model.backend!r}; use auto, te or local")
     if t.min_lr > t.lr:
-        raise ConfigError(f"training.min_lr={t.min_lr} exceeds training.lr={t.lr}")
+        raise ConfigError(f"training.min_lr={t.min_lr} exceeds training.lr={t.lr}; use "
+                          f"min_lr <= lr, e.g. min_lr={t.lr / 10:g}")
     if t.train_steps < 1:
         raise ConfigError(f"training.train_steps={t.train_steps} must be >= 1")
     decay = t.lr_decay_steps or t.train_steps
@@ -173,7 +188,7 @@ def _validate_sparse(cfg: OmniConfig) -> None:
         raise ConfigError(
             f"model.sparse.block_size={s.block_size} must be a multiple of "
             f"model.sparse.kernel_stride={s.kernel_stride}; use kernel_stride in "
-            f"{[d for d in _divisors(s.block_size) if d <= s.kernel_size]}")
+            f"{[d for d in _divisors(s.block_size) if s.kernel_size % d == 0]}")
     for name in ("topk", "init_blocks"):
         if getattr(s, name) < 0:
             raise ConfigError(f"model.sparse.{name}={getattr(s, name)} must be >= 0")
