@@ -1,11 +1,5 @@
-"""Suite-wide set-up: on a machine without CUDA, Triton kernels run in the interpreter.
+"""Suite-wide set-up: on a machine without CUDA, Triton kernels run in the interpreter (set here,
+at collection time, before any test module imports triton)."""
+from megatron_omni.platform import use_triton_interpreter_without_cuda
 
-TRITON_INTERPRET must be set before triton is first imported (megatron-core and our kernels
-import it), so it is set here, at collection time, ahead of every test module.
-"""
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+use_triton_interpreter_without_cuda()

@@ -10,6 +10,13 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def use_triton_interpreter_without_cuda() -> None:
+    """Run Triton kernels in the interpreter when there is no GPU. Must run before triton is
+    first imported (megatron-core and our kernels import it): entry points call it first."""
+    if not has_cuda():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def device() -> torch.device:
     """The device this rank computes on: its local GPU, or the CPU."""
     if has_cuda():

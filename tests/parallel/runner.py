@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from megatron_omni.platform import use_triton_interpreter_without_cuda
 from megatron_omni.training.metrics import quiet_warnings
 
 
@@ -37,6 +38,7 @@ def main() -> None:
     mode.add_argument("--die-in-save", type=int, metavar="STEP",
                       help="train, and exit abruptly inside the save of STEP, after its files are written")
     args = parser.parse_args()
+    use_triton_interpreter_without_cuda()
     quiet_warnings()
     import torch
     from megatron.core import parallel_state as ps
