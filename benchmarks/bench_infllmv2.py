@@ -2,6 +2,7 @@
 
     python benchmarks/bench_infllmv2.py            # GPU: bf16, T in 4K..128K
     python benchmarks/bench_infllmv2.py --tiny     # CPU Triton interpreter, fp32, tiny shapes
+    python benchmarks/bench_infllmv2.py --smoke    # fewer and smaller still (the smoke test)
 
 FLOPs: attention does 2 matmuls of 2·D FLOPs per (query, key, head) pair, so the forward is
 4·D·pairs and forward+backward 3.5× that (the backward recomputes QKᵀ and adds 4 matmuls of the
@@ -13,9 +14,7 @@ Speedups are written only after the correctness check on the same device passes.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -26,21 +25,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import device_name, time_ms, write_results  # noqa: E402
+from benchmarks.common import kernel_benchmark_main, rel_rmse, time_ms  # noqa: E402
 from omni_kernels.infllmv2 import (block_sparse_attention, infllmv2_attention,  # noqa: E402
                                    naive, select_blocks)
 
+# check_len: sequence length of the correctness check; warmup/iters: time_ms's call counts.
 FULL = dict(seqlens=[4096, 8192, 32768, 65536, 131072], heads=32, kv_heads=2, head_dim=128,
             sparse=dict(block_size=64, topk=64, init_blocks=1, local_blocks=32, kernel_size=32,
-                        kernel_stride=16, lse_kernel_size=128, lse_kernel_stride=64))
+                        kernel_stride=16, lse_kernel_size=128, lse_kernel_stride=64),
+            check_len=1000, warmup=2, iters=5)
 TINY = dict(seqlens=[64, 128], heads=4, kv_heads=2, head_dim=16,
             sparse=dict(block_size=16, topk=2, init_blocks=1, local_blocks=2, kernel_size=8,
-                        kernel_stride=4, lse_kernel_size=32, lse_kernel_stride=16))
-
-
-def rel_rmse(ref: torch.Tensor, out: torch.Tensor) -> float:
-    ref, out = ref.double(), out.double()
-    return float((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30))
+                        kernel_stride=4, lse_kernel_size=32, lse_kernel_stride=16),
+            check_len=100, warmup=1, iters=2)
+SMOKE = dict(TINY, seqlens=[32], check_len=32, warmup=0, iters=1)
 
 
 def qkv(T: int, cfg: dict, dtype: torch.dtype, device: str, seed: int = 0):
@@ -60,7 +58,8 @@ def correctness(cfg: dict, device: str, T: int) -> dict:
     q, k, _ = qkv(T, cfg, torch.float32, device)
     q = (q * 2).detach()
     idx = select_blocks(q, k, **sp)
-    same = torch.equal(idx.cpu(), naive.select_blocks(q, k, **sp).cpu())
+    # the reference selection loops over tokens and heads: run it on the CPU
+    same = torch.equal(idx.cpu(), naive.select_blocks(q.cpu(), k.cpu(), **sp))
     report = {"shape": (T, cfg["heads"], cfg["kv_heads"], cfg["head_dim"]),
               "selection_equal": bool(same)}
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [torch.float16])
@@ -84,7 +83,7 @@ def attended_pairs(q, k, sp: dict) -> int:
     return int((idx >= 0).sum()) * G * sp["block_size"] ** 2
 
 
-def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str, iters: int) -> dict:
+def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str) -> dict:
     sp, D = cfg["sparse"], cfg["head_dim"]
     q, k, v = qkv(T, cfg, dtype, device)
     G = cfg["heads"] // cfg["kv_heads"]
@@ -101,7 +100,7 @@ def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str, iters: int) ->
     def sparse():
         return infllmv2_attention(q, k, v, dense_len=0, **sp)
 
-    warmup = 1 if device != "cuda" else 2
+    warmup, iters = cfg["warmup"], cfg["iters"]
     row = {"T": T}
     with torch.no_grad():
         row["select_ms"] = time_ms(lambda: select_blocks(q, k, **sp), warmup, iters)
@@ -120,30 +119,6 @@ def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str, iters: int) ->
     return row
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny fp32 shapes (CPU interpreter)")
-    parser.add_argument("--out", default=None, help="JSON path (default "
-                        "benchmarks/results/infllmv2_<device>.json)")
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = TINY if args.tiny or device == "cpu" else FULL
-    dtype = torch.bfloat16 if device == "cuda" and cfg is FULL else torch.float32
-    check = correctness(cfg, device, T=100 if cfg is TINY else 1000)
-    print("correctness:", check)
-    rows = []
-    if check["passed"]:
-        for T in cfg["seqlens"]:
-            rows.append(bench_one(T, cfg, dtype, device, iters=2 if cfg is TINY else 5))
-            print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()})
-    else:
-        print("correctness check failed: no timings reported")
-    slug = re.sub(r"[^a-z0-9]+", "_", device_name().lower()).strip("_")
-    out = args.out or Path(__file__).resolve().parent / "results" / f"infllmv2_{slug}.json"
-    path = write_results(out, "infllmv2", rows, dtype=str(dtype), config=cfg, correctness=check)
-    print("wrote", path)
-    sys.exit(0 if check["passed"] else 1)
-
-
 if __name__ == "__main__":
-    main()
+    kernel_benchmark_main("infllmv2", __doc__, dict(full=FULL, tiny=TINY, smoke=SMOKE),
+                          correctness, bench_one)

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_lightning.py            # GPU: bf16, B=1, H=32, D=128, T in 4K..128K
     python benchmarks/bench_lightning.py --tiny     # CPU Triton interpreter, fp32, tiny shapes
+    python benchmarks/bench_lightning.py --smoke    # fewer and smaller still (the smoke test)
 
 FLOPs (2 per multiply-add, per batch and head):
 - SDPA causal: the forward does 2 matmuls of 2·D FLOPs per (query, key) pair over T·(T+1)/2
@@ -17,9 +18,7 @@ Speedups are written only after the correctness check on the same device passes.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -29,17 +28,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import device_name, time_ms, write_results  # noqa: E402
+from benchmarks.common import kernel_benchmark_main, rel_rmse, time_ms  # noqa: E402
 from omni_kernels.lightning import (alibi_slopes, lightning_attn,  # noqa: E402
                                     lightning_attn_naive)
 
-FULL = dict(seqlens=[4096, 8192, 32768, 65536, 131072], heads=32, head_dim=128, chunk_size=64)
-TINY = dict(seqlens=[64, 128], heads=2, head_dim=32, chunk_size=32)
-
-
-def rel_rmse(ref: torch.Tensor, out: torch.Tensor) -> float:
-    ref, out = ref.double(), out.double()
-    return float((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30))
+# check_len: sequence length of the correctness check; warmup/iters: time_ms's call counts.
+FULL = dict(seqlens=[4096, 8192, 32768, 65536, 131072], heads=32, head_dim=128, chunk_size=64,
+            check_len=1000, warmup=2, iters=10)
+TINY = dict(seqlens=[64, 128], heads=2, head_dim=32, chunk_size=32, check_len=100, warmup=1,
+            iters=2)
+SMOKE = dict(seqlens=[24], heads=2, head_dim=16, chunk_size=16, check_len=24, warmup=0, iters=1)
 
 
 def qkv(T: int, H: int, D: int, dtype: torch.dtype, device: str, seed: int = 0):
@@ -82,7 +80,7 @@ def lightning_flops(T: int, H: int, D: int, C: int, backward: bool) -> float:
     return H * -(-T // C) * per_chunk
 
 
-def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str, iters: int) -> dict:
+def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str) -> dict:
     H, D, C = cfg["heads"], cfg["head_dim"], cfg["chunk_size"]
     q, k, v = qkv(T, H, D, dtype, device)
     q_t, k_t, v_t = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
@@ -99,7 +97,7 @@ def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str, iters: int) ->
     def lightning():
         return lightning_attn(q, k, v, slopes, chunk_size=C)[0]
 
-    warmup = 1 if device != "cuda" else 2
+    warmup, iters = cfg["warmup"], cfg["iters"]
     row = {"T": T}
     with torch.no_grad():
         row["sdpa_fwd_ms"] = time_ms(sdpa, warmup, iters)
@@ -119,30 +117,6 @@ def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str, iters: int) ->
     return row
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny fp32 shapes (CPU interpreter)")
-    parser.add_argument("--out", default=None, help="JSON path (default "
-                        "benchmarks/results/lightning_<device>.json)")
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = TINY if args.tiny or device == "cpu" else FULL
-    dtype = torch.bfloat16 if device == "cuda" and cfg is FULL else torch.float32
-    check = correctness(cfg, device, T=100 if cfg is TINY else 1000)
-    print("correctness:", check)
-    rows = []
-    if check["passed"]:
-        for T in cfg["seqlens"]:
-            rows.append(bench_one(T, cfg, dtype, device, iters=2 if cfg is TINY else 10))
-            print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()})
-    else:
-        print("correctness check failed: no timings reported")
-    slug = re.sub(r"[^a-z0-9]+", "_", device_name().lower()).strip("_")
-    out = args.out or Path(__file__).resolve().parent / "results" / f"lightning_{slug}.json"
-    path = write_results(out, "lightning", rows, dtype=str(dtype), config=cfg, correctness=check)
-    print("wrote", path)
-    sys.exit(0 if check["passed"] else 1)
-
-
 if __name__ == "__main__":
-    main()
+    kernel_benchmark_main("lightning", __doc__, dict(full=FULL, tiny=TINY, smoke=SMOKE),
+                          correctness, bench_one)

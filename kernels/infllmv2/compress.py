@@ -25,7 +25,8 @@ def _compress_kernel(k, out, cu_k, cu_c, stride_kt, stride_kh, stride_ot, stride
     for i in range(KERNEL):
         b_acc += tl.load(p_k + i * stride_kt, mask=m_cd, other=0.0).to(tl.float32)  # [BC, BD]
     p_o = out + (c_start + o_c).to(tl.int64)[:, None] * stride_ot + i_h * stride_oh + o_d[None, :]
-    tl.store(p_o, (b_acc / KERNEL).to(out.dtype.element_ty), mask=m_cd)
+    # div_rn: IEEE division (GPU fp32 `/` may be approximate), so the mean equals the reference
+    tl.store(p_o, tl.math.div_rn(b_acc, KERNEL * 1.0).to(out.dtype.element_ty), mask=m_cd)
 
 
 def compressed_cu_seqlens(cu_seqlens: torch.Tensor, kernel_size: int,

@@ -86,7 +86,8 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int = 64, topk: 
     check_block_args(block_size, kernel_size, kernel_stride, lse_kernel_size, lse_kernel_stride)
     check_selection_args(topk, init_blocks, local_blocks)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    parts = [_select_one(qs.detach(), ks.detach(), block_size, topk, init_blocks, local_blocks,
+    # The reference loops on the CPU whatever the inputs' device (its index tensors are CPU).
+    parts = [_select_one(qs.detach().cpu(), ks.detach().cpu(), block_size, topk, init_blocks, local_blocks,
                          kernel_size, kernel_stride, lse_kernel_size, lse_kernel_stride, scale)
              for qs, ks in zip(_split(q, cu_seqlens_q), _split(k, cu_seqlens_k))]
     return _stack(parts, cu_seqlens_q is not None).to(q.device)

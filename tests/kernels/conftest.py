@@ -1,13 +1,7 @@
 import pytest
 import torch
 
-
-def rel_rmse(ref: torch.Tensor, out: torch.Tensor) -> float:
-    """Relative root-mean-square error of `out` against `ref` (0 when both are zero)."""
-    ref, out = ref.double(), out.double()
-    num = (ref - out).pow(2).mean().sqrt()
-    den = ref.pow(2).mean().sqrt()
-    return float(num / den) if den > 0 else float(num)
+from benchmarks.common import rel_rmse
 
 
 def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, ratio: float = 1e-4):

@@ -1,7 +1,8 @@
 """InfLLM-V2 kernels (Triton; the interpreter on CPU) against the float64 references in naive.py.
 
 Sizes are tiny and odd (block 16, compression kernel 8 / stride 4, lse kernel 32 / stride 16) so
-that partial blocks, offsets and GQA groups all show while the interpreter stays fast.
+that partial blocks, offsets and GQA groups all show while the interpreter stays fast. With CUDA
+the kernels run compiled on the GPU; the references always run on CPU copies of the inputs.
 """
 import inspect
 import os
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from omni_kernels import infllmv2 as fast
 from omni_kernels.infllmv2 import naive
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = dict(block_size=16, kernel_size=8, kernel_stride=4, lse_kernel_size=32,
              lse_kernel_stride=16)
 
@@ -33,9 +35,9 @@ def poison_empty(monkeypatch):
 
 def make_qkv(B, Tq, Tk, Hq, Hkv, D, seed=0, dtype=torch.float32, q_scale=1.0):
     gen = torch.Generator().manual_seed(seed)
-    q = (torch.randn(B, Tq, Hq, D, generator=gen) * q_scale).to(dtype).requires_grad_()
-    k = torch.randn(B, Tk, Hkv, D, generator=gen).to(dtype).requires_grad_()
-    v = torch.randn(B, Tk, Hkv, D, generator=gen).to(dtype).requires_grad_()
+    q = (torch.randn(B, Tq, Hq, D, generator=gen) * q_scale).to(DEVICE, dtype).requires_grad_()
+    k = torch.randn(B, Tk, Hkv, D, generator=gen).to(DEVICE, dtype).requires_grad_()
+    v = torch.randn(B, Tk, Hkv, D, generator=gen).to(DEVICE, dtype).requires_grad_()
     return q, k, v
 
 
@@ -49,20 +51,22 @@ def random_block_idx(len_q, len_k, block_size, num_kv_heads, slots, seed=0):
             chosen = sorted(torch.randperm(blk, generator=gen)[: slots - 1].tolist() + [blk])
             per_head.append(chosen + [-1] * (slots - len(chosen)))
         rows.append(per_head)
-    return torch.tensor(rows, dtype=torch.int32)
+    return torch.tensor(rows, dtype=torch.int32, device=DEVICE)
 
 
 def check_fwd_bwd(assert_close, ref_fn, fast_fn, inputs, ratio=1e-4):
-    """Compare outputs and the gradients of every input under one random output gradient."""
-    out_ref, out = ref_fn(*inputs), fast_fn(*inputs)
+    """Compare outputs and the gradients of every input under one random output gradient (the
+    reference on CPU copies of the inputs)."""
+    ref_inputs = [x.detach().cpu().requires_grad_() for x in inputs]
+    out_ref, out = ref_fn(*ref_inputs), fast_fn(*inputs)
     out_ref, out = (out_ref, out) if isinstance(out, tuple) else ((out_ref,), (out,))
-    do = torch.randn_like(out[0], generator=torch.Generator().manual_seed(1))
-    grads_ref = torch.autograd.grad(out_ref[0], inputs, do)
-    grads = torch.autograd.grad(out[0], inputs, do)
+    do = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(1)).to(out[0].dtype)
+    grads_ref = torch.autograd.grad(out_ref[0], ref_inputs, do)
+    grads = torch.autograd.grad(out[0], inputs, do.to(DEVICE))
     for i, (a, b) in enumerate(zip(out_ref, out)):
-        assert_close(f"out{i}", a.detach(), b.detach(), ratio)
+        assert_close(f"out{i}", a.detach(), b.detach().cpu(), ratio)
     for name, a, b in zip(("dq", "dk", "dv"), grads_ref, grads):
-        assert_close(name, a, b, ratio)
+        assert_close(name, a, b.cpu(), ratio)
 
 
 def dense_reference(q, k, v):
@@ -85,15 +89,15 @@ def test_signatures_match_naive(name):
 def test_compress_exact(T, kernel, stride):
     # multiples of 1/16 in [-4, 4): window sums and the division are exact in float32
     k = torch.randint(-64, 64, (2, T, 2, 24), generator=torch.Generator().manual_seed(0)) / 16
-    out = fast.compress_keys(k, kernel, stride)
+    out = fast.compress_keys(k.to(DEVICE), kernel, stride).cpu()
     assert torch.equal(out, naive.compress_keys(k, kernel, stride))
     assert out.shape[1] == (0 if T < kernel else (T - kernel) // stride + 1)
 
 
 def test_compress_packed_matches_per_sequence():
     k = torch.randint(-64, 64, (1, 61, 2, 16), generator=torch.Generator().manual_seed(0)) / 16
-    cu = torch.tensor([0, 5, 30, 61], dtype=torch.int32)
-    out = fast.compress_keys(k, 8, 4, cu)
+    cu = torch.tensor([0, 5, 30, 61], dtype=torch.int32, device=DEVICE)
+    out = fast.compress_keys(k.to(DEVICE), 8, 4, cu).cpu()
     ref = torch.cat([naive.compress_keys(k[:, s:e], 8, 4)[0] for s, e in [(0, 5), (5, 30),
                                                                           (30, 61)]])
     assert torch.equal(out[0], ref)
@@ -115,20 +119,22 @@ def test_select_matches_naive(case):
     q, k, _ = make_qkv(B, Tq, Tk, Hq, Hkv, 24, q_scale=2.0)
     args = (topk, init, local)
     idx = fast.select_blocks(q, k, SMALL["block_size"], *args, *list(SMALL.values())[1:])
-    ref = naive.select_blocks(q, k, SMALL["block_size"], *args, *list(SMALL.values())[1:])
+    ref = naive.select_blocks(q.cpu(), k.cpu(), SMALL["block_size"], *args,
+                              *list(SMALL.values())[1:])
     assert idx.dtype == torch.int32 and idx.shape == ref.shape
-    assert torch.equal(idx, ref)
+    assert torch.equal(idx.cpu(), ref)
 
 
 def test_select_packed_matches_per_sequence():
     q, k, _ = make_qkv(1, 110, 110, 4, 2, 16, q_scale=2.0)
-    cu = torch.tensor([0, 13, 45, 110], dtype=torch.int32)
+    cu = torch.tensor([0, 13, 45, 110], dtype=torch.int32, device=DEVICE)
     idx = fast.select_blocks(q, k, topk=2, init_blocks=1, local_blocks=1, cu_seqlens_q=cu,
                              cu_seqlens_k=cu, **SMALL)
+    q, k = q.cpu(), k.cpu()
     ref = torch.cat([naive.select_blocks(q[:, s:e], k[:, s:e], topk=2, init_blocks=1,
                                          local_blocks=1, **SMALL)[0]
                      for s, e in [(0, 13), (13, 45), (45, 110)]])
-    assert torch.equal(idx[0], ref)
+    assert torch.equal(idx[0].cpu(), ref)
 
 
 def test_select_ties_pick_lower_blocks():
@@ -138,8 +144,9 @@ def test_select_ties_pick_lower_blocks():
     idx = fast.select_blocks(q, k, topk=2, init_blocks=1, local_blocks=2, **SMALL)
     assert torch.equal(idx, fast.select_blocks(q, k, topk=2, init_blocks=1, local_blocks=2,
                                                **SMALL))
-    assert torch.equal(idx, naive.select_blocks(q, k, topk=2, init_blocks=1, local_blocks=2,
-                                                **SMALL))
+    idx = idx.cpu()
+    assert torch.equal(idx, naive.select_blocks(q.cpu(), k.cpu(), topk=2, init_blocks=1,
+                                                local_blocks=2, **SMALL))
     assert idx[0, 9, 0].tolist() == [0, 1, 2, 8, 9]  # init 0, tied 1 and 2, local 8 and 9
     assert idx[0, 1, 0].tolist() == [0, 1, -1, -1, -1]
 
@@ -174,7 +181,7 @@ def test_block_sparse_attention_packed_matches_per_sequence(assert_close):
                                              bounds_k[1:])]
         return tuple(torch.cat(parts, 1) for parts in zip(*outs))
 
-    cu_q, cu_k = torch.tensor(bounds_q), torch.tensor(bounds_k)
+    cu_q, cu_k = torch.tensor(bounds_q, device=DEVICE), torch.tensor(bounds_k, device=DEVICE)
     check_fwd_bwd(assert_close, per_sequence,
                   lambda *x: fast.block_sparse_attention(*x, torch.cat(idx)[None], bs, cu_q,
                                                          cu_k), (q, k, v))
@@ -223,15 +230,15 @@ def test_infllmv2_packed_matches_per_sequence(assert_close):
         return torch.cat([naive.infllmv2_attention(q[:, s:e], k[:, s:e], v[:, s:e], **kwargs)
                           for s, e in zip(bounds, bounds[1:])], 1)
 
-    cu = torch.tensor(bounds, dtype=torch.int32)
+    cu = torch.tensor(bounds, dtype=torch.int32, device=DEVICE)
     check_fwd_bwd(assert_close, per_sequence,
                   lambda *x: fast.infllmv2_attention(*x, cu_seqlens=cu, **kwargs),
                   make_qkv(1, 130, 130, 2, 1, 16, q_scale=2.0))
 
 
 def _call(q_shape=(1, 20, 4, 16), k_shape=(1, 20, 2, 16), v_shape=None, **kwargs):
-    q, k = torch.randn(q_shape), torch.randn(k_shape)
-    v = torch.randn(v_shape or k_shape)
+    q, k = torch.randn(q_shape, device=DEVICE), torch.randn(k_shape, device=DEVICE)
+    v = torch.randn(v_shape or k_shape, device=DEVICE)
     return fast.infllmv2_attention(q, k, v, **{**SMALL, **kwargs})
 
 
@@ -261,7 +268,8 @@ def test_errors_name_the_argument(kwargs, match):
 def test_block_idx_shape_error():
     q, k, v = make_qkv(1, 20, 20, 2, 1, 16)
     with pytest.raises(ValueError, match="block_idx must be int32"):
-        fast.block_sparse_attention(q, k, v, torch.zeros(1, 1, 1, 2, dtype=torch.int32), 16)
+        fast.block_sparse_attention(q, k, v, torch.zeros(1, 1, 1, 2, dtype=torch.int32,
+                                                         device=DEVICE), 16)
 
 
 _COMPILE_SCRIPT = """

@@ -1,0 +1,68 @@
+"""Smoke tests of the benchmark scripts: each kernel benchmark runs end to end at its smallest
+shapes (--smoke; the Triton interpreter without CUDA, as set by tests/conftest.py and by the
+scripts themselves) in a subprocess, and the preprocessing benchmark runs on a tiny generated
+corpus. They check that the results JSON is complete and the correctness check passed, not the
+numbers."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_preprocess
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNEL_BENCHMARKS = ("lightning", "infllmv2")
+
+
+def load_results(path: Path, benchmark: str) -> dict:
+    """The JSON at path, after checking the fields every benchmark writes."""
+    data = json.loads(path.read_text())
+    assert data["benchmark"] == benchmark
+    for key in ("device", "date", "commit", "torch"):
+        assert isinstance(data[key], str) and data[key], key
+    assert data["rows"], "no rows"
+    return data
+
+
+@pytest.fixture(scope="module")
+def kernel_runs(tmp_path_factory):
+    """Both kernel benchmarks started at once (each is one mostly single-threaded interpreter
+    process): {name: (process, results path, log path)}."""
+    out_dir = tmp_path_factory.mktemp("kernel_benchmarks")
+    runs = {}
+    for name in KERNEL_BENCHMARKS:
+        log = out_dir / f"{name}.log"
+        with log.open("w") as stream:
+            proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / f"bench_{name}.py"),
+                                     "--smoke", "--out", str(out_dir / f"{name}.json")],
+                                    cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT)
+        runs[name] = (proc, out_dir / f"{name}.json", log)
+    yield runs
+    for proc, _, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("name", KERNEL_BENCHMARKS)
+def test_kernel_benchmark_smoke(kernel_runs, name):
+    proc, out, log = kernel_runs[name]
+    assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
+    data = load_results(out, name)
+    assert data["size"] == "smoke" and data["correctness"]["passed"] is True
+    for row in data["rows"]:
+        ms = [k for k in row if k.endswith("_ms")]
+        tflops = [k for k in row if k.endswith("_tflops")]
+        assert {"sdpa_fwd_ms", "sdpa_fwdbwd_ms"} <= set(ms) and len(tflops) == 4
+        assert all(row[k] > 0 for k in ms + ["speedup_fwd", "speedup_fwdbwd"])
+        assert all(row[k] >= 0 for k in tflops)
+
+
+def test_preprocess_benchmark_smoke(tmp_path):
+    path = bench_preprocess.main(["--workers", "1", "--num-docs", "200",
+                                  "--output", str(tmp_path / "preprocess.json")])
+    (row,) = load_results(path, "preprocess_text")["rows"]
+    assert row["workers"] == 1 and row["docs"] == 200
+    assert row["tokens"] > row["docs"] and row["tokens_per_s"] > 0
