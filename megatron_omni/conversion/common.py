@@ -1,8 +1,8 @@
-"""Helpers shared by the encoder importers (siglip.py, whisper.py).
+"""Helpers shared by the importers (qwen3.py, siglip.py, whisper.py).
 
-Reading Hugging Face folders (config.json + safetensors, single file or sharded), finding the
-encoder's key prefix in a state dict, checking keys and shapes, and loading a full (TP=1) state
-dict into a tensor-parallel megatron-core module.
+ConversionError; reading Hugging Face folders (config.json + safetensors, single file or sharded);
+for the encoders, finding the tower's key prefix in a state dict, checking keys and shapes, and
+loading a full (TP=1) state dict into a tensor-parallel megatron-core module.
 
 TP loading: each rank keeps its slice of every tensor-parallel parameter: megatron marks those with
 ``tensor_model_parallel=True`` and ``partition_dim`` (0 for ColumnParallelLinear weight and bias,
@@ -16,30 +16,44 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 from megatron.core import parallel_state
 from megatron.core.transformer.mlp import MLP
 from safetensors.torch import load_file
 
-from megatron_omni.conversion.qwen3 import ConversionError
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 
-_SAFETENSORS = "model.safetensors"
-_SAFETENSORS_INDEX = "model.safetensors.index.json"
+StateDict = dict[str, torch.Tensor]
+Cfg = TypeVar("Cfg")  # an encoder config (VisionEncoderConfig, AudioEncoderConfig)
 
 
-def read_hf_folder(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(config.json as a dict, tensors)`` of an HF folder with ``model.safetensors`` or a sharded
-    ``model.safetensors.index.json``. Tensors keep their stored dtype, on the CPU. Raises
-    ConversionError naming what is missing."""
+class ConversionError(ValueError):
+    """A state dict, config or folder that does not fit the expected layout; the message names the
+    key or field and what was expected."""
+
+
+def read_hf_config(path: str | Path) -> dict:
+    """``config.json`` of an HF folder, as a dict. Raises ConversionError when ``path`` is not a
+    folder or has no config.json."""
     folder = Path(path)
     if not folder.is_dir():
         raise ConversionError(f"{folder}: not a folder")
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ConversionError(f"{folder}: no config.json; not a Hugging Face model folder")
-    raw = json.loads(config_file.read_text())
-    index_file = folder / _SAFETENSORS_INDEX
+    return json.loads(config_file.read_text())
+
+
+def read_hf_weights(path: str | Path, check_index_complete: bool = False) -> StateDict:
+    """The tensors of an HF folder with ``model.safetensors`` or a sharded
+    ``model.safetensors.index.json``; they keep their stored dtype, on the CPU. Raises
+    ConversionError naming what is missing (weight files, shards; with ``check_index_complete``,
+    tensors the index lists but their shard lacks)."""
+    folder = Path(path)
+    index_file = folder / SAFETENSORS_INDEX
     if index_file.is_file():
         weight_map = json.loads(index_file.read_text()).get("weight_map")
         if not weight_map:
@@ -47,16 +61,42 @@ def read_hf_folder(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         shards = sorted(set(weight_map.values()))
         absent = [s for s in shards if not (folder / s).is_file()]
         if absent:
-            raise ConversionError(f"{folder}: shards named in {_SAFETENSORS_INDEX} are missing: {absent}")
+            raise ConversionError(f"{folder}: shards named in {SAFETENSORS_INDEX} are missing: {absent}")
         state = {}
         for shard in shards:
             state.update(load_file(folder / shard))
-        return raw, state
-    if (folder / _SAFETENSORS).is_file():
-        return raw, load_file(folder / _SAFETENSORS)
+        unlisted = sorted(set(weight_map) - set(state)) if check_index_complete else []
+        if unlisted:
+            raise ConversionError(f"{folder}: tensors listed in {SAFETENSORS_INDEX} are not in their "
+                                  f"shards: {unlisted[:8]}")
+        return state
+    if (folder / SAFETENSORS).is_file():
+        return load_file(folder / SAFETENSORS)
     present = sorted(p.name for p in folder.iterdir())
-    raise ConversionError(f"{folder}: neither {_SAFETENSORS} nor {_SAFETENSORS_INDEX} (only "
+    raise ConversionError(f"{folder}: neither {SAFETENSORS} nor {SAFETENSORS_INDEX} (only "
                           f"safetensors weights are read); the folder has {present}")
+
+
+def load_encoder_folder(path: str | Path, config_from_hf: Callable[[dict], Cfg]) -> tuple[StateDict, Cfg]:
+    """``(HF state dict, our config)`` of an encoder's HF folder (config.json + safetensors);
+    ``config_from_hf`` turns the config.json dict into our encoder config."""
+    raw = read_hf_config(path)
+    return read_hf_weights(path), config_from_hf(raw)
+
+
+def import_encoder(model: torch.nn.Module, source: str | Path | StateDict,
+                   config_from_hf: Callable[[dict], Cfg],
+                   hf_to_megatron: Callable[[StateDict, Cfg], StateDict]) -> None:
+    """Load HF encoder weights (a folder or a state dict) into ``model`` at any TP; a folder's
+    config (through ``config_from_hf``) must equal ``model.cfg``. ``hf_to_megatron`` maps the HF
+    state dict to the model's full (TP=1) one."""
+    if isinstance(source, dict):
+        state = source
+    else:
+        state, cfg = load_encoder_folder(source, config_from_hf)
+        if cfg != model.cfg:
+            raise ConversionError(f"{source}: its config {cfg} differs from the model's {model.cfg}")
+    load_full_state_dict(model, hf_to_megatron(state, model.cfg))
 
 
 def find_prefix(state: dict[str, torch.Tensor], anchor: str, what: str, exclude: str | None = None) -> str:
@@ -70,6 +110,13 @@ def find_prefix(state: dict[str, torch.Tensor], anchor: str, what: str, exclude:
         raise ConversionError(f"expected exactly one {what} in the state dict (a key ending in {anchor!r}); "
                               f"found {len(found)}: {found[:4]}")
     return found[0]
+
+
+def tower_state(state: dict[str, torch.Tensor], anchor: str, what: str,
+                exclude: str | None = None) -> tuple[str, dict[str, torch.Tensor]]:
+    """``(prefix, the tower's tensors with the prefix removed)``; prefix as ``find_prefix``."""
+    prefix = find_prefix(state, anchor, what, exclude)
+    return prefix, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def check_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], what: str) -> None:

@@ -31,21 +31,15 @@ of 128 is padded with zero rows.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import Qwen3Config
 
 from megatron_omni.config.schema import ModelConfig
+from megatron_omni.conversion.common import SAFETENSORS, ConversionError, read_hf_config, read_hf_weights
 from megatron_omni.models.llm.model import VOCAB_DIVISOR, padded_vocab_size
-
-
-class ConversionError(ValueError):
-    """A state dict, config or folder that does not fit the expected Qwen3 layout; the message
-    names the key or field and what was expected."""
-
 
 _M_EMBED = "embedding.word_embeddings.weight"
 _M_OUTPUT = "output_layer.weight"
@@ -53,8 +47,6 @@ _M_FINAL_NORM = "decoder.final_layernorm.weight"
 _HF_EMBED = "model.embed_tokens.weight"
 _HF_LM_HEAD = "lm_head.weight"
 _HF_FINAL_NORM = "model.norm.weight"
-_SAFETENSORS = "model.safetensors"
-_SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
 def _norm_names(te_names: bool) -> tuple[str, str]:
@@ -343,7 +335,7 @@ def save_hf_folder(hf_state: dict[str, torch.Tensor], hf_cfg: Qwen3Config, out_d
     hf_cfg.save_pretrained(out)
     tensors = {k: v.detach().cpu().contiguous() for k, v in hf_state.items()
                if not (hf_cfg.tie_word_embeddings and k == _HF_LM_HEAD)}
-    save_file(tensors, out / _SAFETENSORS, metadata={"format": "pt"})
+    save_file(tensors, out / SAFETENSORS, metadata={"format": "pt"})
 
 
 def _qwen3_config_from_dict(raw: dict, where: str) -> Qwen3Config:
@@ -361,35 +353,8 @@ def load_hf_folder(path: str | Path) -> tuple[dict[str, torch.Tensor], Qwen3Conf
     Raises ConversionError naming what is missing (config, weight files, shards, tensors).
     """
     folder = Path(path)
-    if not folder.is_dir():
-        raise ConversionError(f"{folder}: not a folder")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ConversionError(f"{folder}: no config.json; not a Hugging Face model folder")
-    cfg = _qwen3_config_from_dict(json.loads(config_file.read_text()), str(config_file))
-
-    index_file = folder / _SAFETENSORS_INDEX
-    if index_file.is_file():
-        weight_map = json.loads(index_file.read_text()).get("weight_map")
-        if not weight_map:
-            raise ConversionError(f"{index_file}: no weight_map")
-        shards = sorted(set(weight_map.values()))
-        absent = [s for s in shards if not (folder / s).is_file()]
-        if absent:
-            raise ConversionError(f"{folder}: shards named in {_SAFETENSORS_INDEX} are missing: {absent}")
-        state = {}
-        for shard in shards:
-            state.update(load_file(folder / shard))
-        unlisted = sorted(set(weight_map) - set(state))
-        if unlisted:
-            raise ConversionError(f"{folder}: tensors listed in {_SAFETENSORS_INDEX} are not in their "
-                                  f"shards: {unlisted[:8]}")
-    elif (folder / _SAFETENSORS).is_file():
-        state = load_file(folder / _SAFETENSORS)
-    else:
-        present = sorted(p.name for p in folder.iterdir())
-        raise ConversionError(f"{folder}: neither {_SAFETENSORS} nor {_SAFETENSORS_INDEX} "
-                              f"(only safetensors weights are read); the folder has {present}")
+    cfg = _qwen3_config_from_dict(read_hf_config(folder), str(folder / "config.json"))
+    state = read_hf_weights(folder, check_index_complete=True)
 
     model_cfg = ModelConfig(**model_overrides_from_hf(cfg))
     checked = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}

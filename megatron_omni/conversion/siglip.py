@@ -28,9 +28,8 @@ from pathlib import Path
 import torch
 from transformers import SiglipVisionConfig
 
-from megatron_omni.conversion.common import (check_state, find_prefix, fuse_qkv, load_full_state_dict,
-                                             read_hf_folder)
-from megatron_omni.conversion.qwen3 import ConversionError
+from megatron_omni.conversion.common import (ConversionError, check_state, fuse_qkv, import_encoder,
+                                             load_encoder_folder, tower_state)
 from megatron_omni.models.encoders.vision import VisionEncoder, VisionEncoderConfig
 
 _ANCHOR = "embeddings.patch_embedding.weight"
@@ -85,9 +84,8 @@ def _hf_shapes(cfg: VisionEncoderConfig) -> dict[str, tuple[int, ...]]:
 def hf_to_megatron(hf_state: dict[str, torch.Tensor], cfg: VisionEncoderConfig) -> dict[str, torch.Tensor]:
     """HF SigLIP (vision tower or full model) state dict → our VisionEncoder's full (TP=1) state
     dict. Raises ConversionError listing missing / unexpected keys and wrong shapes."""
-    prefix = find_prefix(hf_state, _ANCHOR, "SigLIP vision tower", exclude="text_model")
-    state = {k[len(prefix):]: v for k, v in hf_state.items()
-             if k.startswith(prefix) and not k[len(prefix):].startswith("head.")}
+    prefix, tower = tower_state(hf_state, _ANCHOR, "SigLIP vision tower", exclude="text_model")
+    state = {k: v for k, v in tower.items() if not k.startswith("head.")}
     check_state(state, _hf_shapes(cfg), f"SigLIP vision state dict (prefix {prefix!r})")
     nh = cfg.num_attention_heads
     out = {"patch_embed.weight": state["embeddings.patch_embedding.weight"],
@@ -107,17 +105,10 @@ def hf_to_megatron(hf_state: dict[str, torch.Tensor], cfg: VisionEncoderConfig) 
 
 def load_hf_folder(path: str | Path) -> tuple[dict[str, torch.Tensor], VisionEncoderConfig]:
     """``(HF state dict, our config)`` of a SigLIP folder (config.json + safetensors)."""
-    raw, state = read_hf_folder(path)
-    return state, config_from_hf(raw)
+    return load_encoder_folder(path, config_from_hf)
 
 
 def import_hf(model: VisionEncoder, source: str | Path | dict[str, torch.Tensor]) -> None:
     """Load HF SigLIP weights (a folder or a state dict) into ``model`` at any TP; a folder's
     config must match ``model.cfg``."""
-    if isinstance(source, dict):
-        state = source
-    else:
-        state, cfg = load_hf_folder(source)
-        if cfg != model.cfg:
-            raise ConversionError(f"{source}: its config {cfg} differs from the model's {model.cfg}")
-    load_full_state_dict(model, hf_to_megatron(state, model.cfg))
+    import_encoder(model, source, config_from_hf, hf_to_megatron)

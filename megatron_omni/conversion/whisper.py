@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 from transformers import WhisperConfig
 
-from megatron_omni.conversion.common import (check_state, find_prefix, fuse_qkv, load_full_state_dict,
-                                             read_hf_folder)
-from megatron_omni.conversion.qwen3 import ConversionError
+from megatron_omni.conversion.common import (ConversionError, check_state, fuse_qkv, import_encoder,
+                                             load_encoder_folder, tower_state)
 from megatron_omni.models.encoders.audio import AudioEncoder, AudioEncoderConfig
 
 _ANCHOR = "conv1.weight"
@@ -82,8 +81,7 @@ def _hf_shapes(cfg: AudioEncoderConfig) -> dict[str, tuple[int, ...]]:
 def hf_to_megatron(hf_state: dict[str, torch.Tensor], cfg: AudioEncoderConfig) -> dict[str, torch.Tensor]:
     """HF Whisper (encoder or full model) state dict → our AudioEncoder's full (TP=1) state dict.
     Raises ConversionError listing missing / unexpected keys and wrong shapes."""
-    prefix = find_prefix(hf_state, _ANCHOR, "Whisper encoder", exclude="decoder")
-    state = {k[len(prefix):]: v for k, v in hf_state.items() if k.startswith(prefix)}
+    prefix, state = tower_state(hf_state, _ANCHOR, "Whisper encoder", exclude="decoder")
     check_state(state, _hf_shapes(cfg), f"Whisper encoder state dict (prefix {prefix!r})")
     nh = cfg.num_attention_heads
     out = {name: state[name] for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")}
@@ -104,17 +102,10 @@ def hf_to_megatron(hf_state: dict[str, torch.Tensor], cfg: AudioEncoderConfig) -
 
 def load_hf_folder(path: str | Path) -> tuple[dict[str, torch.Tensor], AudioEncoderConfig]:
     """``(HF state dict, our config)`` of a Whisper folder (config.json + safetensors)."""
-    raw, state = read_hf_folder(path)
-    return state, config_from_hf(raw)
+    return load_encoder_folder(path, config_from_hf)
 
 
 def import_hf(model: AudioEncoder, source: str | Path | dict[str, torch.Tensor]) -> None:
     """Load HF Whisper encoder weights (a folder or a state dict) into ``model`` at any TP; a
     folder's config must match ``model.cfg``."""
-    if isinstance(source, dict):
-        state = source
-    else:
-        state, cfg = load_hf_folder(source)
-        if cfg != model.cfg:
-            raise ConversionError(f"{source}: its config {cfg} differs from the model's {model.cfg}")
-    load_full_state_dict(model, hf_to_megatron(state, model.cfg))
+    import_encoder(model, source, config_from_hf, hf_to_megatron)

@@ -41,18 +41,21 @@ def dist_backend() -> str:
 
 
 def init_distributed(timeout_minutes: int = 10) -> None:
-    """Initialise torch.distributed from torchrun's environment (a single process without it)."""
+    """Initialise torch.distributed from torchrun's environment, or as a single process (rank 0
+    of 1 on a free local port) without it. The single-process path leaves os.environ alone, so
+    child processes never inherit a rank or a port that this process holds."""
     import datetime
 
     if torch.distributed.is_initialized():
         return
-    if "RANK" not in os.environ:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     setup()
-    torch.distributed.init_process_group(
-        dist_backend(), timeout=datetime.timedelta(minutes=timeout_minutes))
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if "RANK" in os.environ:
+        torch.distributed.init_process_group(dist_backend(), timeout=timeout)
+    else:
+        torch.distributed.init_process_group(
+            dist_backend(), init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+            timeout=timeout)
 
 
 def _free_port() -> int:

@@ -13,25 +13,11 @@ from megatron_omni.conversion.qwen3 import (ConversionError, hf_config, hf_to_me
                                             megatron_to_hf, model_overrides_from_hf, save_hf_folder)
 from megatron_omni.models.llm.model import build_llm
 
+pytestmark = pytest.mark.usefixtures("megatron_single_rank")
+
 TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
             rms_norm_eps=1e-6)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def megatron_single_process():
-    """torch.distributed + megatron's parallel state for one process at TP=PP=1, once per module."""
-    from megatron.core import parallel_state as ps
-
-    from megatron_omni import platform
-
-    platform.init_distributed()
-    created = not ps.model_parallel_is_initialized()
-    if created:
-        ps.initialize_model_parallel(1, 1)
-    yield
-    if created:
-        ps.destroy_model_parallel()
 
 
 def omni_config(overrides: dict):

@@ -18,14 +18,10 @@ hook zeroes its gradient, so no optimizer moves it (its true gradient is zero an
 adds ``q·b_k`` to every score of a query, the same for all keys, which softmax cancels; but
 Adam's normalisation would amplify the rounding noise in it).
 
-Parameter names (what conversion/whisper.py produces)::
+Parameter names (what conversion/whisper.py produces; ``transformer.*`` as listed in
+models/encoders/spec.py)::
 
     conv1.{weight, bias}   conv2.{weight, bias}   embed_positions [max_source_positions, hidden] (buffer)
-    transformer.layers.L.{input_layernorm, pre_mlp_layernorm}.{weight, bias}
-    transformer.layers.L.self_attention.linear_qkv.{weight, bias}   per head [q_h; k_h; v_h]
-    transformer.layers.L.self_attention.linear_proj.{weight, bias}
-    transformer.layers.L.mlp.linear_fc{1,2}.{weight, bias}
-    transformer.final_layernorm.{weight, bias}
 """
 from __future__ import annotations
 
@@ -89,10 +85,7 @@ def audio_output_length(frames: int) -> int:
 
 def audio_transformer_config(cfg: AudioEncoderConfig, **kwargs) -> TransformerConfig:
     """The encoder's TransformerConfig; kwargs as for ``encoder_transformer_config``."""
-    return encoder_transformer_config(
-        num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
-        num_attention_heads=cfg.num_attention_heads, ffn_hidden_size=cfg.ffn_hidden_size,
-        activation_func=F.gelu, layernorm_epsilon=cfg.layer_norm_eps, **kwargs)
+    return encoder_transformer_config(cfg, F.gelu, **kwargs)
 
 
 def _k_bias_zeroed(bias: torch.Tensor, heads: int) -> torch.Tensor:
@@ -118,9 +111,7 @@ class AudioEncoder(MegatronModule):
 
     def __init__(self, cfg: AudioEncoderConfig, config: TransformerConfig | None = None):
         config = config or audio_transformer_config(cfg)
-        check_encoder_config(config, num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
-                             num_attention_heads=cfg.num_attention_heads,
-                             ffn_hidden_size=cfg.ffn_hidden_size, name="AudioEncoder")
+        check_encoder_config(config, cfg, name="AudioEncoder")
         super().__init__(config=config)
         self.cfg = cfg
         h, dtype = cfg.hidden_size, config.params_dtype

@@ -10,10 +10,18 @@ heads and the MLP's hidden dimension; our SDPAttention is the core attention. Th
 megatron's WrappedTorchNorm, i.e. ``torch.nn.LayerNorm`` with weight and bias — exactly HF's
 ``nn.LayerNorm``, so the encoders stay fp32-exact against transformers. Encoders run before the
 LLM's sequence-parallel split and never use sequence parallelism (WrappedTorchNorm asserts it).
+
+Parameter names under an encoder's ``transformer.``::
+
+    layers.L.{input_layernorm, pre_mlp_layernorm}.{weight, bias}
+    layers.L.self_attention.linear_qkv.{weight, bias}   per head [q_h; k_h; v_h]
+    layers.L.self_attention.linear_proj.{weight, bias}
+    layers.L.mlp.linear_fc{1,2}.{weight, bias}
+    final_layernorm.{weight, bias}
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from megatron.core import parallel_state
@@ -29,6 +37,17 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_omni.models.attention.sdpa import SDPAttention
+
+
+class EncoderShape(Protocol):
+    """The fields of an encoder config (VisionEncoderConfig, AudioEncoderConfig) that shape its
+    transformer layers."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    ffn_hidden_size: int
+    layer_norm_eps: float
 
 
 def encoder_layer_spec() -> ModuleSpec:
@@ -62,11 +81,10 @@ def encoder_block_spec(num_layers: int) -> TransformerBlockSubmodules:
                                       layer_norm=WrappedTorchNorm)
 
 
-def encoder_transformer_config(*, num_layers: int, hidden_size: int, num_attention_heads: int,
-                               ffn_hidden_size: int, activation_func: Callable, layernorm_epsilon: float,
+def encoder_transformer_config(shape: EncoderShape, activation_func: Callable, *,
                                tensor_model_parallel_size: int | None = None,
                                params_dtype: torch.dtype = torch.float32, **overrides) -> TransformerConfig:
-    """megatron-core's TransformerConfig for an encoder tower.
+    """megatron-core's TransformerConfig for an encoder tower of the given ``shape``.
 
     No GQA (``num_query_groups = num_attention_heads``), biases on every linear, LayerNorm, no
     sequence or pipeline parallelism, no bias-activation fusion (megatron's fused bias-GELU is the
@@ -78,16 +96,16 @@ def encoder_transformer_config(*, num_layers: int, hidden_size: int, num_attenti
         tensor_model_parallel_size = (parallel_state.get_tensor_model_parallel_world_size()
                                       if parallel_state.model_parallel_is_initialized() else 1)
     fields = dict(
-        num_layers=num_layers,
-        hidden_size=hidden_size,
-        ffn_hidden_size=ffn_hidden_size,
-        num_attention_heads=num_attention_heads,
-        num_query_groups=num_attention_heads,
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        ffn_hidden_size=shape.ffn_hidden_size,
+        num_attention_heads=shape.num_attention_heads,
+        num_query_groups=shape.num_attention_heads,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=1,
         sequence_parallel=False,
         normalization="LayerNorm",
-        layernorm_epsilon=layernorm_epsilon,
+        layernorm_epsilon=shape.layer_norm_eps,
         activation_func=activation_func,
         gated_linear_unit=False,
         add_bias_linear=True,
@@ -110,14 +128,13 @@ def encoder_transformer_config(*, num_layers: int, hidden_size: int, num_attenti
     return TransformerConfig(**fields)
 
 
-def check_encoder_config(config: TransformerConfig, *, num_layers: int, hidden_size: int,
-                         num_attention_heads: int, ffn_hidden_size: int, name: str) -> None:
+def check_encoder_config(config: TransformerConfig, shape: EncoderShape, name: str) -> None:
     """Raise ValueError when a caller-supplied TransformerConfig disagrees with the encoder's
-    shapes or asks for a feature the encoder layer does not have."""
+    ``shape`` or asks for a feature the encoder layer does not have."""
     wrong = [f"{field}={getattr(config, field)} (expected {want})" for field, want in (
-        ("num_layers", num_layers), ("hidden_size", hidden_size),
-        ("num_attention_heads", num_attention_heads), ("num_query_groups", num_attention_heads),
-        ("ffn_hidden_size", ffn_hidden_size), ("normalization", "LayerNorm"),
+        ("num_layers", shape.num_layers), ("hidden_size", shape.hidden_size),
+        ("num_attention_heads", shape.num_attention_heads), ("num_query_groups", shape.num_attention_heads),
+        ("ffn_hidden_size", shape.ffn_hidden_size), ("normalization", "LayerNorm"),
         ("add_bias_linear", True), ("gated_linear_unit", False), ("sequence_parallel", False),
         ("pipeline_model_parallel_size", 1)) if getattr(config, field) != want]
     if wrong:

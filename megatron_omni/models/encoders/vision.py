@@ -12,14 +12,10 @@ No class token and no pooling head (HF's SiglipVisionModel ``head`` is not part 
 train on; ``last_hidden_state`` is what we match). Video frames ``[b, T, 3, H, W]`` go through the
 same encoder as b*T images and come back as ``[b, T, num_patches, hidden]``.
 
-Parameter names (what conversion/siglip.py produces)::
+Parameter names (what conversion/siglip.py produces; ``transformer.*`` as listed in
+models/encoders/spec.py)::
 
     patch_embed.weight [hidden, 3, p, p]   patch_embed.bias [hidden]   position_embedding [N, hidden]
-    transformer.layers.L.{input_layernorm, pre_mlp_layernorm}.{weight, bias}
-    transformer.layers.L.self_attention.linear_qkv.{weight, bias}   per head [q_h; k_h; v_h]
-    transformer.layers.L.self_attention.linear_proj.{weight, bias}
-    transformer.layers.L.mlp.linear_fc{1,2}.{weight, bias}
-    transformer.final_layernorm.{weight, bias}
 """
 from __future__ import annotations
 
@@ -77,10 +73,7 @@ gelu_tanh = functools.partial(F.gelu, approximate="tanh")
 def vision_transformer_config(cfg: VisionEncoderConfig, **kwargs) -> TransformerConfig:
     """The encoder's TransformerConfig; kwargs as for ``encoder_transformer_config`` (TP size,
     params_dtype, dropout, recompute...)."""
-    return encoder_transformer_config(
-        num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
-        num_attention_heads=cfg.num_attention_heads, ffn_hidden_size=cfg.ffn_hidden_size,
-        activation_func=gelu_tanh, layernorm_epsilon=cfg.layer_norm_eps, **kwargs)
+    return encoder_transformer_config(cfg, gelu_tanh, **kwargs)
 
 
 class VisionEncoder(MegatronModule):
@@ -93,9 +86,7 @@ class VisionEncoder(MegatronModule):
 
     def __init__(self, cfg: VisionEncoderConfig, config: TransformerConfig | None = None):
         config = config or vision_transformer_config(cfg)
-        check_encoder_config(config, num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
-                             num_attention_heads=cfg.num_attention_heads,
-                             ffn_hidden_size=cfg.ffn_hidden_size, name="VisionEncoder")
+        check_encoder_config(config, cfg, name="VisionEncoder")
         super().__init__(config=config)
         self.cfg = cfg
         dtype = config.params_dtype
