@@ -46,10 +46,8 @@ def _validate_world(cfg: OmniConfig, world_size: int) -> int:
     if p.sequence_parallel and p.tp == 1:
         raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1; "
                           "set parallel.sequence_parallel=false or raise parallel.tp")
-    if p.cp > 1 and cfg.model.backend != "te":
-        raise ConfigError(
-            f"parallel.cp={p.cp} needs context-parallel attention: dense attention has it only "
-            "with transformer-engine (model.backend=te); otherwise set parallel.cp=1")
+    # cp > 1: transformer-engine's attention under model.backend=te, our own
+    # (megatron_omni.parallel.context_parallel) for the local backend and the S/L layers
     return world_size // model_parallel
 
 
@@ -165,10 +163,15 @@ def _validate_hybrid(cfg: OmniConfig) -> None:
                 f"model.num_layers={m.num_layers}; give one letter per layer, e.g. "
                 f"{'SLLL' * (m.num_layers // 4) + 'S' * (m.num_layers % 4)!r}, or 'hybrid'")
     types = m.layer_types()
-    if set(types) != {"D"} and cfg.parallel.cp > 1:
+    cp = cfg.parallel.cp
+    if "S" in types and cp > 1 and (cfg.data.seq_length // (2 * cp)) % m.sparse.block_size:
+        # block selection is per query block: a CP chunk must start on a block boundary
+        chunk = 2 * cp * m.sparse.block_size
         raise ConfigError(
-            f"parallel.cp={cfg.parallel.cp}: sparse (S) and linear (L) layers have no context "
-            "parallelism yet; set parallel.cp=1 or model.layer_pattern=null")
+            f"data.seq_length={cfg.data.seq_length} with parallel.cp={cp}: sparse (S) layers need "
+            f"seq_length / (2*cp) to be a multiple of model.sparse.block_size="
+            f"{m.sparse.block_size}; use data.seq_length="
+            f"{max(chunk, cfg.data.seq_length // chunk * chunk)}")
     if "S" in types:
         _validate_sparse(cfg)
     if "L" in types:

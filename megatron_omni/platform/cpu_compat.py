@@ -37,6 +37,8 @@ class _CudaToCpu(TorchFunctionMode):
         kwargs = kwargs or {}
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs = {**kwargs, "device": "cpu"}
+        if kwargs.get("pin_memory"):  # no pinned allocator without CUDA (megatron's CP RoPE slice)
+            kwargs = {**kwargs, "pin_memory": False}
         if func in (torch.Tensor.to, torch.Tensor.cuda) and args:
             args = tuple("cpu" if i > 0 and _is_cuda_device(a) and not isinstance(a, torch.dtype)
                          else a for i, a in enumerate(args))

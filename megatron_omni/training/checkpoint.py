@@ -60,7 +60,9 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def _layout() -> dict:
     return dict(tp=ps.get_tensor_model_parallel_world_size(), pp=ps.get_pipeline_model_parallel_world_size(),
                 vpp=ps.get_virtual_pipeline_model_parallel_world_size() or 1,
-                dp=ps.get_data_parallel_world_size())
+                dp=ps.get_data_parallel_world_size(),
+                # only when > 1, so checkpoints written before CP existed keep their layout
+                **({"cp": cp} if (cp := ps.get_context_parallel_world_size()) > 1 else {}))
 
 
 def _rng_state() -> ShardedObject:
@@ -70,7 +72,8 @@ def _rng_state() -> ShardedObject:
     pp, tp = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
     return ShardedObject("rng_state", state, (pp, tp),
                          (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
-                         replica_id=ps.get_data_parallel_rank())
+                         # CP ranks hold replicas too (as in megatron's own checkpointing)
+                         replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
 
 
 def _set_rng_state(state: dict) -> None:

@@ -7,6 +7,8 @@ import torch
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_omni.parallel.context_parallel import split_for_cp
+
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     """Token-summed loss and token count; megatron divides by the global token count, so any
@@ -22,18 +24,19 @@ def forward_step(data_iterator, model):
     """megatron's forward_step_func: one micro-batch through this rank's model chunk."""
     batch = next(data_iterator)
     device = next(model.parameters()).device
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    position_ids = batch["position_ids"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
+    # [b, s] each; under context parallelism this rank's load-balanced chunks (positions global)
+    tokens, position_ids, labels, loss_mask = (
+        split_for_cp(batch[k].to(device, non_blocking=True), seq_dim=1)
+        for k in ("tokens", "position_ids", "labels", "loss_mask"))
     output = model(tokens, position_ids, None, labels=labels)
-    return output, partial(loss_func, batch["loss_mask"].to(device, non_blocking=True))
+    return output, partial(loss_func, loss_mask)
 
 
 def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: int,
                  forward_only: bool) -> torch.Tensor | None:
     """Run the schedule (1F1B, interleaved with vpp, or no pipelining) over one global batch's
-    micro-batches for this rank. Returns [loss_sum, tokens] summed over data-parallel ranks on the
-    last pipeline stage, None elsewhere."""
+    micro-batches for this rank. Returns [loss_sum, tokens] summed over data- and context-parallel
+    ranks on the last pipeline stage, None elsewhere."""
     iterators = [iter(micro_batches) for _ in model]
     reports = get_forward_backward_func()(
         forward_step_func=forward_step,
@@ -47,7 +50,8 @@ def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: 
     if not ps.is_pipeline_last_stage(ignore_virtual=True):
         return None
     total = torch.stack([r["lm loss"] for r in reports]).sum(0)
-    torch.distributed.all_reduce(total, group=ps.get_data_parallel_group())
+    dp_cp = ps.get_data_parallel_group(with_context_parallel=True)
+    torch.distributed.all_reduce(total, group=dp_cp)
     return total
 
 

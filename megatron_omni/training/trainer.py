@@ -114,7 +114,8 @@ class Trainer:
         self.dp_rank = ps.get_data_parallel_rank()
         self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp)
         is_logger = (ps.is_pipeline_last_stage(ignore_virtual=True)
-                     and ps.get_tensor_model_parallel_rank() == 0 and self.dp_rank == 0)
+                     and ps.get_tensor_model_parallel_rank() == 0 and self.dp_rank == 0
+                     and ps.get_context_parallel_rank() == 0)
         tb_dir = cfg.logging.tensorboard_dir or str(Path(cfg.checkpoint.dir) / "tensorboard")
         self.logger = StepLogger(is_logger, tb_dir, t.train_steps,
                                  train_flops_per_token(cfg, padded_vocab_size(self.vocab_size)),

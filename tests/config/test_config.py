@@ -68,9 +68,6 @@ INVALID = {
         ["world size 6 is not a multiple of parallel.tp*pp*cp = 4*1*1 = 4",
          "launch a multiple of 4 processes, or choose tp*pp*cp in [1, 2, 3, 6]"]),
     "zero_tp": (["parallel.tp=0"], 1, ["parallel.tp=0 must be >= 1"]),
-    "cp_without_te": (
-        ["parallel.cp=2"], 2, ["parallel.cp=2 needs context-parallel attention", "model.backend=te",
-                               "set parallel.cp=1"]),
     "seq_length_vs_2cp": (
         ["parallel.cp=2", "model.backend=te", "data.seq_length=126"], 2,
         ["data.seq_length=126 must be divisible by 2*parallel.cp = 4", "use data.seq_length=124"]),
@@ -119,10 +116,10 @@ INVALID = {
         ["model.layer_pattern=SLS"], 1,
         ["model.layer_pattern='SLS' has 3 letters but model.num_layers=4",
          "give one letter per layer, e.g. 'SLLL', or 'hybrid'"]),
-    "pattern_with_cp": (
-        ["model.layer_pattern=hybrid", "model.backend=te", "parallel.cp=2"], 2,
-        ["parallel.cp=2: sparse (S) and linear (L) layers have no context parallelism yet",
-         "set parallel.cp=1 or model.layer_pattern=null"]),
+    "sparse_cp_chunk_vs_block": (
+        ["model.layer_pattern=hybrid", "parallel.cp=2"], 2,
+        ["data.seq_length=128 with parallel.cp=2: sparse (S) layers need seq_length / (2*cp) to "
+         "be a multiple of model.sparse.block_size=64", "use data.seq_length=256"]),
     "sparse_block_size_not_power_of_two": (
         ["model.layer_pattern=SLLS", "model.sparse.block_size=48"], 1,
         ["model.sparse.block_size=48 must be a power of two >= 16, e.g. 64"]),
@@ -173,7 +170,10 @@ def test_invalid_combination_names_fields_and_fix(overrides, world_size, pieces)
     (["parallel.cp=2", "model.backend=te", "parallel.tp=2", "parallel.sequence_parallel=true"], 8, 2),
     (["model.layer_pattern=hybrid", "parallel.tp=2"], 2, 1),
     (["model.sparse.block_size=48", "model.linear.slopes=x"], 1, 1),  # unused sections: not checked
-], ids=["tiny", "tp2_sp", "pp2_vpp2", "tp2_cp2", "hybrid_tp2", "dense_ignores_hybrid_settings"])
+    (["parallel.cp=2", "model.backend=local"], 4, 2),
+    (["model.layer_pattern=hybrid", "parallel.cp=2", "data.seq_length=256"], 2, 1),
+], ids=["tiny", "tp2_sp", "pp2_vpp2", "tp2_cp2", "hybrid_tp2", "dense_ignores_hybrid_settings",
+        "local_cp2", "hybrid_cp2"])
 def test_valid_config_derives_dp(overrides, world_size, dp):
     cfg = config(*overrides, "training.micro_batch_size=1")
     assert validate(cfg, world_size) == dp

@@ -272,8 +272,8 @@ def test_hybrid_model_layers_and_parameter_names():
      "model.linear.num_query_groups=3 must divide model.num_attention_heads=4"),
     (["model.layer_pattern=SLLS", "parallel.tp=2", "model.linear.num_query_groups=1"],
      "be divisible by parallel.tp=2"),
-    (["model.layer_pattern=SLLS", "model.backend=te", "parallel.cp=2"],
-     "sparse (S) and linear (L) layers have no context parallelism yet"),
+    (["model.layer_pattern=SLLS", "parallel.cp=2", "data.seq_length=96"],
+     "sparse (S) layers need seq_length / (2*cp) to be a multiple of model.sparse.block_size=16"),
 ])
 def test_config_errors_name_the_field(overrides, message):
     cfg = omni_config(*overrides)

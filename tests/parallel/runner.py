@@ -60,7 +60,7 @@ def main() -> None:
     else:
         result = trainer.train()
     writer = (ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
-              and ps.get_data_parallel_rank() == 0)
+              and ps.get_data_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0)
     if writer:
         with open(args.out, "w") as f:
             json.dump(result, f)

@@ -1,4 +1,4 @@
-"""TP/PP/VPP/DP/SP runs of the tiny Qwen3 model match one rank: losses per step, validation loss,
+"""TP/PP/VPP/DP/SP/CP runs of the tiny Qwen3 model match one rank: losses per step, validation loss,
 and gradients after step 1 (read from Adam's first moment, exp_avg = (1 - beta1) * grad, stored
 layout-independently in the checkpoint). All start from the same step-0 checkpoint."""
 import pytest
@@ -12,6 +12,7 @@ LAYOUTS = {
     "tp2_sp": (2, ["parallel.tp=2", "parallel.sequence_parallel=true"]),
     "pp2_vpp2": (2, ["parallel.pp=2", "parallel.vpp=2"]),
     "tp2_pp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
+    "cp2": (2, ["parallel.cp=2"]),
 }
 
 

@@ -31,6 +31,8 @@ from omni_kernels.lightning import alibi_slopes, lightning_attn, minimax_slopes
 from megatron_omni.config.schema import LinearAttentionConfig
 from megatron_omni.models.attention.gated import (GatedAttentionSubmodules, GatedSelfAttention,
                                                   packed_cu_seqlens)
+from megatron_omni.parallel.context_parallel import (check_not_packed, cp_group_or_default,
+                                                     lightning_cp)
 
 
 def decay_slopes(settings: LinearAttentionConfig, num_heads: int,
@@ -48,8 +50,8 @@ class LightningCoreAttention(MegatronModule):
     """Core attention with megatron's core_attention constructor signature (plus `settings` and
     `decay_layer`, bound in the layer spec). Takes this TP rank's q [s, b, Hq, d] and k/v
     [s, b, Hkv, d] (after RoPE) and returns [s, b, Hq·d]; K/V heads are repeated over their
-    query group for the kernel. Context parallelism is to hook in here: the kernel's
-    ``initial_state`` / final state carry the recurrence from one CP rank to the next."""
+    query group for the kernel. Under context parallelism the recurrence is carried across
+    CP ranks by ``lightning_cp`` (LASP-2 style state all-gather, load-balanced layout)."""
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
                  attention_type: str = "self", attention_dropout: float | None = None,
@@ -57,8 +59,10 @@ class LightningCoreAttention(MegatronModule):
                  pg_collection=None, *, settings: LinearAttentionConfig,
                  decay_layer: tuple[int, int] = (0, 1)):
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("Lightning layers have no context parallelism yet; set parallel.cp=1")
+        self.cp_group = None
+        if config.context_parallel_size > 1:
+            self.cp_group = cp_group_or_default(None if pg_collection is None else
+                                                getattr(pg_collection, "cp", None))
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout > 0:
             raise ValueError(f"Lightning layers have no attention dropout; set "
@@ -79,6 +83,11 @@ class LightningCoreAttention(MegatronModule):
         if key.shape[2] != n:
             key, value = (t.repeat_interleave(n // key.shape[2], dim=2) for t in (key, value))
         q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # megatron sbhd -> kernel bshd
+        if self.cp_group is not None and self.cp_group.size() > 1:
+            check_not_packed(packed_seq_params, "Lightning attention")
+            out = lightning_cp(lightning_attn, q, k, v, self.slopes, self.cp_group,
+                               scale=self.scale, chunk_size=self.chunk_size)
+            return out.transpose(0, 1).reshape(s, b, n * d)
         out, _ = lightning_attn(q, k, v, self.slopes, scale=self.scale,
                                 cu_seqlens=packed_cu_seqlens(packed_seq_params, b),
                                 chunk_size=self.chunk_size)

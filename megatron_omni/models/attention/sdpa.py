@@ -3,7 +3,8 @@
 A drop-in ``core_attention`` for megatron-core's SelfAttention: it receives the projected (and
 rotated) query/key/value in megatron's [s, b, heads, head_dim] layout and returns
 [s, b, heads * head_dim]. SDPA picks flash / memory-efficient kernels on GPU and never
-materialises the s x s scores there, unlike megatron's local DotProductAttention.
+materialises the s x s scores there, unlike megatron's local DotProductAttention. Under context
+parallelism it all-gathers K/V over the CP group and attends with global causal positions.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_omni.parallel.context_parallel import (check_not_packed, cp_group_or_default,
+                                                     gather_sequence, local_chunks)
 
 
 def packed_causal_mask(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -34,9 +38,10 @@ class SDPAttention(MegatronModule):
                  softmax_scale: float | None = None, cp_comm_type: str | None = None,
                  pg_collection=None):
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError(
-                "SDPAttention has no context parallelism; set parallel.cp=1 for dense attention")
+        self.cp_group = None
+        if config.context_parallel_size > 1:
+            self.cp_group = cp_group_or_default(None if pg_collection is None else
+                                                getattr(pg_collection, "cp", None))
         self.attn_mask_type = attn_mask_type
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
@@ -46,6 +51,9 @@ class SDPAttention(MegatronModule):
         if attention_bias is not None:
             raise ValueError("SDPAttention does not take an attention_bias")
         s, b, n, d = query.shape
+        if self.cp_group is not None and self.cp_group.size() > 1:
+            return self._forward_cp(query, key, value, attention_mask, attn_mask_type,
+                                    packed_seq_params)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
         mask, causal = None, (attn_mask_type or self.attn_mask_type) == AttnMaskType.causal
         if packed_seq_params is not None:
@@ -59,3 +67,32 @@ class SDPAttention(MegatronModule):
                 enable_gqa=k.shape[1] != n)
         return out.permute(2, 0, 1, 3).reshape(s, b, n * d)
 
+    def _forward_cp(self, query, key, value, attention_mask, attn_mask_type, packed_seq_params):
+        """Context parallel (load-balanced layout, see megatron_omni.parallel.context_parallel):
+        all-gather K/V over the CP group; each of this rank's two query chunks attends the keys
+        up to its end, causal by global position."""
+        check_not_packed(packed_seq_params, "SDPAttention")
+        causal = (attn_mask_type or self.attn_mask_type) == AttnMaskType.causal
+        if attention_mask is not None or not causal:
+            raise NotImplementedError("SDPAttention with context parallelism is causal only "
+                                      "(no attention_mask)")
+        s, b, n, d = query.shape
+        group = self.cp_group
+        key, value = (gather_sequence(t, 0, group) for t in (key, value))  # [T, b, hkv, d]
+        chunk = s // 2
+        dropout = self.dropout_p if self.training else 0.0
+        outs = []
+        for i, c in enumerate(local_chunks(group.size(), group.rank())):
+            start, end = c * chunk, (c + 1) * chunk
+            q = query[i * chunk:(i + 1) * chunk].permute(1, 2, 0, 3)
+            k, v = (t[:end].permute(1, 2, 0, 3) for t in (key, value))
+            # query row i (global start + i) sees keys j <= start + i: bottom-right causal
+            mask = (torch.arange(end, device=q.device)[None, :]
+                    <= torch.arange(start, end, device=q.device)[:, None])
+            fork = tensor_parallel.get_cuda_rng_tracker().fork
+            with fork() if dropout > 0 else contextlib.nullcontext():
+                outs.append(F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale,
+                    enable_gqa=k.shape[1] != n))
+        out = torch.cat(outs, dim=2)  # [b, heads, s, d]
+        return out.permute(2, 0, 1, 3).reshape(s, b, n * d)

@@ -15,22 +15,30 @@ from omni_kernels.infllmv2 import infllmv2_attention
 
 from megatron_omni.config.schema import SparseAttentionConfig
 from megatron_omni.models.attention.gated import GatedSelfAttention, packed_cu_seqlens
+from megatron_omni.parallel.context_parallel import (check_not_packed, cp_group_or_default,
+                                                     gather_sequence, local_chunks)
 
 
 class InfLLMv2CoreAttention(MegatronModule):
     """Core attention with megatron's core_attention constructor signature (plus `settings`,
     bound in the layer spec). Takes this TP rank's q [s, b, Hq, d] and k/v [s, b, Hkv, d] and
     returns [s, b, Hq·d]; GQA groups stay whole on a rank, so each group selects its own blocks.
-    Context parallelism is to hook in here: all-gather k/v over the CP group and pass this rank's
-    global ``position_offset`` to the kernel."""
+    Under context parallelism (load-balanced layout, megatron_omni.parallel.context_parallel)
+    k/v are all-gathered over the CP group and each of this rank's two query chunks runs the
+    kernel against the keys up to its end with ``position_offset`` = the chunk's global start;
+    dense-vs-sparse is decided by the global sequence length, as on one rank. Exact parity with
+    one rank needs chunk starts on block boundaries (seq_length / (2·cp) a multiple of
+    block_size: selection is per query block)."""
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
                  attention_type: str = "self", attention_dropout: float | None = None,
                  softmax_scale: float | None = None, cp_comm_type: str | None = None,
                  pg_collection=None, *, settings: SparseAttentionConfig):
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("InfLLM-V2 layers have no context parallelism yet; set parallel.cp=1")
+        self.cp_group = None
+        if config.context_parallel_size > 1:
+            self.cp_group = cp_group_or_default(None if pg_collection is None else
+                                                getattr(pg_collection, "cp", None))
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout > 0:
             raise ValueError(f"InfLLM-V2 layers have no attention dropout; set "
@@ -44,12 +52,38 @@ class InfLLMv2CoreAttention(MegatronModule):
         s, b, n, d = query.shape
         q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # megatron sbhd -> kernel bshd
         st = self.settings
+        if self.cp_group is not None and self.cp_group.size() > 1:
+            return self._forward_cp(q, k, v, packed_seq_params).transpose(0, 1).reshape(s, b, n * d)
         out = infllmv2_attention(
             q, k, v, dense_len=st.dense_len, block_size=st.block_size, topk=st.topk,
             init_blocks=st.init_blocks, local_blocks=st.local_blocks, kernel_size=st.kernel_size,
             kernel_stride=st.kernel_stride, cu_seqlens=packed_cu_seqlens(packed_seq_params, b),
             scale=self.scale)
         return out.transpose(0, 1).reshape(s, b, n * d)
+
+    def _forward_cp(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    packed_seq_params) -> torch.Tensor:
+        """q/k/v [b, 2n, heads, d] of this CP rank -> out [b, 2n, Hq, d]."""
+        check_not_packed(packed_seq_params, "InfLLM-V2 attention")
+        group, st = self.cp_group, self.settings
+        k, v = (gather_sequence(t, 1, group) for t in (k, v))  # [b, T, Hkv, d], global order
+        total, chunk = k.shape[1], q.shape[1] // 2
+        if chunk % st.block_size and total >= st.dense_len:
+            raise ValueError(
+                f"InfLLM-V2 with context parallelism: each CP chunk (seq_length / (2*cp) = "
+                f"{chunk}) must be a multiple of model.sparse.block_size={st.block_size} "
+                "(block selection is per query block)")
+        # the kernel decides dense/sparse by the keys it sees; decide by the global length
+        dense_len = total + 1 if total < st.dense_len else 0
+        outs = []
+        for i, c in enumerate(local_chunks(group.size(), group.rank())):
+            end = (c + 1) * chunk
+            outs.append(infllmv2_attention(
+                q[:, i * chunk:(i + 1) * chunk], k[:, :end], v[:, :end], dense_len=dense_len,
+                block_size=st.block_size, topk=st.topk, init_blocks=st.init_blocks,
+                local_blocks=st.local_blocks, kernel_size=st.kernel_size,
+                kernel_stride=st.kernel_stride, position_offset=c * chunk, scale=self.scale))
+        return torch.cat(outs, dim=1)
 
 
 class InfLLMv2Attention(GatedSelfAttention):
