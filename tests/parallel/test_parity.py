@@ -13,6 +13,7 @@ LAYOUTS = {
     "pp2_vpp2": (2, ["parallel.pp=2", "parallel.vpp=2"]),
     "tp2_pp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
     "cp2": (2, ["parallel.cp=2"]),
+    "cp2_pp2": (4, ["parallel.cp=2", "parallel.pp=2"]),
 }
 
 
