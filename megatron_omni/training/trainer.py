@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -120,6 +122,10 @@ class Trainer:
         self.logger = StepLogger(is_logger, tb_dir, t.train_steps,
                                  train_flops_per_token(cfg, padded_vocab_size(self.vocab_size)),
                                  torch.distributed.get_world_size())
+        self._signalled = False
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, self._on_signal)
         log.info("phase %d (%s): %s, %d ranks (tp=%d pp=%d vpp=%s cp=%d dp=%d), %.2fM parameters "
                  "on this rank", cfg.phase, self.phase_name, cfg.model.preset,
                  torch.distributed.get_world_size(), cfg.parallel.tp, cfg.parallel.pp,
@@ -146,6 +152,16 @@ class Trainer:
             checkpoint.load_checkpoint(source, self.model)
             log.info("initialised weights from %s", source)
         return 0, 0
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signalled = True
+
+    def _stop_requested(self) -> bool:
+        """True on every rank once any rank got SIGTERM/SIGUSR1 (a scheduler's preemption
+        notice): the step in flight finishes, a checkpoint is saved, and training stops."""
+        flag = torch.tensor([float(self._signalled)], device=platform.device())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _next_global_batch(self, data) -> list:
         return list(itertools.islice(data, self.num_micro))
@@ -195,6 +211,11 @@ class Trainer:
                 if loss is not None:
                     history["valid"][self.iteration] = loss
                     self.logger.valid(self.iteration, loss)
+            if self._stop_requested():
+                self.save()
+                log.warning("stopped by signal after step %d; checkpoint saved, resume with the "
+                            "same command", self.iteration)
+                break
             if (ck.save_interval and self.iteration % ck.save_interval == 0) or self.iteration == t.train_steps:
                 self.save()
         self.logger.close()

@@ -35,6 +35,7 @@ def main() -> None:
     mode.add_argument("--validate", action="store_true", help="only compute the validation loss")
     mode.add_argument("--die-after", type=int, metavar="N",
                       help="train N steps, then exit abruptly (no cleanup, no further save)")
+    mode.add_argument("--max-steps", type=int, metavar="N", help="train at most N steps in this run")
     mode.add_argument("--die-in-save", type=int, metavar="STEP",
                       help="train, and exit abruptly inside the save of STEP, after its files are written")
     args = parser.parse_args()
@@ -58,7 +59,7 @@ def main() -> None:
     elif args.validate:
         result = {"valid": trainer.validate()}
     else:
-        result = trainer.train()
+        result = trainer.train(max_steps=args.max_steps)
     writer = (ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
               and ps.get_data_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0)
     if writer:
