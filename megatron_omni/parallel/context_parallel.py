@@ -49,6 +49,14 @@ def cp_group_or_default(group: dist.ProcessGroup | None = None) -> dist.ProcessG
     return ps.get_context_parallel_group(check_initialized=False)
 
 
+def attention_cp_group(config, pg_collection=None) -> dist.ProcessGroup | None:
+    """The CP group a core attention module gathers over (from its pg_collection or megatron's
+    parallel state), or None when context_parallel_size is 1."""
+    if config.context_parallel_size == 1:
+        return None
+    return cp_group_or_default(None if pg_collection is None else getattr(pg_collection, "cp", None))
+
+
 def _size_rank(group: dist.ProcessGroup | None) -> tuple[int, int]:
     if group is None:
         return 1, 0

@@ -31,7 +31,7 @@ from omni_kernels.lightning import alibi_slopes, lightning_attn, minimax_slopes
 from megatron_omni.config.schema import LinearAttentionConfig
 from megatron_omni.models.attention.gated import (GatedAttentionSubmodules, GatedSelfAttention,
                                                   packed_cu_seqlens)
-from megatron_omni.parallel.context_parallel import (check_not_packed, cp_group_or_default,
+from megatron_omni.parallel.context_parallel import (attention_cp_group, check_not_packed,
                                                      lightning_cp)
 
 
@@ -59,10 +59,7 @@ class LightningCoreAttention(MegatronModule):
                  pg_collection=None, *, settings: LinearAttentionConfig,
                  decay_layer: tuple[int, int] = (0, 1)):
         super().__init__(config=config)
-        self.cp_group = None
-        if config.context_parallel_size > 1:
-            self.cp_group = cp_group_or_default(None if pg_collection is None else
-                                                getattr(pg_collection, "cp", None))
+        self.cp_group = attention_cp_group(config, pg_collection)
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout > 0:
             raise ValueError(f"Lightning layers have no attention dropout; set "

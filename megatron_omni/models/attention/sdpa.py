@@ -19,7 +19,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_omni.parallel.context_parallel import (check_not_packed, cp_group_or_default,
+from megatron_omni.parallel.context_parallel import (attention_cp_group, check_not_packed,
                                                      gather_sequence, local_chunks)
 
 
@@ -38,10 +38,7 @@ class SDPAttention(MegatronModule):
                  softmax_scale: float | None = None, cp_comm_type: str | None = None,
                  pg_collection=None):
         super().__init__(config=config)
-        self.cp_group = None
-        if config.context_parallel_size > 1:
-            self.cp_group = cp_group_or_default(None if pg_collection is None else
-                                                getattr(pg_collection, "cp", None))
+        self.cp_group = attention_cp_group(config, pg_collection)
         self.attn_mask_type = attn_mask_type
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)

@@ -15,7 +15,7 @@ from omni_kernels.infllmv2 import infllmv2_attention
 
 from megatron_omni.config.schema import SparseAttentionConfig
 from megatron_omni.models.attention.gated import GatedSelfAttention, packed_cu_seqlens
-from megatron_omni.parallel.context_parallel import (check_not_packed, cp_group_or_default,
+from megatron_omni.parallel.context_parallel import (attention_cp_group, check_not_packed,
                                                      gather_sequence, local_chunks)
 
 
@@ -35,10 +35,7 @@ class InfLLMv2CoreAttention(MegatronModule):
                  softmax_scale: float | None = None, cp_comm_type: str | None = None,
                  pg_collection=None, *, settings: SparseAttentionConfig):
         super().__init__(config=config)
-        self.cp_group = None
-        if config.context_parallel_size > 1:
-            self.cp_group = cp_group_or_default(None if pg_collection is None else
-                                                getattr(pg_collection, "cp", None))
+        self.cp_group = attention_cp_group(config, pg_collection)
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout > 0:
             raise ValueError(f"InfLLM-V2 layers have no attention dropout; set "
