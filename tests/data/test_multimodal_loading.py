@@ -33,6 +33,8 @@ from omni_data_prep.multimodal import (audio_transcript, conversations, image_ca
                                        video_caption)
 from omni_data_prep.train_tokenizer import train_tokenizer
 
+from ..synthetic_media import make_image, make_tone, make_video, special_id, write_jsonl
+
 SIZE = 32
 CONFIG = LoaderConfig(image_size=SIZE, max_video_frames=2,
                       media_tokens=MediaTokens(image_grid=(2, 2), video_grid=(2, 2)))
@@ -53,67 +55,26 @@ def tokenizer(spm_path):
     return load_tokenizer(spm_path)
 
 
-def _image(path, height, width, value):
-    y, x = np.mgrid[:height, :width]
-    pixels = np.stack([np.full_like(y, value), 4 * y, 3 * x], axis=-1).astype(np.uint8)
-    Image.fromarray(pixels).save(path)
-    return pixels
-
-
-def _tone(path, seconds, rate, freq=440.0, chirp=False):
-    t = np.arange(round(seconds * rate)) / rate
-    wave = 0.5 * np.sin(2 * np.pi * (freq * t + (200.0 * t * t if chirp else 0.0)))
-    soundfile.write(path, wave, rate)
-    return wave
-
-
-def _video(path, seconds, fps=5, size=(24, 32), audio_rate=16000):
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        audio = container.add_stream("aac", rate=audio_rate, layout="mono")
-        for i in range(round(seconds * fps)):
-            pixels = np.full((*size, 3), 40 * (i // fps), np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        container.mux(stream.encode())
-        wave = (0.3 * np.sin(2 * np.pi * 300 * np.arange(round(seconds * audio_rate))
-                             / audio_rate)).astype(np.float32)
-        for start in range(0, len(wave), 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024], format="fltp",
-                                               layout="mono")
-            frame.sample_rate, frame.pts = audio_rate, start
-            container.mux(audio.encode(frame))
-        container.mux(audio.encode())
-
-
-def _jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, spm_path):
     """Folders made by the preprocessing tools: captions, audio, video, conversation."""
     root = tmp_path_factory.mktemp("corpus")
-    pixels = [_image(root / f"{i}.{('png', 'jpg')[i % 2]}", 20 + 3 * i, 40, 30 * i)
+    pixels = [make_image(root / f"{i}.{('png', 'jpg')[i % 2]}", 20 + 3 * i, 40, 30 * i,
+                         y_step=4, x_step=3)
               for i in range(len(CAPTIONS))]
     image_caption.prepare_image_captions(
-        [_jsonl(root / "cap.jsonl", [{"image_path": f"{i}.{('png', 'jpg')[i % 2]}",
+        [write_jsonl(root / "cap.jsonl", [{"image_path": f"{i}.{('png', 'jpg')[i % 2]}",
                                       "caption": c} for i, c in enumerate(CAPTIONS)])],
         spm_path, root / "captions", samples_per_shard=3, progress=False)
-    _tone(root / "a.wav", 2.0, 16000)
-    _tone(root / "b.wav", 3.0, 44100, chirp=True)
+    make_tone(root / "a.wav", 2.0, 16000)
+    make_tone(root / "b.wav", 3.0, 44100, chirp=True)
     audio_transcript.prepare_audio_transcripts(
-        [_jsonl(root / "asr.jsonl", [{"audio_path": "a.wav", "transcript": "a plain tone"},
+        [write_jsonl(root / "asr.jsonl", [{"audio_path": "a.wav", "transcript": "a plain tone"},
                                      {"audio_path": "b.wav", "transcript": "a chirp"}])],
         spm_path, root / "audio", progress=False)
-    _video(root / "v.mp4", 3.0)
+    make_video(root / "v.mp4", 3.0, fps=5, size=(24, 32), audio_rate=16000, shade_step=40)
     video_caption.prepare_video_captions(
-        [_jsonl(root / "v.jsonl", [{"video_path": "v.mp4", "caption": "gray shades"}])],
+        [write_jsonl(root / "v.jsonl", [{"video_path": "v.mp4", "caption": "gray shades"}])],
         spm_path, root / "video", progress=False)
     record = {"images": ["0.png"], "audio": "a.wav", "conversations": [
         {"from": "system", "value": "Be brief."},
@@ -121,13 +82,9 @@ def corpus(tmp_path_factory, spm_path):
         {"from": "gpt", "value": "A square and a tone."},
         {"from": "human", "value": "Sure?"},
         {"from": "gpt", "value": "Yes."}]}
-    conversations.prepare_conversations([_jsonl(root / "sft.jsonl", [record])], spm_path,
+    conversations.prepare_conversations([write_jsonl(root / "sft.jsonl", [record])], spm_path,
                                         root / "sft", progress=False)
     return {"root": root, "pixels": pixels}
-
-
-def _ids(tokenizer, name):
-    return tokenizer.special_ids[f"<{name}>"]
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -143,7 +100,7 @@ def _check_shift(item, format_mask, tokenizer):
 def test_image_captions_roundtrip(corpus, tokenizer):
     ds = MultimodalDataset(corpus["root"] / "captions", tokenizer, CONFIG)
     assert len(ds) == len(CAPTIONS)
-    image = _ids(tokenizer, "image")
+    image = special_id(tokenizer, "image")
     for i, caption in enumerate(CAPTIONS):
         item = ds[i]
         enc = tokenizer.encode(caption)
@@ -166,7 +123,7 @@ def test_audio_roundtrip_matches_whisper_features(corpus, tokenizer):
 
     ds = MultimodalDataset(corpus["root"] / "audio", tokenizer, CONFIG)
     extractor = WhisperFeatureExtractor(feature_size=80)
-    audio = _ids(tokenizer, "audio")
+    audio = special_id(tokenizer, "audio")
     for i, (text, seconds) in enumerate([("a plain tone", 2.0), ("a chirp", 3.0)]):
         item = ds[i]
         assert item["tokens"].tolist() == [audio] + tokenizer.encode(text) + [tokenizer.eod_id]
@@ -184,7 +141,7 @@ def test_audio_roundtrip_matches_whisper_features(corpus, tokenizer):
 def test_video_roundtrip_with_its_audio_track(corpus, tokenizer):
     ds = MultimodalDataset(corpus["root"] / "video", tokenizer, CONFIG)
     item = ds[0]
-    video, audio = _ids(tokenizer, "video"), _ids(tokenizer, "audio")
+    video, audio = special_id(tokenizer, "video"), special_id(tokenizer, "audio")
     assert item["tokens"].tolist() == [video, audio] + tokenizer.encode("gray shades") + [
         tokenizer.eod_id]
     assert item["media_order"] == [("video", 0), ("audio", 0)] and item["audio_video"] == [0]
@@ -203,7 +160,7 @@ def test_conversation_loss_mask_is_exactly_the_assistant_turns(corpus, tokenizer
     ds = MultimodalDataset(corpus["root"] / "sft", tokenizer, CONFIG)
     item = ds[0]
     enc = tokenizer.encode
-    image, audio = _ids(tokenizer, "image"), _ids(tokenizer, "audio")
+    image, audio = special_id(tokenizer, "image"), special_id(tokenizer, "audio")
     tokens, mask = [], []
     for role, content, target in [("system", enc("Be brief."), False),
                                   ("user", [image, audio] + enc("\nWhat is this?"), False),
@@ -484,7 +441,7 @@ def _fuzz_samples(tokenizer):
     """(good samples, {reason: bad samples}); 200+ bad samples per reason."""
     rng = np.random.default_rng(0)
     enc, eod = tokenizer.encode, tokenizer.eod_id
-    image, audio, video = (_ids(tokenizer, k) for k in ("image", "audio", "video"))
+    image, audio, video = (special_id(tokenizer, k) for k in ("image", "audio", "video"))
 
     def image_sample(data, info, text="a picture", placeholders=1):
         t = [image] * placeholders + enc(text) + [eod]
@@ -510,7 +467,6 @@ def _fuzz_samples(tokenizer):
 
     bad = collections.defaultdict(list)
     png, jpg = _png(16, 16, 7), _jpeg(16, 16, 7)
-    flac = _flac(wave)
     for i in range(200):
         cut = rng.integers(20, len(jpg) - 20)
         data = (jpg[:cut] if i % 2 else png[:8] + rng.bytes(len(png) - 8))

@@ -7,7 +7,6 @@ import tarfile
 
 import numpy as np
 import pytest
-import soundfile
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from PIL import Image
 
@@ -19,57 +18,13 @@ from omni_data_prep.multimodal import (audio_transcript, conversations, image_ca
 from omni_data_prep.multimodal.media import resample
 from omni_data_prep.text_records import BadRecordError
 
+from ..synthetic_media import make_image, make_tone, make_video, special_id, write_jsonl
+
 CAPTIONS = ["a red square on white", "two  spaces and ünïcödé 漢字", "the third one",
             "number four", "five is a png", "six", "seven, the last"]
 
 
 # ----------------------------------------------------------------------------- media makers
-
-def _image(path, height, width, value):
-    """An image whose pixel (y, x) is (value, y, x) mod 256; format from the suffix."""
-    y, x = np.mgrid[:height, :width]
-    pixels = np.stack([np.full_like(y, value), y, x], axis=-1).astype(np.uint8)
-    Image.fromarray(pixels).save(path)
-    return pixels
-
-
-def _tone(path, seconds, rate, freq=440.0, channels=1, chirp=False):
-    t = np.arange(round(seconds * rate)) / rate
-    phase = 2 * np.pi * (freq * t + (200.0 * t * t if chirp else 0.0))
-    wave = 0.5 * np.sin(phase)
-    soundfile.write(path, np.repeat(wave[:, None], channels, axis=1), rate)
-    return wave
-
-
-def _video(path, seconds, fps=10, size=(48, 64), audio_rate=None):
-    """An mp4 whose frame i is flat gray 20·⌊i/fps⌋ (one shade per second)."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        audio = container.add_stream("aac", rate=audio_rate, layout="mono") if audio_rate else None
-        for i in range(round(seconds * fps)):
-            pixels = np.full((*size, 3), 20 * (i // fps), np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        container.mux(stream.encode())
-        if audio is not None:
-            wave = (0.3 * np.sin(2 * np.pi * 300 * np.arange(round(seconds * audio_rate))
-                                 / audio_rate)).astype(np.float32)
-            for start in range(0, len(wave), 1024):
-                frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024], format="fltp",
-                                                   layout="mono")
-                frame.sample_rate, frame.pts = audio_rate, start
-                container.mux(audio.encode(frame))
-            container.mux(audio.encode())
-
-
-def _jsonl(path, records):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    return str(path)
-
 
 def _captions(folder, n=len(CAPTIONS)):
     """Images 0..n-1 (png, jpg, and one bmp that is stored re-encoded as png) and their
@@ -78,13 +33,9 @@ def _captions(folder, n=len(CAPTIONS)):
     pixels, records = [], []
     for i in range(n):
         ext = ("png", "jpg", "bmp")[i % 3]
-        pixels.append(_image(folder / "img" / f"{i}.{ext}", 20 + i, 30, 10 * i))
+        pixels.append(make_image(folder / "img" / f"{i}.{ext}", 20 + i, 30, 10 * i))
         records.append({"image_path": f"img/{i}.{ext}", "caption": CAPTIONS[i], "id": f"cap{i}"})
-    return _jsonl(folder / "captions.jsonl", records), pixels
-
-
-def _ids(tokenizer, name):
-    return tokenizer.special_ids[f"<{name}>"]
+    return write_jsonl(folder / "captions.jsonl", records), pixels
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -116,7 +67,7 @@ def test_image_caption_roundtrip(tmp_path, spm_path, tokenizer, workers):
                                        "00002-000000"]
     for i, sample in enumerate(samples):
         caption = tokenizer.encode(CAPTIONS[i])
-        assert sample.tokens.tolist() == [_ids(tokenizer, "image")] + caption + [tokenizer.eod_id]
+        assert sample.tokens.tolist() == [special_id(tokenizer, "image")] + caption + [tokenizer.eod_id]
         assert sample.loss_mask.tolist() == [False] + [True] * (len(caption) + 1)
         assert sample.media[0].shape == pixels[i].shape
         if i % 3 != 1:  # png and bmp (re-encoded as png) are lossless
@@ -187,15 +138,15 @@ def test_interleaved_roundtrip(tmp_path, spm_path, tokenizer):
     (tmp_path / "img").mkdir()
     shapes = [(10, 12), (14, 6), (5, 5)]
     for i, (h, w) in enumerate(shapes):
-        _image(tmp_path / "img" / f"{i}.png", h, w, i)
+        make_image(tmp_path / "img" / f"{i}.png", h, w, i)
     docs = [{"texts": ["Intro text.", None, "Middle part", None, "the end"],
              "images": [None, "img/0.png", None, "img/1.png", None]},
             {"texts": [None, "only a caption after"], "images": ["img/2.png", None]}]
     out = tmp_path / "out"
-    interleaved.main(["--input", _jsonl(tmp_path / "docs.jsonl", docs), "--tokenizer",
+    interleaved.main(["--input", write_jsonl(tmp_path / "docs.jsonl", docs), "--tokenizer",
                       str(spm_path), "--output-dir", str(out), "--workers", "2"])
     first, second = iter_samples(out)
-    image = _ids(tokenizer, "image")
+    image = special_id(tokenizer, "image")
     enc = tokenizer.encode
     assert first.tokens.tolist() == (enc("Intro text.") + [image] + enc("Middle part") + [image]
                                      + enc("the end") + [tokenizer.eod_id])
@@ -205,17 +156,17 @@ def test_interleaved_roundtrip(tmp_path, spm_path, tokenizer):
 
 
 def test_audio_transcript_roundtrip(tmp_path, spm_path, tokenizer):
-    long_wave = _tone(tmp_path / "long.flac", 65.0, 16000, chirp=True)
-    _tone(tmp_path / "cd.wav", 2.0, 44100, freq=440.0)
-    stereo = _tone(tmp_path / "phone.wav", 3.0, 8000, freq=500.0, channels=2)
+    long_wave = make_tone(tmp_path / "long.flac", 65.0, 16000, chirp=True)
+    make_tone(tmp_path / "cd.wav", 2.0, 44100, freq=440.0)
+    stereo = make_tone(tmp_path / "phone.wav", 3.0, 8000, freq=500.0, channels=2)
     records = [{"audio_path": "long.flac", "transcript": "a long chirp", "duration": 65.0},
                {"audio_path": "cd.wav", "transcript": "forty four one", "sample_rate": 44100},
                {"audio_path": "phone.wav", "transcript": "a segment", "start": 0.5, "end": 2.0}]
     out = tmp_path / "out"
-    audio_transcript.main(["--input", _jsonl(tmp_path / "asr.jsonl", records), "--tokenizer",
+    audio_transcript.main(["--input", write_jsonl(tmp_path / "asr.jsonl", records), "--tokenizer",
                            str(spm_path), "--output-dir", str(out)])
     long, cd, phone = iter_samples(out)
-    audio = _ids(tokenizer, "audio")
+    audio = special_id(tokenizer, "audio")
 
     # 65 s -> three equal clips of 21.67 s, one <audio> each, then the transcript.
     assert long.tokens.tolist() == [audio] * 3 + tokenizer.encode("a long chirp") + [
@@ -239,16 +190,16 @@ def test_audio_transcript_roundtrip(tmp_path, spm_path, tokenizer):
 
 
 def test_video_roundtrip(tmp_path, spm_path, tokenizer):
-    _video(tmp_path / "with_audio.mp4", 3.5, audio_rate=16000)
-    _video(tmp_path / "silent.mp4", 2.0)
+    make_video(tmp_path / "with_audio.mp4", 3.5, audio_rate=16000)
+    make_video(tmp_path / "silent.mp4", 2.0)
     records = [{"video_path": "with_audio.mp4", "caption": "shades of gray",
                 "subtitles": [{"start": 0.0, "end": 1.0, "text": "hello"}]},
                {"video_path": "silent.mp4", "caption": "no sound here"}]
-    jsonl = _jsonl(tmp_path / "videos.jsonl", records)
+    jsonl = write_jsonl(tmp_path / "videos.jsonl", records)
     out = tmp_path / "out"
     video_caption.prepare_video_captions([jsonl], spm_path, out, progress=False)
     noisy, silent = iter_samples(out)
-    video, audio = _ids(tokenizer, "video"), _ids(tokenizer, "audio")
+    video, audio = special_id(tokenizer, "video"), special_id(tokenizer, "audio")
     assert noisy.tokens.tolist() == [video, audio] + tokenizer.encode("shades of gray\nhello") + [
         tokenizer.eod_id]
     assert noisy.loss_mask[:2].tolist() == [False, False] and noisy.loss_mask[2:].all()
@@ -274,10 +225,10 @@ def test_video_roundtrip(tmp_path, spm_path, tokenizer):
 
 
 def test_conversation_loss_mask_covers_exactly_assistant_turns(tmp_path, spm_path, tokenizer):
-    _image(tmp_path / "a.png", 16, 16, 1)
-    _image(tmp_path / "b.jpg", 12, 20, 2)
-    _tone(tmp_path / "q.wav", 40.0, 16000)
-    _tone(tmp_path / "r.wav", 4.0, 22050)
+    make_image(tmp_path / "a.png", 16, 16, 1)
+    make_image(tmp_path / "b.jpg", 12, 20, 2)
+    make_tone(tmp_path / "q.wav", 40.0, 16000)
+    make_tone(tmp_path / "r.wav", 4.0, 22050)
     record = {"id": "sft_001", "images": ["a.png", "b.jpg"],
               "audio_segments": [{"path": "q.wav", "start": 0, "end": 40},
                                  {"path": "r.wav", "start": 1.0, "end": 3.0}],
@@ -288,11 +239,11 @@ def test_conversation_loss_mask_covers_exactly_assistant_turns(tmp_path, spm_pat
                   {"from": "human", "value": "And <image> with <audio>?"},
                   {"from": "gpt", "value": "Another image, a shorter tone."}]}
     out = tmp_path / "out"
-    conversations.main(["--input", _jsonl(tmp_path / "sft.jsonl", [record]), "--tokenizer",
+    conversations.main(["--input", write_jsonl(tmp_path / "sft.jsonl", [record]), "--tokenizer",
                         str(spm_path), "--output-dir", str(out)])
     (sample,) = iter_samples(out)
     enc = tokenizer.encode
-    image, audio = _ids(tokenizer, "image"), _ids(tokenizer, "audio")
+    image, audio = special_id(tokenizer, "image"), special_id(tokenizer, "audio")
     expected, mask = [], []
     for role, content, target in [
             ("system", enc("You are helpful."), False),
@@ -323,17 +274,17 @@ def _bad_inputs(folder):
     """Per kind: (source, jsonl, good sample count, expected skip counts). Every bad record
     has exactly one defect."""
     folder.mkdir()
-    _image(folder / "ok.png", 8, 8, 0)
-    _image(folder / "ok.jpg", 32, 32, 0)
+    make_image(folder / "ok.png", 8, 8, 0)
+    make_image(folder / "ok.jpg", 32, 32, 0)
     data = (folder / "ok.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[:len(data) // 2])
     (folder / "garbage.png").write_bytes(b"\x89PNG not really")
-    _tone(folder / "ok.wav", 1.0, 16000)
-    _tone(folder / "low.wav", 1.0, 4000)
+    make_tone(folder / "ok.wav", 1.0, 16000)
+    make_tone(folder / "low.wav", 1.0, 4000)
     (folder / "garbage.flac").write_bytes(b"fLaC" + bytes(100))
     wav = (folder / "ok.wav").read_bytes()
     (folder / "truncated.wav").write_bytes(wav[:len(wav) // 2])
-    _video(folder / "ok.mp4", 1.0)
+    make_video(folder / "ok.mp4", 1.0)
     clip = (folder / "ok.mp4").read_bytes()
     (folder / "truncated.mp4").write_bytes(clip[:len(clip) // 3])
     (folder / "garbage.mp4").write_bytes(bytes(range(256)) * 4)
@@ -386,7 +337,7 @@ def _bad_inputs(folder):
 
 def test_bad_inputs_are_counted_per_reason(tmp_path, spm_path):
     for source, records, good, skips in _bad_inputs(tmp_path / "media"):
-        jsonl = _jsonl(tmp_path / "media" / f"{source.kind}.jsonl", records)
+        jsonl = write_jsonl(tmp_path / "media" / f"{source.kind}.jsonl", records)
         with open(jsonl, "ab") as f:
             f.write(b'{"caption": "\xff\xfe"}\n')  # invalid UTF-8
         manifest = runner.run(source, [jsonl], spm_path, tmp_path / source.kind,
