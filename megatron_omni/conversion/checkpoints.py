@@ -20,7 +20,7 @@ from megatron_omni.models.llm.model import build_llm
 from megatron_omni.training import checkpoint
 
 
-def _single_rank_config(cfg: OmniConfig, dtype: str) -> OmniConfig:
+def single_rank_config(cfg: OmniConfig, dtype: str) -> OmniConfig:
     return dataclasses.replace(
         cfg,
         parallel=dataclasses.replace(cfg.parallel, tp=1, pp=1, vpp=None, cp=1, sequence_parallel=False),
@@ -28,14 +28,14 @@ def _single_rank_config(cfg: OmniConfig, dtype: str) -> OmniConfig:
         training=dataclasses.replace(cfg.training, precision="bf16" if dtype == "bfloat16" else "fp32"))
 
 
-def _single_rank_model(cfg: OmniConfig, vocab_size: int):
+def single_rank_model(cfg: OmniConfig, vocab_size: int):
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(1, 1)
         tensor_parallel.model_parallel_cuda_manual_seed(cfg.training.seed)
     return build_llm(cfg, vocab_size)
 
 
-def _plain_state(model) -> dict[str, torch.Tensor]:
+def plain_state(model) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if "_extra_state" not in k}
 
 
@@ -44,9 +44,9 @@ def megatron_to_hf_folder(source: str | Path, out_dir: str | Path, tokenizer: st
     run folder or checkpoint folder. Returns (the megatron TP=1 model, the folder)."""
     path = checkpoint.resolve(source)
     common = checkpoint.read_common(path)
-    cfg = _single_rank_config(config_from_dict(common["config"]), common["dtype"])
+    cfg = single_rank_config(config_from_dict(common["config"]), common["dtype"])
     vocab_size = common["vocab_size"]
-    model = _single_rank_model(cfg, vocab_size)
+    model = single_rank_model(cfg, vocab_size)
     checkpoint.load_checkpoint(path, [model])
     out = Path(out_dir)
     hf_cfg = hf_config(cfg.model, vocab_size, common["dtype"])
@@ -55,7 +55,7 @@ def megatron_to_hf_folder(source: str | Path, out_dir: str | Path, tokenizer: st
         tok = load_tokenizer(tok_path)
         hf_cfg.eos_token_id, hf_cfg.pad_token_id = tok.eod_id, tok.pad_id
         tok.save_hf_files(out)
-    save_hf_folder(megatron_to_hf(_plain_state(model), cfg.model), hf_cfg, out)
+    save_hf_folder(megatron_to_hf(plain_state(model), cfg.model), hf_cfg, out)
     return model, out
 
 
@@ -66,11 +66,11 @@ def hf_folder_to_megatron(hf_dir: str | Path, out_root: str | Path, tokenizer: s
     dtype = str(next(iter(hf_state.values())).dtype).removeprefix("torch.")
     overrides = model_overrides_from_hf(hf_cfg)
     base = OmniConfig()
-    cfg = _single_rank_config(dataclasses.replace(
+    cfg = single_rank_config(dataclasses.replace(
         base, model=dataclasses.replace(base.model, preset="custom", **overrides),
         data=dataclasses.replace(base.data, tokenizer=tokenizer)), dtype)
     vocab_size = overrides["vocab_size"]
-    model = _single_rank_model(cfg, vocab_size)
+    model = single_rank_model(cfg, vocab_size)
     missing, unexpected = model.load_state_dict(hf_to_megatron(hf_state, cfg.model), strict=False)
     missing = [k for k in missing if "_extra_state" not in k]
     if missing or unexpected:

@@ -36,11 +36,10 @@ import yaml
 
 from megatron_omni.config import OmniConfig, config_from_dict, config_to_dict, load_config, validate
 from megatron_omni.config.schema import ModelConfig
-from megatron_omni.conversion.checkpoints import _plain_state, _single_rank_config, _single_rank_model
+from megatron_omni.conversion.checkpoints import plain_state, single_rank_config, single_rank_model
 from megatron_omni.conversion.qwen3 import ConversionError
 from megatron_omni.models.llm.model import build_llm
 from megatron_omni.training import checkpoint
-from megatron_omni.training.trainer import _SHAPE_FIELDS
 
 FRESH = ("self_attention.linear_gate.weight", "self_attention.out_norm.weight")
 """Hybrid-only parameters (key suffixes) left at the hybrid model's initial values."""
@@ -73,7 +72,7 @@ def _check_configs(dense_cfg: ModelConfig, hybrid_cfg: ModelConfig) -> str:
         raise ConversionError(f"the source must be dense (model.layer_pattern null or all D), "
                               f"got model.layer_pattern={dense_cfg.layer_pattern!r}")
     differ = [f"model.{f}: dense {getattr(dense_cfg, f)} vs hybrid {getattr(hybrid_cfg, f)}"
-              for f in _SHAPE_FIELDS if getattr(dense_cfg, f) != getattr(hybrid_cfg, f)]
+              for f in checkpoint.MODEL_SHAPE_FIELDS if getattr(dense_cfg, f) != getattr(hybrid_cfg, f)]
     if differ:
         raise ConversionError("the hybrid model must have the dense model's shape; "
                               + "; ".join(differ))
@@ -147,14 +146,14 @@ def convert_dense_checkpoint(source: str | Path, out_root: str | Path, pattern: 
     path = checkpoint.resolve(source)
     common = checkpoint.read_common(path)
     dtype, vocab_size = common["dtype"], common["vocab_size"]
-    dense_cfg = _single_rank_config(config_from_dict(common["config"]), dtype)
-    hybrid_cfg = _single_rank_config(hybrid_config(common["config"], pattern, overrides), dtype)
+    dense_cfg = single_rank_config(config_from_dict(common["config"]), dtype)
+    hybrid_cfg = single_rank_config(hybrid_config(common["config"], pattern, overrides), dtype)
     validate(hybrid_cfg, world_size=1)
-    dense = _single_rank_model(dense_cfg, vocab_size)
+    dense = single_rank_model(dense_cfg, vocab_size)
     checkpoint.load_checkpoint(path, [dense])
     hybrid = build_llm(hybrid_cfg, vocab_size)
-    state, report = dense_to_hybrid(_plain_state(dense), dense_cfg.model, hybrid_cfg.model,
-                                    _plain_state(hybrid))
+    state, report = dense_to_hybrid(plain_state(dense), dense_cfg.model, hybrid_cfg.model,
+                                    plain_state(hybrid))
     missing, unexpected = hybrid.load_state_dict(state, strict=False)
     missing = [k for k in missing if "_extra_state" not in k]
     if missing or unexpected:

@@ -26,10 +26,29 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
+from megatron_omni.config import ConfigError, OmniConfig
+from megatron_omni.models.llm.model import padded_vocab_size
+
 log = logging.getLogger(__name__)
 
 POINTER = "latest_checkpointed_iteration.txt"
 _OPT_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+# The ModelConfig fields that decide parameter shapes (a checkpoint loads only into the same).
+MODEL_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                      "num_query_groups", "head_dim", "tie_embeddings")
+
+
+def check_same_model(common: dict, cfg: OmniConfig, vocab_size: int, source) -> None:
+    """A clear error when a checkpoint's model shape differs from the configured one."""
+    saved = common["config"]["model"]
+    diff = [f"model.{f}: checkpoint {saved[f]} vs config {getattr(cfg.model, f)}"
+            for f in MODEL_SHAPE_FIELDS if saved[f] != getattr(cfg.model, f)]
+    if padded_vocab_size(common["vocab_size"]) != padded_vocab_size(vocab_size):
+        diff.append(f"vocabulary: checkpoint {common['vocab_size']} vs this run {vocab_size}")
+    if diff:
+        raise ConfigError(f"{source} holds a different model; " + "; ".join(diff))
 
 
 def iteration_dir(root: str | Path, iteration: int) -> Path:

@@ -80,21 +80,6 @@ def build_optimizer(cfg: OmniConfig, model):
     return optimizer, scheduler
 
 
-_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                 "num_query_groups", "head_dim", "tie_embeddings")
-
-
-def check_same_model(common: dict, cfg: OmniConfig, vocab_size: int, source) -> None:
-    """A clear error when a checkpoint's model shape differs from the configured one."""
-    saved = common["config"]["model"]
-    diff = [f"model.{f}: checkpoint {saved[f]} vs config {getattr(cfg.model, f)}"
-            for f in _SHAPE_FIELDS if saved[f] != getattr(cfg.model, f)]
-    if padded_vocab_size(common["vocab_size"]) != padded_vocab_size(vocab_size):
-        diff.append(f"vocabulary: checkpoint {common['vocab_size']} vs this run {vocab_size}")
-    if diff:
-        raise ConfigError(f"{source} holds a different model; " + "; ".join(diff))
-
-
 class Trainer:
     def __init__(self, cfg: OmniConfig):
         self.cfg = cfg
@@ -148,7 +133,7 @@ class Trainer:
         self.scheduler.step(increment=1)
         if ck.load is not None:
             source = checkpoint.resolve(ck.load)
-            check_same_model(checkpoint.read_common(source), self.cfg, self.vocab_size, source)
+            checkpoint.check_same_model(checkpoint.read_common(source), self.cfg, self.vocab_size, source)
             checkpoint.load_checkpoint(source, self.model)
             log.info("initialised weights from %s", source)
         return 0, 0
