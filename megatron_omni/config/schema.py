@@ -104,6 +104,10 @@ class TrainingConfig:
     """Global batches per validation."""
     recompute: str | None = None
     """Activation recomputation: null, 'selective' (core attention) or 'full' (whole layers)."""
+    trainable: list | None = None
+    """Parameter groups that train (training/freeze.py): llm, linear_attention, vision_encoder,
+    audio_encoder, projectors; the rest is frozen (out of the optimizer and DDP buffers).
+    null = everything trains."""
 
 
 @dataclass

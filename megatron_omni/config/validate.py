@@ -135,6 +135,12 @@ def _validate_training(cfg: OmniConfig) -> None:
         raise ConfigError(f"training.recompute={t.recompute!r}; use null, selective or full")
     if cfg.model.backend not in ("auto", "te", "local"):
         raise ConfigError(f"model.backend={cfg.model.backend!r}; use auto, te or local")
+    if t.trainable is not None:
+        from megatron_omni.training.freeze import GROUPS
+        unknown = [g for g in t.trainable if g not in GROUPS]
+        if unknown or not t.trainable:
+            raise ConfigError(f"training.trainable={t.trainable}: use a non-empty list of "
+                              f"{', '.join(GROUPS)} (or null to train everything)")
     if t.min_lr > t.lr:
         raise ConfigError(f"training.min_lr={t.min_lr} exceeds training.lr={t.lr}; use "
                           f"min_lr <= lr, e.g. min_lr={t.lr / 10:g}")

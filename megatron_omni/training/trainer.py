@@ -25,6 +25,7 @@ from megatron_omni.data.text import build_text_datasets, micro_batches
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config
 from megatron_omni.training import checkpoint
+from megatron_omni.training.freeze import apply_trainable, check_something_trains
 from megatron_omni.training.metrics import StepLogger, setup_logging, train_flops_per_token
 from megatron_omni.training.phases import check_phase_runnable
 from megatron_omni.training.step import evaluate, train_step
@@ -43,20 +44,26 @@ def init_parallel(cfg: OmniConfig) -> int:
 
 
 def build_model(cfg: OmniConfig, vocab_size: int) -> list[DistributedDataParallel]:
-    """This rank's model chunks (one per virtual pipeline stage), wrapped in megatron's DDP."""
+    """This rank's model chunks (one per virtual pipeline stage), wrapped in megatron's DDP;
+    parameters outside training.trainable are frozen first (no DDP buffer, not optimised)."""
     vpp = cfg.parallel.vpp or 1
     tconfig = transformer_config(cfg)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         check_for_nan_in_grad=True)
-    chunks = []
+    chunks, trainable = [], {}
     for i in range(vpp):
         module = build_llm(cfg, vocab_size, vp_stage=i if vpp > 1 else None)
+        for group, n in apply_trainable(module, cfg.training.trainable).items():
+            trainable[group] = trainable.get(group, 0) + n
         if platform.has_cuda():
             module.cuda(torch.cuda.current_device())
         if params_dtype(cfg) != torch.float32:
             module = Float16Module(tconfig, module)
         chunks.append(DistributedDataParallel(tconfig, ddp_config, module, disable_bucketing=i > 0))
+    counts_per_rank = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(counts_per_rank, trainable)
+    check_something_trains(counts_per_rank, cfg.training.trainable)
     tconfig = chunks[0].config
     tconfig.finalize_model_grads_func = finalize_model_grads
     tconfig.no_sync_func = [c.no_sync for c in chunks] if vpp > 1 else chunks[0].no_sync

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from megatron_omni.config.schema import LinearAttentionConfig, ModelConfig
 from megatron_omni.conversion.hybrid import dense_to_hybrid, replicate_kv_heads
@@ -124,15 +123,9 @@ def test_non_dense_source_and_unmapped_tensors_are_refused():
         dense_to_hybrid({**dense, "stray": torch.zeros(1)}, DENSE, HYBRID, init)
 
 
-def _tensors(ckpt: Path) -> dict[str, torch.Tensor]:
-    flat = ckpt.with_suffix(".pt")
-    dcp_to_torch_save(ckpt, flat)
-    return {k: v for k, v in torch.load(flat, weights_only=False).items() if isinstance(v, torch.Tensor)}
-
-
 def test_cli_converts_a_dense_checkpoint_that_then_trains(tmp_path):
     from omni_data_prep.demo_data import prepare_demo_data
-    from tests.parallel.conftest import TINY, torchrun
+    from tests.parallel.conftest import TINY, checkpoint_tensors, torchrun
 
     tokenizer, prefix = prepare_demo_data(tmp_path / "data", num_docs=300, vocab_size=400)
     # TINY's model; a lighter run (1 sample of 32 tokens per step, 2 steps, no evaluation)
@@ -153,8 +146,8 @@ def test_cli_converts_a_dense_checkpoint_that_then_trains(tmp_path):
         [f"decoder.layers.{i}.self_attention.linear_gate.weight" for i in range(4)]
         + [f"decoder.layers.{i}.self_attention.out_norm.weight" for i in (1, 2)])
 
-    dense = _tensors(tmp_path / "dense" / "iter_0000000")
-    hybrid = _tensors(Path(summary["checkpoint"]))
+    dense = checkpoint_tensors(tmp_path / "dense" / "iter_0000000")
+    hybrid = checkpoint_tensors(Path(summary["checkpoint"]))
     stacked = "decoder.layers."  # the dense checkpoint stacks layers: decoder.layers.<name> [L, ...]
     compared = 0
     for key, value in dense.items():

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from omni_data_prep.demo_data import prepare_demo_data
 
@@ -56,6 +58,13 @@ def torchrun(nproc: int, overrides: list[str], out: Path, *flags: str, timeout: 
     if check and proc.returncode != 0:
         raise AssertionError(f"torchrun failed ({proc.returncode}); log {log}:\n{log.read_text()[-6000:]}")
     return json.loads(out.read_text()) if check and out.exists() else {}
+
+
+def checkpoint_tensors(ckpt: Path) -> dict[str, "torch.Tensor"]:
+    """Every tensor of a dist_checkpointing checkpoint folder, unsharded, by key."""
+    flat = ckpt.with_suffix(".pt")
+    dcp_to_torch_save(ckpt, flat)
+    return {k: v for k, v in torch.load(flat, weights_only=False).items() if isinstance(v, torch.Tensor)}
 
 
 class Runs:

@@ -135,6 +135,8 @@ class LightningAttention(GatedSelfAttention):
     layers); linear_qkv keeps the dense layer's group-interleaved layout for that head count.
     """
 
+    trainable_group = "linear_attention"  # training/freeze.py: HALO distillation trains these first
+
     def __init__(self, config: TransformerConfig, submodules: GatedAttentionSubmodules,
                  layer_number: int, attn_mask_type: AttnMaskType = AttnMaskType.causal,
                  cp_comm_type: str | None = None, pg_collection=None,

@@ -1,0 +1,59 @@
+"""Which parameters train: named groups of modules, frozen before megatron's DDP wraps the model.
+
+Every parameter belongs to one group: the `trainable_group` attribute of the innermost module
+that holds it and declares one, else "llm". Modules declare their group as a class attribute
+(e.g. the Lightning attention says "linear_attention"; the omni model's encoders and projectors
+say theirs). `training.trainable` lists the groups that train; null trains everything.
+
+Frozen parameters get requires_grad=False before the DDP wrap, so megatron's DDP gives them no
+gradient buffer and get_megatron_optimizer leaves them out: they stay bit-identical.
+"""
+from __future__ import annotations
+
+import torch
+
+from megatron_omni.config.load import ConfigError
+
+GROUPS = ("llm", "linear_attention", "vision_encoder", "audio_encoder", "projectors")
+"""Every group a parameter can belong to (validated in config.validate)."""
+DEFAULT_GROUP = "llm"
+
+
+def parameter_groups(module: torch.nn.Module) -> dict[str, str]:
+    """{parameter name: group} for every parameter of module (names as named_parameters)."""
+    groups: dict[str, str] = {}
+
+    def visit(mod: torch.nn.Module, prefix: str, group: str) -> None:
+        group = getattr(mod, "trainable_group", group)
+        for name, param in mod.named_parameters(recurse=False):
+            groups.setdefault(prefix + name, group)
+        for name, child in mod.named_children():
+            visit(child, f"{prefix}{name}.", group)
+
+    visit(module, "", DEFAULT_GROUP)
+    return groups
+
+
+def apply_trainable(module: torch.nn.Module, trainable: list[str] | None) -> dict[str, int]:
+    """Freeze every parameter of module outside the `trainable` groups (None: train all).
+    Returns {group: parameter count on this rank} of what stays trainable."""
+    counts: dict[str, int] = {}
+    params = dict(module.named_parameters())
+    for name, group in parameter_groups(module).items():
+        train = trainable is None or group in trainable
+        params[name].requires_grad_(train)
+        if train:
+            counts[group] = counts.get(group, 0) + params[name].numel()
+    return counts
+
+
+def check_something_trains(counts_per_rank: list[dict[str, int]], trainable: list[str] | None) -> None:
+    """After apply_trainable on every rank (counts gathered over the world): each listed group
+    must hold parameters somewhere, else the config names a part the model does not have."""
+    if trainable is None:
+        return
+    present = {g for counts in counts_per_rank for g in counts}
+    missing = [g for g in trainable if g not in present]
+    if missing:
+        raise ConfigError(f"training.trainable={trainable}: the model has no parameters in "
+                          f"{missing}; list only parts this model has")
