@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from megatron_omni.config.presets import MODEL_PRESETS
+from megatron_omni.config.presets import MODEL_PRESETS, OMNI_PRESETS
 from megatron_omni.config.schema import OmniConfig
 
 
@@ -47,6 +47,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Om
         if not isinstance(preset, str) or preset not in MODEL_PRESETS:
             raise ConfigError(f"model.preset={preset!r} is unknown; use one of {sorted(MODEL_PRESETS)}")
         raw["model"] = {**MODEL_PRESETS[preset], **model}
+        omni = model.get("omni")
+        if isinstance(omni, dict):
+            name = omni.get("preset", "tiny")
+            if not isinstance(name, str) or name not in OMNI_PRESETS:
+                raise ConfigError(f"model.omni.preset={name!r} is unknown; use one of {sorted(OMNI_PRESETS)}")
+            raw["model"]["omni"] = {**OMNI_PRESETS[name], **omni}
     return _build(OmniConfig, raw, "")
 
 
@@ -86,7 +92,10 @@ def _coerce(tp, value, name: str):
         base = typing.get_origin(option) or option
         if base is type(None):
             continue
-        if base is bool:
+        if dataclasses.is_dataclass(base):
+            if isinstance(value, dict):
+                return _build(base, value, name + ".")
+        elif base is bool:
             if isinstance(value, bool):
                 return value
         elif base is int:
@@ -107,6 +116,9 @@ def _coerce(tp, value, name: str):
                 return value
         elif base is list:
             if isinstance(value, list):
+                return value
+        elif base is dict:
+            if isinstance(value, dict):
                 return value
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{name}={value!r} has the wrong type; expected {expected}")

@@ -22,3 +22,16 @@ MODEL_PRESETS: dict[str, dict] = {
                       vocab_size=151936, max_position_embeddings=40960,
                       rope_theta=1_000_000.0, tie_embeddings=False),
 }
+
+OMNI_PRESETS: dict[str, dict] = {
+    "tiny": dict(vision="tiny", audio="tiny", vision_projector="resampler", audio_projector="conv_gmlp",
+                 image_tokens=4, frames_per_package=2, resampler_heads=4, max_video_frames=8),
+    # SigLIP so400m/14 at its released 384 px (27 x 27 patches, so the HF weights import; the
+    # plan's 448 px would need interpolated position embeddings), Whisper-medium, 64 resampler
+    # queries per image and per package of 6 frames, Conv-GMLP 4x, TMRoPE, contrastive 0.1.
+    "plan": dict(vision="siglip-so400m-patch14-384", audio="whisper-medium",
+                 vision_projector="resampler", audio_projector="conv_gmlp", image_tokens=64,
+                 frames_per_package=6, resampler_heads=16, max_video_frames=64,
+                 contrastive_weight=0.1),
+}
+"""Encoder/projector presets of model.omni (schema.OmniModelConfig)."""

@@ -46,6 +46,9 @@ class ModelConfig:
     """Settings of the S layers (defined at the end of this file)."""
     linear: LinearAttentionConfig = field(default_factory=lambda: LinearAttentionConfig())
     """Settings of the L layers (defined at the end of this file)."""
+    omni: OmniModelConfig | None = None
+    """Encoders and projectors of the omni model (defined at the end of this file); null = the
+    text-only LLM."""
 
     def layer_types(self) -> str:
         """layer_pattern spelled out: one of D, S, L per layer."""
@@ -107,7 +110,11 @@ class TrainingConfig:
     trainable: list | None = None
     """Parameter groups that train (training/freeze.py): llm, linear_attention, vision_encoder,
     audio_encoder, projectors; the rest is frozen (out of the optimizer and DDP buffers).
-    null = everything trains."""
+    null = the phase's default (training/phases.py: phase 1 projectors, phase 2 encoders +
+    projectors, otherwise everything)."""
+    group_lr: dict | None = None
+    """Peak learning rate per parameter group, e.g. {vision_encoder: 1e-5, projectors: 1e-4};
+    other groups use lr. Each decays to its peak * min_lr / lr on the same schedule."""
 
 
 @dataclass
@@ -201,3 +208,45 @@ class LinearAttentionConfig:
     """o = o_proj(RMSNorm(attn) * sigmoid(x W_gate)); false drops the gate."""
     chunk_size: int = 64
     """Tokens per chunk of the Triton kernel (power of two >= 16)."""
+
+
+@dataclass
+class OmniModelConfig:
+    """The omni model (models/omni/): vision and audio encoders with projectors around the LLM.
+    ``model.omni: null`` keeps the text-only LLM. Defaults are the ``tiny`` preset
+    (config/presets.py OMNI_PRESETS; ``plan`` is the training plan's shapes)."""
+
+    preset: str = "tiny"
+    """Preset the other fields start from: tiny or plan."""
+    vision: str = "tiny"
+    """Vision tower shapes (models/encoders/vision.py VISION_PRESETS): tiny or siglip-so400m-patch14-384."""
+    image_size: int | None = None
+    """Square input size of the vision tower in pixels; null = the vision preset's."""
+    audio: str = "tiny"
+    """Audio encoder shapes (models/encoders/audio.py AUDIO_PRESETS): tiny or whisper-medium."""
+    vision_projector: str = "resampler"
+    """resampler (3D-Resampler: image_tokens queries per image and per package of frames) or mlp
+    (2-layer MLP: one token per patch, each frame its own package)."""
+    audio_projector: str = "conv_gmlp"
+    """conv_gmlp (4x downsampling, 80 ms tokens) or mlp (one token per encoder frame, 20 ms)."""
+    image_tokens: int = 4
+    """LLM tokens per image and per video package with the resampler (its queries; a square,
+    e.g. 64 = 8 x 8). The mlp projector emits one token per patch instead."""
+    frames_per_package: int = 2
+    """Video frames the resampler compresses jointly (6 in the plan)."""
+    resampler_heads: int = 4
+    """Attention heads of the resampler (its width is the vision hidden size)."""
+    projector_hidden_size: int | None = None
+    """Hidden width of the mlp and conv_gmlp projectors; null = the LLM hidden size."""
+    max_video_frames: int = 64
+    """Most frames per video (1 fps sampling); longer videos are an error."""
+    tmrope: bool = True
+    """3-D TMRoPE positions ([b, 3, s] ids); false = plain 1-D RoPE."""
+    mrope_sections: list | None = None
+    """(temporal, height, width) frequency pairs of the head dim, summing to head_dim / 2;
+    null = Qwen2.5-Omni's 1:1.5:1.5 split ((16, 24, 24) at head_dim 128)."""
+    contrastive_weight: float = 0.0
+    """Weight of the vision-audio contrastive loss (OmniAlignNet-style InfoNCE on the pooled
+    projector outputs of samples with both video and audio); 0.1-0.2 in phase 1, 0 = off."""
+    contrastive_temperature: float = 0.07
+    """Softmax temperature of that loss."""

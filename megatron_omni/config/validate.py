@@ -19,6 +19,7 @@ def validate(cfg: OmniConfig, world_size: int) -> int:
     _validate_sequence(cfg)
     _validate_training(cfg)
     _validate_hybrid(cfg)
+    _validate_omni(cfg)
     return dp
 
 
@@ -223,3 +224,51 @@ def _validate_linear(cfg: OmniConfig) -> None:
             f"model.linear.num_query_groups={groups} must divide model.num_attention_heads="
             f"{m.num_attention_heads} and be divisible by parallel.tp={tp}; use one of {valid} "
             "or null (= num_attention_heads)")
+
+
+def _validate_omni(cfg: OmniConfig) -> None:
+    """model.omni: known presets and projectors, shapes that split over parallel.tp."""
+    omni, m, p = cfg.model.omni, cfg.model, cfg.parallel
+    if omni is None:
+        return
+    from megatron_omni.models.encoders.audio import AUDIO_PRESETS
+    from megatron_omni.models.encoders.vision import VISION_PRESETS
+    from megatron_omni.models.omni import media
+
+    for name, value, options in (("vision", omni.vision, VISION_PRESETS),
+                                 ("audio", omni.audio, AUDIO_PRESETS),
+                                 ("vision_projector", omni.vision_projector, ("resampler", "mlp")),
+                                 ("audio_projector", omni.audio_projector, ("conv_gmlp", "mlp"))):
+        if value not in options:
+            raise ConfigError(f"model.omni.{name}={value!r}; use one of {sorted(options)}")
+    side = math.isqrt(max(omni.image_tokens, 0))
+    if omni.vision_projector == "resampler" and (omni.image_tokens < 1 or side * side != omni.image_tokens):
+        raise ConfigError(f"model.omni.image_tokens={omni.image_tokens} must be a square (a token grid "
+                          f"for TMRoPE), e.g. {max(1, side) ** 2}")
+    if omni.vision_projector == "resampler" and (m.hidden_size % 4 or m.hidden_size % omni.resampler_heads):
+        raise ConfigError(f"model.omni.resampler_heads={omni.resampler_heads}: the resampler is "
+                          f"model.hidden_size={m.hidden_size} wide, which must be divisible by 4 and by "
+                          f"resampler_heads; use resampler_heads in {[d for d in _divisors(m.hidden_size) if d <= 64]}")
+    for name, shape in (("vision", media.vision_config(omni)), ("audio", media.audio_config(omni))):
+        if shape.num_attention_heads % p.tp or shape.ffn_hidden_size % p.tp:
+            raise ConfigError(f"model.omni.{name}={getattr(omni, name)!r} has {shape.num_attention_heads} "
+                              f"heads and ffn {shape.ffn_hidden_size}, not divisible by parallel.tp={p.tp}")
+    hidden = omni.projector_hidden_size or m.hidden_size
+    if "mlp" in (omni.vision_projector, omni.audio_projector) and hidden % p.tp:
+        raise ConfigError(f"model.omni.projector_hidden_size={hidden} must be divisible by parallel.tp={p.tp}")
+    if omni.max_video_frames < 1 or omni.frames_per_package < 1:
+        raise ConfigError("model.omni.max_video_frames and model.omni.frames_per_package must be >= 1, e.g. 64 and 6")
+    if omni.tmrope:
+        sections = omni.mrope_sections
+        if sections is not None and (len(sections) != 3 or sum(sections) * 2 != m.head_dim):
+            raise ConfigError(f"model.omni.mrope_sections={sections} must be three counts summing to "
+                              f"model.head_dim / 2 = {m.head_dim // 2}, or null")
+        if m.rope_scaling_factor != 1.0:
+            raise ConfigError(f"model.rope_scaling_factor={m.rope_scaling_factor} is not supported with "
+                              "TMRoPE; use 1.0 or model.omni.tmrope=false")
+    if p.cp > 1:
+        raise ConfigError(f"parallel.cp={p.cp} with model.omni: context parallelism of the merged "
+                          "sequence is not implemented yet; use parallel.cp=1")
+    if omni.contrastive_weight < 0 or omni.contrastive_temperature <= 0:
+        raise ConfigError("model.omni.contrastive_weight must be >= 0 and contrastive_temperature > 0, "
+                          "e.g. 0.1 and 0.07")

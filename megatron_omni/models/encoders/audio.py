@@ -109,6 +109,9 @@ class AudioEncoder(MegatronModule):
     ``config`` defaults to ``audio_transformer_config(cfg)`` (TP size from megatron's parallel_state).
     """
 
+    trainable_group = "audio_encoder"
+    """Parameter group for training.trainable (training/freeze.py)."""
+
     def __init__(self, cfg: AudioEncoderConfig, config: TransformerConfig | None = None):
         config = config or audio_transformer_config(cfg)
         check_encoder_config(config, cfg, name="AudioEncoder")

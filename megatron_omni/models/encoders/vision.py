@@ -84,6 +84,9 @@ class VisionEncoder(MegatronModule):
     parallel_state). Pixels must be ``image_size`` square, already normalised.
     """
 
+    trainable_group = "vision_encoder"
+    """Parameter group for training.trainable (training/freeze.py)."""
+
     def __init__(self, cfg: VisionEncoderConfig, config: TransformerConfig | None = None):
         config = config or vision_transformer_config(cfg)
         check_encoder_config(config, cfg, name="VisionEncoder")

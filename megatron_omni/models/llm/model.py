@@ -83,9 +83,17 @@ def transformer_config(cfg: OmniConfig) -> TransformerConfig:
     )
 
 
-def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None) -> GPTModel:
-    """The decoder chunk this rank holds (pipeline stage, and virtual stage when vpp > 1)."""
+def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None, *,
+              mrope_section: list[int] | None = None,
+              scatter_embedding_sequence_parallel: bool = True) -> GPTModel:
+    """The decoder chunk this rank holds (pipeline stage, and virtual stage when vpp > 1).
+
+    ``mrope_section``: rotary from 3-D position ids [3, b, s] (megatron's mrope slot; the omni
+    model puts TMRoPE there); None = 1-D RoPE. ``scatter_embedding_sequence_parallel=False``
+    leaves the sequence-parallel scatter to a caller that builds the decoder input itself.
+    """
     config = transformer_config(cfg)
+    config.mrope_section = mrope_section
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     m = cfg.model
@@ -98,7 +106,8 @@ def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None) -> 
         post_process=post,
         parallel_output=True,
         share_embeddings_and_output_weights=m.tie_embeddings,
-        position_embedding_type="rope",
+        position_embedding_type="mrope" if mrope_section else "rope",
+        scatter_embedding_sequence_parallel=scatter_embedding_sequence_parallel,
         rotary_base=int(m.rope_theta),
         seq_len_interpolation_factor=m.rope_scaling_factor if m.rope_scaling_factor != 1.0 else None,
         vp_stage=vp_stage,

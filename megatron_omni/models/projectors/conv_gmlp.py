@@ -26,6 +26,9 @@ def conv_gmlp_output_length(length: int) -> int:
 class ConvGMLPProjector(torch.nn.Module):
     """``[b, L, input_size]`` → ``[b, conv_gmlp_output_length(L), output_size]``."""
 
+    trainable_group = "projectors"
+    """Parameter group for training.trainable (training/freeze.py)."""
+
     def __init__(self, input_size: int, hidden_size: int, output_size: int, layer_norm_eps: float = 1e-5):
         super().__init__()
         self.input_size = input_size

@@ -23,6 +23,9 @@ class MLPProjector(MegatronModule):
     ``hidden_size`` must be divisible by the TP size.
     """
 
+    trainable_group = "projectors"
+    """Parameter group for training.trainable (training/freeze.py)."""
+
     def __init__(self, config: TransformerConfig, input_size: int, hidden_size: int, output_size: int):
         if config.sequence_parallel:
             raise ValueError("MLPProjector runs before the sequence-parallel split: pass a "

@@ -57,6 +57,9 @@ class Resampler3D(torch.nn.Module):
         frames_per_package: F, video frames compressed jointly (6 in the plan).
     """
 
+    trainable_group = "projectors"
+    """Parameter group for training.trainable (training/freeze.py)."""
+
     def __init__(self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int, output_size: int,
                  frames_per_package: int = 6, layer_norm_eps: float = 1e-6):
         super().__init__()

@@ -1,0 +1,220 @@
+"""The omni model: vision and audio encoders with their projectors feeding the Qwen3-style GPTModel.
+
+On the first pipeline stage (the only one holding encoders and projectors)::
+
+    tokens [b, s] -> LLM word embedding [b, s, h]            (full sequence, all TP ranks)
+    images, video frames -> VisionEncoder -> vision projector -> image / video tokens [n, h]
+    log-mel clips        -> AudioEncoder  -> audio projector  -> audio tokens [n, h]
+    merge: the positions holding <image> / <video> / <audio> (row-major over the micro-batch)
+           are overwritten by that kind's tokens, item after item      (media.py checks counts)
+    -> [s, b, h] -> sequence-parallel scatter (+ embedding dropout) -> decoder -> loss
+
+The merge works on the whole [s, b, h] sequence, before megatron's sequence-parallel scatter. A
+context-parallel split of the merged sequence belongs right after the merge, at the same point
+(split_for_cp of parallel/context_parallel.py applied to `embeddings` along dim 0, with the
+position ids split alike) — for now the trainer refuses omni with parallel.cp > 1.
+
+Positions: with TMRoPE the GPTModel's rotary embedding is our TMRotaryEmbedding, fed the
+[b, 3, s] ids of the batch on every pipeline stage; without it, plain 1-D RoPE.
+
+No media-dependent control flow reaches a collective or leaves a parameter without gradient:
+a kind absent from a micro-batch (text-only batches, ranks without media) runs a tiny dummy
+through its encoder and projector and adds 0 * its sum to the embeddings (the anchor), so every
+encoder/projector parameter gets a (zero) gradient on every rank under megatron's DDP.
+"""
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.utils import sharded_state_dict_default
+
+from megatron_omni.config.schema import OmniConfig, OmniModelConfig
+from megatron_omni.models.encoders.audio import AudioEncoder, audio_transformer_config
+from megatron_omni.models.encoders.vision import VisionEncoder, vision_transformer_config
+from megatron_omni.models.llm.model import build_llm, params_dtype
+from megatron_omni.models.omni import media
+from megatron_omni.models.positions.tmrope import TMRotaryEmbedding, _default_sections
+from megatron_omni.models.projectors.conv_gmlp import ConvGMLPProjector
+from megatron_omni.models.projectors.mlp import MLPProjector
+from megatron_omni.models.projectors.resampler import Resampler3D
+
+
+class GPTTMRotaryEmbedding(TMRotaryEmbedding):
+    """TMRotaryEmbedding in GPTModel's ``mrope`` slot: GPTModel calls
+    ``rotary_pos_emb(position_ids, mrope_section, cp_group=...)`` with the ids it was given."""
+
+    def forward(self, position_ids: torch.Tensor, mrope_section=None, cp_group=None) -> torch.Tensor:
+        return super().forward(position_ids)
+
+
+def mrope_sections(cfg: OmniConfig) -> list[int]:
+    omni = cfg.model.omni
+    return list(omni.mrope_sections) if omni.mrope_sections else list(_default_sections(cfg.model.head_dim))
+
+
+class OmniModel(MegatronModule):
+    """Encoders + projectors (pipeline stage 0 only) and the LLM chunk of this rank.
+
+    ``forward(input_ids, position_ids, attention_mask, labels=None, batch=None)``: input_ids
+    [b, s] (placeholders expanded), position_ids [b, 3, s] (TMRoPE) or [b, s], ``batch`` the
+    micro-batch dict of the omni contract (its media; read on stage 0 only). Returns what the
+    GPTModel returns (per-token losses [b, s] with labels on the last stage, hidden states
+    elsewhere).
+
+    ``placeholder_ids``: {"image": id, "video": id, "audio": id} of the tokenizer.
+    """
+
+    def __init__(self, cfg: OmniConfig, vocab_size: int, placeholder_ids: dict[str, int],
+                 vp_stage: int | None = None):
+        omni: OmniModelConfig = cfg.model.omni
+        sections = mrope_sections(cfg) if omni.tmrope else None
+        llm = build_llm(cfg, vocab_size, vp_stage, mrope_section=sections,
+                        scatter_embedding_sequence_parallel=False)
+        super().__init__(config=llm.config)
+        self.omni = omni
+        self.llm = llm
+        self.placeholder_ids = dict(placeholder_ids)
+        if sections is not None:
+            llm.rotary_pos_emb = GPTTMRotaryEmbedding(cfg.model.head_dim, sections, cfg.model.rope_theta)
+        self.pre_process, self.post_process = llm.pre_process, llm.post_process
+        self.share_embeddings_and_output_weights = llm.share_embeddings_and_output_weights
+        if not self.pre_process:
+            return
+        dtype, h = params_dtype(cfg), cfg.model.hidden_size
+        vcfg, acfg = media.vision_config(omni), media.audio_config(omni)
+        self.vision_encoder = VisionEncoder(vcfg, vision_transformer_config(vcfg, params_dtype=dtype))
+        self.audio_encoder = AudioEncoder(acfg, audio_transformer_config(acfg, params_dtype=dtype))
+        hidden = omni.projector_hidden_size or h
+        if omni.vision_projector == "resampler":
+            self.vision_projector = Resampler3D(omni.image_tokens, h, omni.resampler_heads, vcfg.hidden_size,
+                                                h, omni.frames_per_package).to(dtype)
+        else:
+            self.vision_projector = MLPProjector(self.vision_encoder.config, vcfg.hidden_size, hidden, h)
+        if omni.audio_projector == "conv_gmlp":
+            self.audio_projector = ConvGMLPProjector(acfg.hidden_size, hidden, h).to(dtype)
+        else:
+            self.audio_projector = MLPProjector(self.audio_encoder.config, acfg.hidden_size, hidden, h)
+
+    # ------------------------------------------------------------------ megatron interface
+
+    def set_input_tensor(self, input_tensor) -> None:
+        self.llm.set_input_tensor(input_tensor)
+
+    def shared_embedding_or_output_weight(self):
+        return self.llm.shared_embedding_or_output_weight()
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None):
+        """The LLM's keys unprefixed (exactly a text checkpoint's), the encoders and projectors
+        under their attribute names (vision_encoder., audio_projector., ...)."""
+        out = self.llm.sharded_state_dict(prefix, sharded_offsets, metadata)
+        tp_group = parallel_state.get_tensor_model_parallel_group()  # replicas of the plain modules
+        for name, module in self.named_children():
+            if name != "llm":
+                out.update(sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata,
+                                                      tp_group=tp_group))
+        return out
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask=None,
+                labels: torch.Tensor | None = None, batch: dict | None = None, packed_seq_params=None):
+        if position_ids.dim() == 3:
+            position_ids = position_ids.transpose(0, 1)  # [b, 3, s] -> megatron's mrope [3, b, s]
+        decoder_input = self.embed(input_ids, batch or {}) if self.pre_process else None
+        return self.llm(input_ids, position_ids, attention_mask, decoder_input=decoder_input, labels=labels,
+                        packed_seq_params=packed_seq_params)
+
+    def embed(self, input_ids: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Word embeddings with the media tokens merged in: [s, b, h], scattered over the TP group
+        under sequence parallelism (the decoder's input)."""
+        word = self.llm.embedding.word_embeddings(input_ids)          # [b, s, h], full sequence
+        merged, anchor = self.merge_media(word, input_ids, batch)
+        embeddings = (merged + anchor).transpose(0, 1).contiguous()    # [s, b, h]
+        # (a context-parallel split of the merged sequence goes here, see the module docstring)
+        if self.config.fp32_residual_connection:
+            embeddings = embeddings.float()
+        dropout = self.llm.embedding.embedding_dropout
+        if self.config.sequence_parallel:
+            embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                return dropout(embeddings)
+        return dropout(embeddings)
+
+    def merge_media(self, word: torch.Tensor, input_ids: torch.Tensor, batch: dict):
+        """(word embeddings with every placeholder position overwritten, anchor scalar)."""
+        features, anchor = self.encode_media(input_ids, batch)
+        b, s, h = word.shape
+        flat = word.reshape(b * s, h)
+        for kind, tokens in features.items():
+            index = (input_ids.reshape(-1) == self.placeholder_ids[kind]).nonzero().squeeze(1)
+            flat = flat.index_copy(0, index, tokens.to(flat.dtype))
+        return flat.view(b, s, h), anchor
+
+    def encode_media(self, input_ids: torch.Tensor, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """({kind: [positions of that kind, h] tokens in order}, anchor): the micro-batch's media
+        through encoders and projectors, after the checks of media.assign_items and the size limits."""
+        counts = media.item_token_counts(self.omni, batch)
+        names = media.sample_names(batch, input_ids.shape[0])
+        owner = media.sample_of_token(batch, input_ids)
+        samples = {}
+        for kind in media.KINDS:
+            positions = input_ids == self.placeholder_ids[kind]
+            samples[kind] = media.assign_items(kind, positions, owner, counts[kind], names)
+        self._check_sizes(batch, samples, names)
+        device = self.llm.embedding.word_embeddings.weight.device
+        features, anchor = {}, torch.zeros((), device=device)
+        images, videos = batch.get("images"), list(batch.get("videos") or [])
+        if counts["image"]:
+            features["image"] = self.vision_projector(self.vision_encoder(images.to(device))).flatten(0, -2)
+        if videos:
+            frames = self.vision_encoder(torch.cat([v.to(device) for v in videos]))       # [ΣT, N, hv]
+            per_video = frames.split([v.shape[0] for v in videos])
+            features["video"] = torch.cat([self.vision_projector(f[None]).flatten(0, -2) for f in per_video])
+        if not counts["image"] and not videos:
+            anchor = anchor + self._vision_dummy(device)
+        if counts["audio"]:
+            mel = batch["audio_mel"].to(device)
+            frames = media.audio_frames(batch)
+            features["audio"] = torch.cat([self.audio_projector(self.audio_encoder(mel[i:i + 1, :, :n]))[0]
+                                           for i, n in enumerate(frames)])
+        else:
+            anchor = anchor + self._audio_dummy(device)
+        return features, anchor
+
+    def _vision_dummy(self, device) -> torch.Tensor:
+        v = self.vision_encoder.cfg
+        pixels = torch.zeros(1, v.num_channels, v.image_size, v.image_size, device=device)
+        return 0.0 * self.vision_projector(self.vision_encoder(pixels)).sum()
+
+    def _audio_dummy(self, device) -> torch.Tensor:
+        mel = torch.zeros(1, self.audio_encoder.cfg.num_mel_bins, 1, device=device)
+        return 0.0 * self.audio_projector(self.audio_encoder(mel)).sum()
+
+    def _check_sizes(self, batch: dict, samples: dict[str, list[int]], names: list[str]) -> None:
+        """Media the encoders cannot take: ValueError naming the sample and the limit."""
+        v, a, omni = self.vision_encoder.cfg, self.audio_encoder.cfg, self.omni
+        frame = (v.num_channels, v.image_size, v.image_size)
+        images = batch.get("images")
+        for i in range(len(samples["image"])):
+            if tuple(images.shape[1:]) != frame:
+                raise ValueError(f"sample {names[samples['image'][i]]}: images are {list(images.shape[1:])}; "
+                                 f"the vision encoder takes {list(frame)} (model.omni.image_size)")
+        for i, video in enumerate(batch.get("videos") or []):
+            name = names[samples["video"][i]]
+            if video.shape[0] > omni.max_video_frames:
+                raise ValueError(f"sample {name}: video of {video.shape[0]} frames exceeds "
+                                 f"model.omni.max_video_frames={omni.max_video_frames}")
+            if tuple(video.shape[1:]) != frame:
+                raise ValueError(f"sample {name}: video frames are {list(video.shape[1:])}; the vision "
+                                 f"encoder takes {list(frame)} (model.omni.image_size)")
+        mel = batch.get("audio_mel")
+        for i, n in enumerate(media.audio_frames(batch)):
+            name = names[samples["audio"][i]]
+            if mel.shape[1] != a.num_mel_bins:
+                raise ValueError(f"sample {name}: audio has {mel.shape[1]} mel bins; the audio encoder "
+                                 f"takes {a.num_mel_bins}")
+            if not 1 <= n <= min(a.max_frames, mel.shape[2]):
+                raise ValueError(f"sample {name}: audio clip of {n} mel frames; the audio encoder takes "
+                                 f"1 to {a.max_frames} ({a.max_frames // 100} s) and the batch holds "
+                                 f"{mel.shape[2]} frames per clip")

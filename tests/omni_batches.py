@@ -1,0 +1,91 @@
+"""Synthetic omni micro-batches that follow the data contract (/work/briefs/omni_batch.md): one
+sample per row, placeholders expanded to the model's token counts, TMRoPE ids from the spans,
+random media. Tests only; the trainer reads the real loader."""
+from __future__ import annotations
+
+import torch
+
+from megatron_omni.config.schema import OmniModelConfig
+from megatron_omni.models.omni import media
+from megatron_omni.models.positions import tmrope
+
+PLACEHOLDER_IDS = {"image": 3, "video": 4, "audio": 5}
+PAD_ID = 0
+MODALITY_MEDIA = {"text": (), "image": ("image",), "video": ("video",), "audio": ("audio",),
+                  "cross": ("video", "audio")}
+"""What each sample_modality holds (cross = a video with its audio track, interleaved)."""
+
+
+def micro_batch(omni: OmniModelConfig, modalities: list[str], seq_length: int, vocab_size: int,
+                seed: int = 0, video_frames: int = 3, audio_frames: int = 40, tmrope_ids: bool = True,
+                ids: list[str] | None = None) -> dict:
+    """A micro-batch with one sample per modality (row i holds sample i): 3 text tokens, the
+    media, then text up to a few tokens before seq_length (the rest is padding)."""
+    g = torch.Generator().manual_seed(seed)
+    vcfg, acfg = media.vision_config(omni), media.audio_config(omni)
+    size, grid = vcfg.image_size, media.token_grid(omni)
+    b = len(modalities)
+    tokens = torch.full((b, seq_length), PAD_ID, dtype=torch.long)
+    sample_index = torch.full((b, seq_length), -1, dtype=torch.long)
+    positions = []
+    images, videos, stamps, mels, frames = [], [], [], [], []
+    for row, modality in enumerate(modalities):
+        spans, layout = [tmrope.TextSpan(3)], []
+        kinds = MODALITY_MEDIA[modality]
+        video = audio = None
+        if "image" in kinds:
+            images.append(torch.randn(3, size, size, generator=g))
+            spans.append(tmrope.ImageSpan(*grid))
+            layout.append(("image", media.image_tokens(omni)))
+        if "video" in kinds:
+            t = torch.arange(video_frames, dtype=torch.float64)
+            videos.append(torch.randn(video_frames, 3, size, size, generator=g))
+            stamps.append(t)
+            video = tmrope.VideoSpan(*grid, tuple(t[::media.frames_per_package(omni)].tolist()))
+        if "audio" in kinds:
+            mels.append(torch.randn(acfg.num_mel_bins, audio_frames, generator=g))
+            frames.append(audio_frames)
+            audio = tmrope.AudioSpan(media.audio_tokens(omni, audio_frames), media.audio_seconds_per_token(omni))
+        if video is not None and audio is not None:
+            span = tmrope.AudioVideoSpan(video, audio)
+            spans.append(span)
+            layout += [(kind, end - begin) for kind, begin, end in tmrope.interleave_layout(span)]
+        elif video is not None or audio is not None:
+            span = video or audio
+            spans.append(span)
+            layout.append(("video" if video is not None else "audio", span.num_tokens))
+        used = 3 + sum(n for _, n in layout)
+        tail = seq_length - 2 - used
+        if tail < 2:
+            raise ValueError(f"seq_length={seq_length} is too short for a {modality} sample ({used} tokens)")
+        spans.append(tmrope.TextSpan(tail))
+        row_tokens = [_text(g, 3, vocab_size)]
+        row_tokens += [torch.full((n,), PLACEHOLDER_IDS[kind], dtype=torch.long) for kind, n in layout]
+        row_tokens.append(_text(g, tail, vocab_size))
+        row_tokens = torch.cat(row_tokens)
+        tokens[row, :len(row_tokens)] = row_tokens
+        sample_index[row, :len(row_tokens)] = row
+        positions.append(tmrope.tmrope_position_ids(spans))
+    labels = torch.cat([tokens[:, 1:], torch.full((b, 1), PAD_ID, dtype=torch.long)], dim=1)
+    is_placeholder = torch.isin(tokens, torch.tensor(list(PLACEHOLDER_IDS.values())))
+    label_placeholder = torch.isin(labels, torch.tensor(list(PLACEHOLDER_IDS.values())))
+    next_valid = torch.cat([sample_index[:, 1:] >= 0, torch.zeros(b, 1, dtype=torch.bool)], dim=1)
+    loss_mask = (~is_placeholder & ~label_placeholder & next_valid).float()
+    position_ids = tmrope.batch_position_ids(positions, seq_length).transpose(0, 1).contiguous()
+    mel_width = max(frames, default=audio_frames)
+    return {
+        "tokens": tokens, "labels": labels, "loss_mask": loss_mask,
+        "position_ids": position_ids if tmrope_ids else position_ids[:, 0].contiguous(),
+        "sample_index": sample_index, "sample_modality": list(modalities),
+        "sample_ids": ids or [f"{m}-{seed}-{i}" for i, m in enumerate(modalities)],
+        "images": torch.stack(images) if images else torch.zeros(0, 3, size, size),
+        "videos": videos, "video_timestamps": stamps,
+        "audio_mel": (torch.stack([torch.nn.functional.pad(m, (0, mel_width - m.shape[1])) for m in mels])
+                      if mels else torch.zeros(0, acfg.num_mel_bins, mel_width)),
+        "audio_frames": torch.tensor(frames, dtype=torch.long),
+    }
+
+
+def _text(g: torch.Generator, n: int, vocab_size: int) -> torch.Tensor:
+    """n random text tokens (never a placeholder or padding id)."""
+    return torch.randint(8, vocab_size, (n,), generator=g)
