@@ -38,7 +38,7 @@ def test_placeholder_positions_get_the_media_tokens_in_order_and_nothing_else_ch
     model = build()
     b = batch()
     word = model.llm.embedding.word_embeddings(b["tokens"])
-    merged, anchor = model.merge_media(word, b["tokens"], b)
+    merged, anchor, _ = model.merge_media(word, b["tokens"], b)
     assert anchor.item() == 0
     enc_v, proj_v = model.vision_encoder, model.vision_projector
     expected = {
@@ -121,6 +121,32 @@ def test_tmrope_ids_reach_the_attention():
     arange = torch.arange(SEQ).expand(1, 3, -1).contiguous()
     torch.testing.assert_close(token_losses(plain, dict(b, position_ids=one_d)),
                                token_losses(model, dict(b, position_ids=arange)), atol=0, rtol=0)
+
+
+def test_contrastive_loss_adds_its_weighted_gradient_and_leaves_the_forward_alone():
+    b = batch(["cross", "text", "cross"])
+    weighted, plain = build("model.omni.contrastive_weight=0.5"), build()
+    losses = token_losses(weighted, b)
+    (losses * b["loss_mask"]).sum().backward()
+    reference = token_losses(plain, b)
+    torch.testing.assert_close(losses, reference, atol=0, rtol=0)
+    pooled = {"video": [], "audio": []}
+    for row, frames in zip((0, 2), b["audio_frames"].tolist()):
+        video = plain.vision_projector(plain.vision_encoder(b["videos"][len(pooled["video"])])[None])
+        audio = plain.audio_projector(plain.audio_encoder(b["audio_mel"][len(pooled["audio"])][None, :, :frames]))
+        pooled["video"].append(torch.nn.functional.normalize(video.flatten(0, -2).mean(0), dim=0))
+        pooled["audio"].append(torch.nn.functional.normalize(audio[0].mean(0), dim=0))
+    logits = torch.stack(pooled["video"]) @ torch.stack(pooled["audio"]).t() / 0.07
+    target = torch.arange(2)
+    info_nce = (torch.nn.functional.cross_entropy(logits, target)
+                + torch.nn.functional.cross_entropy(logits.t(), target)) / 2
+    ((reference * b["loss_mask"]).sum() + 0.5 * b["loss_mask"].sum() * info_nce).backward()
+    grads = dict(plain.named_parameters())
+    assert torch.count_nonzero(grads["vision_projector.query"].grad) > 0
+    for name, param in weighted.named_parameters():
+        # the model encodes all frames in one batch, the reference video by video: compare norms
+        error = (param.grad - grads[name].grad).norm() / grads[name].grad.norm().clamp_min(1e-12)
+        assert error < 1e-5, (name, error)
 
 
 # ---------------------------------------------------------------------- multi-rank

@@ -34,6 +34,7 @@ from megatron_omni.models.encoders.audio import AudioEncoder, audio_transformer_
 from megatron_omni.models.encoders.vision import VisionEncoder, vision_transformer_config
 from megatron_omni.models.llm.model import build_llm, params_dtype
 from megatron_omni.models.omni import media
+from megatron_omni.models.omni.contrastive import attach, vision_audio_contrastive
 from megatron_omni.models.positions.tmrope import TMRotaryEmbedding, _default_sections
 from megatron_omni.models.projectors.conv_gmlp import ConvGMLPProjector
 from megatron_omni.models.projectors.mlp import MLPProjector
@@ -129,8 +130,13 @@ class OmniModel(MegatronModule):
         """Word embeddings with the media tokens merged in: [s, b, h], scattered over the TP group
         under sequence parallelism (the decoder's input)."""
         word = self.llm.embedding.word_embeddings(input_ids)          # [b, s, h], full sequence
-        merged, anchor = self.merge_media(word, input_ids, batch)
+        merged, anchor, aligned = self.merge_media(word, input_ids, batch)
         embeddings = (merged + anchor).transpose(0, 1).contiguous()    # [s, b, h]
+        if aligned is not None:
+            # the LM loss is a token sum that megatron divides by the global token count: scaling by
+            # this micro-batch's tokens makes the weight relative to the per-token LM loss
+            scale = self.omni.contrastive_weight * batch["loss_mask"].sum()
+            embeddings = attach(embeddings, scale * aligned)
         # (a context-parallel split of the merged sequence goes here, see the module docstring)
         if self.config.fp32_residual_connection:
             embeddings = embeddings.float()
@@ -142,18 +148,27 @@ class OmniModel(MegatronModule):
         return dropout(embeddings)
 
     def merge_media(self, word: torch.Tensor, input_ids: torch.Tensor, batch: dict):
-        """(word embeddings with every placeholder position overwritten, anchor scalar)."""
-        features, anchor = self.encode_media(input_ids, batch)
+        """(word embeddings with every placeholder position overwritten, anchor scalar, the
+        vision-audio contrastive loss or None)."""
+        features, anchor, samples = self.encode_media(input_ids, batch)
         b, s, h = word.shape
         flat = word.reshape(b * s, h)
         for kind, tokens in features.items():
             index = (input_ids.reshape(-1) == self.placeholder_ids[kind]).nonzero().squeeze(1)
             flat = flat.index_copy(0, index, tokens.to(flat.dtype))
-        return flat.view(b, s, h), anchor
+        aligned = None
+        if self.omni.contrastive_weight > 0 and "video" in features and "audio" in features:
+            counts = media.item_token_counts(self.omni, batch)
+            owner = {k: torch.tensor(samples[k]).repeat_interleave(torch.tensor(counts[k])).to(flat.device)
+                     for k in ("video", "audio")}
+            aligned = vision_audio_contrastive(features["video"], owner["video"], features["audio"],
+                                               owner["audio"], self.omni.contrastive_temperature)
+        return flat.view(b, s, h), anchor, aligned
 
-    def encode_media(self, input_ids: torch.Tensor, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """({kind: [positions of that kind, h] tokens in order}, anchor): the micro-batch's media
-        through encoders and projectors, after the checks of media.assign_items and the size limits."""
+    def encode_media(self, input_ids: torch.Tensor, batch: dict):
+        """({kind: [positions of that kind, h] tokens in order}, anchor, {kind: sample number of
+        each item}): the micro-batch's media through encoders and projectors, after the checks of
+        media.assign_items and the size limits."""
         counts = media.item_token_counts(self.omni, batch)
         names = media.sample_names(batch, input_ids.shape[0])
         owner = media.sample_of_token(batch, input_ids)
@@ -180,7 +195,7 @@ class OmniModel(MegatronModule):
                                            for i, n in enumerate(frames)])
         else:
             anchor = anchor + self._audio_dummy(device)
-        return features, anchor
+        return features, anchor, samples
 
     def _vision_dummy(self, device) -> torch.Tensor:
         v = self.vision_encoder.cfg
