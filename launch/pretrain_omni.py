@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         if args.dry_run:
             from megatron_omni.training.phases import check_phase_runnable
 
-            check_phase_runnable(cfg.phase)
+            check_phase_runnable(cfg.phase, cfg.model.omni is not None)
             dp = validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
             print(yaml.safe_dump({**config_to_dict(cfg), "derived": {"dp": dp}}, sort_keys=False))
             return 0

@@ -10,7 +10,9 @@ from megatron_omni.models.omni import media
 from megatron_omni.models.positions import tmrope
 
 PLACEHOLDER_IDS = {"image": 3, "video": 4, "audio": 5}
+"""Placeholder ids of the model-level tests (the trainer uses its tokenizer's)."""
 PAD_ID = 0
+MIXED = ("text", "image", "video", "audio", "cross")
 MODALITY_MEDIA = {"text": (), "image": ("image",), "video": ("video",), "audio": ("audio",),
                   "cross": ("video", "audio")}
 """What each sample_modality holds (cross = a video with its audio track, interleaved)."""
@@ -18,9 +20,11 @@ MODALITY_MEDIA = {"text": (), "image": ("image",), "video": ("video",), "audio":
 
 def micro_batch(omni: OmniModelConfig, modalities: list[str], seq_length: int, vocab_size: int,
                 seed: int = 0, video_frames: int = 3, audio_frames: int = 40, tmrope_ids: bool = True,
-                ids: list[str] | None = None) -> dict:
+                ids: list[str] | None = None, placeholder_ids: dict[str, int] = PLACEHOLDER_IDS,
+                text_ids_from: int = 8) -> dict:
     """A micro-batch with one sample per modality (row i holds sample i): 3 text tokens, the
-    media, then text up to a few tokens before seq_length (the rest is padding)."""
+    media, then text up to a few tokens before seq_length (the rest is padding). Text tokens are
+    drawn from [text_ids_from, vocab_size)."""
     g = torch.Generator().manual_seed(seed)
     vcfg, acfg = media.vision_config(omni), media.audio_config(omni)
     size, grid = vcfg.image_size, media.token_grid(omni)
@@ -59,16 +63,16 @@ def micro_batch(omni: OmniModelConfig, modalities: list[str], seq_length: int, v
         if tail < 2:
             raise ValueError(f"seq_length={seq_length} is too short for a {modality} sample ({used} tokens)")
         spans.append(tmrope.TextSpan(tail))
-        row_tokens = [_text(g, 3, vocab_size)]
-        row_tokens += [torch.full((n,), PLACEHOLDER_IDS[kind], dtype=torch.long) for kind, n in layout]
-        row_tokens.append(_text(g, tail, vocab_size))
+        row_tokens = [torch.randint(text_ids_from, vocab_size, (3,), generator=g)]
+        row_tokens += [torch.full((n,), placeholder_ids[kind], dtype=torch.long) for kind, n in layout]
+        row_tokens.append(torch.randint(text_ids_from, vocab_size, (tail,), generator=g))
         row_tokens = torch.cat(row_tokens)
         tokens[row, :len(row_tokens)] = row_tokens
         sample_index[row, :len(row_tokens)] = row
         positions.append(tmrope.tmrope_position_ids(spans))
     labels = torch.cat([tokens[:, 1:], torch.full((b, 1), PAD_ID, dtype=torch.long)], dim=1)
-    is_placeholder = torch.isin(tokens, torch.tensor(list(PLACEHOLDER_IDS.values())))
-    label_placeholder = torch.isin(labels, torch.tensor(list(PLACEHOLDER_IDS.values())))
+    is_placeholder = torch.isin(tokens, torch.tensor(list(placeholder_ids.values())))
+    label_placeholder = torch.isin(labels, torch.tensor(list(placeholder_ids.values())))
     next_valid = torch.cat([sample_index[:, 1:] >= 0, torch.zeros(b, 1, dtype=torch.bool)], dim=1)
     loss_mask = (~is_placeholder & ~label_placeholder & next_valid).float()
     position_ids = tmrope.batch_position_ids(positions, seq_length).transpose(0, 1).contiguous()
@@ -86,6 +90,20 @@ def micro_batch(omni: OmniModelConfig, modalities: list[str], seq_length: int, v
     }
 
 
-def _text(g: torch.Generator, n: int, vocab_size: int) -> torch.Tensor:
-    """n random text tokens (never a placeholder or padding id)."""
-    return torch.randint(8, vocab_size, (n,), generator=g)
+def synthetic_stream(cfg, tokenizer, consumed_samples: int, dp_rank: int, dp: int):
+    """Stand-in for the trainer's omni_micro_batches: step k's global batch is the same for every
+    layout (micro-batch g of the run cycles its rows through MIXED, seeded by g); DP rank r
+    takes the r-th share of each step's micro-batches."""
+    t = cfg.training
+    per_step = t.global_batch_size // t.micro_batch_size
+    per_rank = per_step // dp
+    special = tokenizer.special_ids
+    placeholder_ids = {kind: special[text] for kind, text in media.PLACEHOLDER_TEXT.items()}
+    step = consumed_samples // t.global_batch_size
+    while True:
+        for i in range(dp_rank * per_rank, (dp_rank + 1) * per_rank):
+            g = step * per_step + i
+            modalities = [MIXED[(g * t.micro_batch_size + j) % len(MIXED)] for j in range(t.micro_batch_size)]
+            yield micro_batch(cfg.model.omni, modalities, cfg.data.seq_length, tokenizer.vocab_size, seed=g,
+                              placeholder_ids=placeholder_ids, text_ids_from=max(special.values()) + 1)
+        step += 1

@@ -142,6 +142,13 @@ def _validate_training(cfg: OmniConfig) -> None:
         if unknown or not t.trainable:
             raise ConfigError(f"training.trainable={t.trainable}: use a non-empty list of "
                               f"{', '.join(GROUPS)} (or null to train everything)")
+    if t.group_lr is not None:
+        from megatron_omni.training.freeze import GROUPS
+        bad = {g: v for g, v in t.group_lr.items()
+               if g not in GROUPS or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
+        if bad:
+            raise ConfigError(f"training.group_lr has {bad}: use positive learning rates keyed by "
+                              f"{', '.join(GROUPS)}, e.g. {{vision_encoder: 1e-5, projectors: 1e-4}}")
     if t.min_lr > t.lr:
         raise ConfigError(f"training.min_lr={t.min_lr} exceeds training.lr={t.lr}; use "
                           f"min_lr <= lr, e.g. min_lr={t.lr / 10:g}")

@@ -76,6 +76,9 @@ class StepLogger:
             line += f" | MFU {100 * mfu:.1f}%"
         if torch.cuda.is_available():
             line += f" | mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        for name, loss in m.get("modality_loss", {}).items():  # omni batches: loss/<modality>
+            scalars[f"train/{name}"] = loss
+            line += f" | {name} {loss:.4f}"
         if m["skipped"]:
             line += " | step skipped (non-finite grads)"
         self._write(step, scalars)

@@ -13,14 +13,28 @@ PHASES = {
 }
 TEXT_PHASES = {3, 4}
 """Phases that run on the text-only LLM: its pretraining and long-context continuation."""
+OMNI_PHASES = {1, 2, 3}
+"""Phases that run the omni model (model.omni set)."""
+DEFAULT_TRAINABLE = {1: ["projectors"], 2: ["vision_encoder", "audio_encoder", "projectors"]}
+"""training.trainable when the config leaves it null; other phases train everything."""
 
 
-def check_phase_runnable(phase: int) -> str:
-    """The phase's name; a clear error for phases that need parts this build does not have yet."""
+def check_phase_runnable(phase: int, omni: bool = False) -> str:
+    """The phase's name; a clear error for a phase this model (text LLM, or omni when
+    ``omni``) cannot run, or that needs parts this build does not have yet."""
     name, trains = PHASES[phase]
-    if phase not in TEXT_PHASES:
+    if phase not in TEXT_PHASES | OMNI_PHASES:
         raise ConfigError(
-            f"phase={phase} ({name}: trains {trains}) needs the omni model (vision/audio encoders, "
-            "projectors, multimodal data), which this build does not have yet; phases 3 and 4 "
-            "run the text-only LLM")
+            f"phase={phase} ({name}: trains {trains}) needs data and losses this build does not "
+            "have yet; phases 1-3 run the omni model, phases 3 and 4 the text-only LLM")
+    if omni and phase not in OMNI_PHASES:
+        raise ConfigError(f"phase={phase} ({name}) runs the text-only LLM; set model.omni=null")
+    if not omni and phase not in TEXT_PHASES:
+        raise ConfigError(f"phase={phase} ({name}: trains {trains}) needs the omni model; set "
+                          "model.omni (e.g. --set model.omni.preset=tiny)")
     return name
+
+
+def trainable_groups(phase: int, trainable: list[str] | None) -> list[str] | None:
+    """The parameter groups that train: training.trainable, else the phase's default."""
+    return trainable if trainable is not None else DEFAULT_TRAINABLE.get(phase)

@@ -1,4 +1,6 @@
-"""One training or evaluation step of the decoder through megatron-core's pipeline schedules."""
+"""One training or evaluation step through megatron-core's pipeline schedules: text micro-batches
+(tokens, labels, loss_mask, position_ids) for the LLM, omni micro-batches (the contract of
+/work/briefs/omni_batch.md: also media, sample_index, sample_modality) for the omni model."""
 from __future__ import annotations
 
 from functools import partial
@@ -20,9 +22,43 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss_sum, num_tokens, {"lm loss": report}
 
 
+MODALITIES = ("text", "image", "video", "audio", "cross")
+"""sample_modality values of omni micro-batches; each gets its own loss in the logs."""
+
+
+def omni_loss_func(loss_mask: torch.Tensor, modality: torch.Tensor, output_tensor: torch.Tensor):
+    """loss_func plus, per modality m, the loss sum and token count of its samples as
+    "loss/<m>" (``modality`` [b, s]: index into MODALITIES per token, -1 for padding)."""
+    loss_sum, num_tokens, report = loss_func(loss_mask, output_tensor)
+    losses = output_tensor.float().reshape(-1) * loss_mask.reshape(-1).float()
+    mask = loss_mask.reshape(-1).float()
+    modality = modality.reshape(-1)
+    for i, name in enumerate(MODALITIES):
+        selected = (modality == i).float()
+        report[f"loss/{name}"] = torch.stack([(losses * selected).sum().detach(), (mask * selected).sum()])
+    return loss_sum, num_tokens, report
+
+
+def omni_forward_step(batch: dict, model):
+    """An omni micro-batch through this rank's chunk: the media go along (read on stage 0),
+    position ids to every stage (TMRoPE rotates on all of them)."""
+    if batch.get("cu_seqlens") is not None:
+        raise ValueError("packed omni micro-batches (cu_seqlens) are not supported by the omni "
+                         "training step yet; set data.multimodal.packing=false")
+    device = next(model.parameters()).device
+    tokens, position_ids, labels, loss_mask = (batch[k].to(device, non_blocking=True)
+                                               for k in ("tokens", "position_ids", "labels", "loss_mask"))
+    kinds = torch.tensor([MODALITIES.index(m) for m in batch["sample_modality"]] + [-1], device=device)
+    modality = kinds[batch["sample_index"].to(device)]  # sample -1 (padding) -> the trailing -1
+    output = model(tokens, position_ids, None, labels=labels, batch=batch)
+    return output, partial(omni_loss_func, loss_mask, modality)
+
+
 def forward_step(data_iterator, model):
     """megatron's forward_step_func: one micro-batch through this rank's model chunk."""
     batch = next(data_iterator)
+    if "sample_modality" in batch:
+        return omni_forward_step(batch, model)
     device = next(model.parameters()).device
     # [b, s] each; under context parallelism this rank's load-balanced chunks (positions global)
     tokens, position_ids, labels, loss_mask = (
@@ -33,10 +69,11 @@ def forward_step(data_iterator, model):
 
 
 def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: int,
-                 forward_only: bool) -> torch.Tensor | None:
+                 forward_only: bool) -> dict[str, torch.Tensor] | None:
     """Run the schedule (1F1B, interleaved with vpp, or no pipelining) over one global batch's
-    micro-batches for this rank. Returns [loss_sum, tokens] summed over data- and context-parallel
-    ranks on the last pipeline stage, None elsewhere."""
+    micro-batches for this rank. Returns {"lm loss": [loss_sum, tokens], and for omni batches
+    "loss/<modality>": [loss_sum, tokens]} summed over data- and context-parallel ranks on the
+    last pipeline stage, None elsewhere."""
     iterators = [iter(micro_batches) for _ in model]
     reports = get_forward_backward_func()(
         forward_step_func=forward_step,
@@ -49,10 +86,12 @@ def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: 
     )
     if not ps.is_pipeline_last_stage(ignore_virtual=True):
         return None
-    total = torch.stack([r["lm loss"] for r in reports]).sum(0)
     dp_cp = ps.get_data_parallel_group(with_context_parallel=True)
-    torch.distributed.all_reduce(total, group=dp_cp)
-    return total
+    totals = {}
+    for key in reports[0]:
+        totals[key] = torch.stack([r[key] for r in reports]).sum(0)
+        torch.distributed.all_reduce(totals[key], group=dp_cp)
+    return totals
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list, seq_length: int,
@@ -68,7 +107,9 @@ def train_step(model, optimizer, scheduler, micro_batches: list, seq_length: int
         scheduler.step(increment=1)
     out = {"grad_norm": grad_norm, "lr": lr, "skipped": not updated}
     if total is not None:
-        out.update(loss=(total[0] / total[1]).item(), tokens=int(total[1].item()))
+        lm = total.pop("lm loss")
+        out.update(loss=(lm[0] / lm[1]).item(), tokens=int(lm[1].item()),
+                   modality_loss={k: (v[0] / v[1]).item() for k, v in total.items() if v[1] > 0})
     return out
 
 
@@ -82,5 +123,5 @@ def evaluate(model, batches: list[list], seq_length: int, micro_batch_size: int)
         chunk.train()
     if totals[0] is None:
         return None
-    total = torch.stack(totals).sum(0)
+    total = torch.stack([t["lm loss"] for t in totals]).sum(0)
     return (total[0] / total[1]).item()

@@ -21,13 +21,15 @@ from megatron.core.transformer.module import Float16Module
 
 from megatron_omni import platform
 from megatron_omni.config import ConfigError, OmniConfig, config_to_dict, validate
+from megatron_omni.data.sample_format import PLACEHOLDERS
 from megatron_omni.data.text import build_text_datasets, micro_batches
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config
 from megatron_omni.training import checkpoint
-from megatron_omni.training.freeze import apply_trainable, check_something_trains
+from megatron_omni.models.omni.model import OmniModel
+from megatron_omni.training.freeze import apply_trainable, check_something_trains, group_lr_overrides
 from megatron_omni.training.metrics import StepLogger, setup_logging, train_flops_per_token
-from megatron_omni.training.phases import check_phase_runnable
+from megatron_omni.training.phases import check_phase_runnable, trainable_groups
 from megatron_omni.training.step import evaluate, train_step
 
 log = logging.getLogger(__name__)
@@ -43,18 +45,24 @@ def init_parallel(cfg: OmniConfig) -> int:
     return dp
 
 
-def build_model(cfg: OmniConfig, vocab_size: int) -> list[DistributedDataParallel]:
-    """This rank's model chunks (one per virtual pipeline stage), wrapped in megatron's DDP;
-    parameters outside training.trainable are frozen first (no DDP buffer, not optimised)."""
+def build_model(cfg: OmniConfig, vocab_size: int,
+                placeholder_ids: dict[str, int] | None = None) -> list[DistributedDataParallel]:
+    """This rank's model chunks (one per virtual pipeline stage), wrapped in megatron's DDP: the
+    omni model when model.omni is set (``placeholder_ids`` from the tokenizer), else the LLM.
+    Parameters outside the trainable groups (training.trainable, else the phase's default) are
+    frozen first (no DDP buffer, not optimised)."""
     vpp = cfg.parallel.vpp or 1
     tconfig = transformer_config(cfg)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         check_for_nan_in_grad=True)
     chunks, trainable = [], {}
+    groups = trainable_groups(cfg.phase, cfg.training.trainable)
     for i in range(vpp):
-        module = build_llm(cfg, vocab_size, vp_stage=i if vpp > 1 else None)
-        for group, n in apply_trainable(module, cfg.training.trainable).items():
+        vp_stage = i if vpp > 1 else None
+        module = (OmniModel(cfg, vocab_size, placeholder_ids, vp_stage) if cfg.model.omni is not None
+                  else build_llm(cfg, vocab_size, vp_stage=vp_stage))
+        for group, n in apply_trainable(module, groups).items():
             trainable[group] = trainable.get(group, 0) + n
         if platform.has_cuda():
             module.cuda(torch.cuda.current_device())
@@ -63,7 +71,7 @@ def build_model(cfg: OmniConfig, vocab_size: int) -> list[DistributedDataParalle
         chunks.append(DistributedDataParallel(tconfig, ddp_config, module, disable_bucketing=i > 0))
     counts_per_rank = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(counts_per_rank, trainable)
-    check_something_trains(counts_per_rank, cfg.training.trainable)
+    check_something_trains(counts_per_rank, groups)
     tconfig = chunks[0].config
     tconfig.finalize_model_grads_func = finalize_model_grads
     tconfig.no_sync_func = [c.no_sync for c in chunks] if vpp > 1 else chunks[0].no_sync
@@ -78,7 +86,7 @@ def build_optimizer(cfg: OmniConfig, model):
         adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps, clip_grad=t.clip_grad,
         bf16=dtype == torch.bfloat16, params_dtype=dtype,
         use_distributed_optimizer=cfg.parallel.distributed_optimizer)
-    optimizer = get_megatron_optimizer(opt_config, model)
+    optimizer = get_megatron_optimizer(opt_config, model, group_lr_overrides(opt_config, t.group_lr))
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr, lr_warmup_steps=t.warmup_steps,
         lr_decay_steps=t.lr_decay_steps or t.train_steps, lr_decay_style=t.lr_decay_style,
@@ -87,24 +95,37 @@ def build_optimizer(cfg: OmniConfig, model):
     return optimizer, scheduler
 
 
+def omni_micro_batches(cfg: OmniConfig, tokenizer, consumed_samples: int, dp_rank: int, dp: int):
+    """This rank's omni micro-batches (the data path's loader, data/multimodal/loader.py)."""
+    raise ConfigError("model.omni: the omni data loader (data/multimodal/loader.py) is not part "
+                      "of this build yet")
+
+
 class Trainer:
     def __init__(self, cfg: OmniConfig):
         self.cfg = cfg
-        self.phase_name = check_phase_runnable(cfg.phase)
+        self.omni = cfg.model.omni is not None
+        self.phase_name = check_phase_runnable(cfg.phase, self.omni)
+        if self.omni and cfg.training.eval_interval:
+            raise ConfigError("training.eval_interval must be 0 with model.omni (omni validation "
+                              "data is not wired up yet)")
         self.dp = init_parallel(cfg)
         setup_logging(torch.distributed.get_rank(), cfg.logging.megatron_log_level)
         if cfg.data.tokenizer is None:
             raise ConfigError("data.tokenizer is not set; give a sentencepiece .model or a tokenizer.json")
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
-        self.model = build_model(cfg, self.vocab_size)
+        placeholder_ids = {kind: self.tokenizer.special_ids[text] for kind, text in PLACEHOLDERS.items()}
+        self.model = build_model(cfg, self.vocab_size, placeholder_ids)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.iteration, self.consumed = self._restore()
         t = cfg.training
         num_evals = t.train_steps // t.eval_interval if t.eval_interval else 0
-        self.train_data, self.valid_data = build_text_datasets(
-            cfg, self.tokenizer, t.train_steps * t.global_batch_size,
-            t.eval_steps * t.global_batch_size if num_evals else 0)
+        self.train_data = self.valid_data = None
+        if not self.omni:
+            self.train_data, self.valid_data = build_text_datasets(
+                cfg, self.tokenizer, t.train_steps * t.global_batch_size,
+                t.eval_steps * t.global_batch_size if num_evals else 0)
         self.dp_rank = ps.get_data_parallel_rank()
         self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp)
         is_logger = (ps.is_pipeline_last_stage(ignore_virtual=True)
@@ -183,7 +204,8 @@ class Trainer:
         {"train": {step: loss}, "valid": {step: loss}} as seen on this rank (filled on the last
         pipeline stage)."""
         t, ck = self.cfg.training, self.cfg.checkpoint
-        data = micro_batches(self.train_data, self.consumed, self.cfg, self.dp_rank, self.dp)
+        data = (omni_micro_batches(self.cfg, self.tokenizer, self.consumed, self.dp_rank, self.dp) if self.omni
+                else micro_batches(self.train_data, self.consumed, self.cfg, self.dp_rank, self.dp))
         history = {"train": {}, "valid": {}}
         end = t.train_steps if max_steps is None else min(t.train_steps, self.iteration + max_steps)
         while self.iteration < end:

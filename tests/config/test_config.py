@@ -235,17 +235,26 @@ def test_top_level_must_be_a_mapping(tmp_path):
         load_config(write_yaml(tmp_path, "- 1\n- 2\n"))
 
 
-@pytest.mark.parametrize("phase", [1, 2, 5, 6])
-def test_phases_without_the_omni_model_say_so(phase):
+@pytest.mark.parametrize("phase, omni, message", [
+    (1, False, "phase=1 (adapter alignment: trains projectors only (LLM and encoders frozen)) needs the "
+               "omni model; set model.omni"),
+    (2, False, "phase=2 (encoder finetune: trains encoders + projectors (LLM frozen)) needs the omni model"),
+    (4, True, "phase=4 (long context) runs the text-only LLM; set model.omni=null"),
+    (5, True, "phase=5 (SFT: trains all parameters on conversations with loss masks) needs data and "
+              "losses this build does not have yet"),
+    (6, False, "phase=6 (preference"),
+])
+def test_phases_the_model_cannot_run_say_so(phase, omni, message):
     with pytest.raises(ConfigError) as err:
-        check_phase_runnable(phase)
-    assert f"phase={phase} (" in str(err.value)
-    assert "needs the omni model" in str(err.value) and "phases 3 and 4 run the text-only LLM" in str(err.value)
+        check_phase_runnable(phase, omni)
+    assert message in str(err.value)
 
 
-@pytest.mark.parametrize("phase, name", [(3, "joint pretraining"), (4, "long context")])
-def test_text_phases_run(phase, name):
-    assert check_phase_runnable(phase) == name
+@pytest.mark.parametrize("phase, omni, name", [
+    (3, False, "joint pretraining"), (4, False, "long context"), (1, True, "adapter alignment"),
+    (2, True, "encoder finetune"), (3, True, "joint pretraining")])
+def test_runnable_phases(phase, omni, name):
+    assert check_phase_runnable(phase, omni) == name
 
 
 # ----------------------------------------------------------------------------- entry point

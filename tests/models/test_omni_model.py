@@ -11,12 +11,12 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 
 from megatron_omni.config import load_config
 from megatron_omni.models.omni.model import OmniModel
-from tests.omni_batches import PLACEHOLDER_IDS, micro_batch
+from tests.omni_batches import MIXED, PLACEHOLDER_IDS, micro_batch
 
 from .multirank import run_ranks
 
 VOCAB, SEQ = 200, 96
-MIXED = ["text", "image", "video", "audio", "cross"]
+
 CONFIG = ["model.num_layers=2", "model.omni.preset=tiny", f"data.seq_length={SEQ}"]
 
 

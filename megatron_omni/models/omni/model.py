@@ -78,6 +78,7 @@ class OmniModel(MegatronModule):
         self.placeholder_ids = dict(placeholder_ids)
         if sections is not None:
             llm.rotary_pos_emb = GPTTMRotaryEmbedding(cfg.model.head_dim, sections, cfg.model.rope_theta)
+        self.model_type = llm.model_type
         self.pre_process, self.post_process = llm.pre_process, llm.post_process
         self.share_embeddings_and_output_weights = llm.share_embeddings_and_output_weights
         if not self.pre_process:
