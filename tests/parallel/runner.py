@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from megatron_omni.platform import use_triton_interpreter_without_cuda
 from megatron_omni.training.metrics import quiet_warnings
@@ -38,6 +39,8 @@ def main() -> None:
     mode.add_argument("--max-steps", type=int, metavar="N", help="train at most N steps in this run")
     mode.add_argument("--die-in-save", type=int, metavar="STEP",
                       help="train, and exit abruptly inside the save of STEP, after its files are written")
+    parser.add_argument("--synthetic-omni", action="store_true",
+                        help="omni micro-batches from tests/omni_batches.py instead of the data loader")
     args = parser.parse_args()
     use_triton_interpreter_without_cuda()
     quiet_warnings()
@@ -47,6 +50,12 @@ def main() -> None:
     from megatron_omni.config import load_config
     from megatron_omni.training.trainer import Trainer
 
+    if args.synthetic_omni:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from megatron_omni.training import trainer as trainer_module
+        from tests.omni_batches import synthetic_stream
+
+        trainer_module.omni_micro_batches = synthetic_stream
     trainer = Trainer(load_config(None, args.overrides))
     result = {}
     if args.die_in_save is not None:

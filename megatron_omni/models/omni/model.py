@@ -117,6 +117,12 @@ class OmniModel(MegatronModule):
                                                       tp_group=tp_group))
         return out
 
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Also takes the keys of sharded_state_dict (the LLM's unprefixed)."""
+        own = tuple(f"{name}." for name, _ in self.named_children())
+        return super().load_state_dict({k if k.startswith(own) else f"llm.{k}": v for k, v in state_dict.items()},
+                                       strict=strict)
+
     # ------------------------------------------------------------------ forward
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask=None,
