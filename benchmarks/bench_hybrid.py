@@ -52,7 +52,8 @@ SIZES = {
 PATTERNS = ("dense", "hybrid")
 
 
-def measure(size: str, pattern: str, seq_length: int, warmup: int, iters: int) -> dict:
+def measure(size: str, pattern: str, seq_length: int, warmup: int, iters: int,
+            extra: list[str]) -> dict:
     """One configuration, in this process: build, step, time; returns its row."""
     from megatron_omni.platform import use_triton_interpreter_without_cuda
     from megatron_omni.training.metrics import quiet_warnings
@@ -67,7 +68,7 @@ def measure(size: str, pattern: str, seq_length: int, warmup: int, iters: int) -
 
     spec = SIZES[size]
     layers = [] if pattern == "dense" else [f"model.layer_pattern={spec['hybrid']}"]
-    cfg = load_config(None, spec["overrides"] + layers + [f"data.seq_length={seq_length}"])
+    cfg = load_config(None, spec["overrides"] + extra + layers + [f"data.seq_length={seq_length}"])
     platform.init_distributed()
     ps.initialize_model_parallel(1, 1)
     tensor_parallel.model_parallel_cuda_manual_seed(0)
@@ -115,7 +116,8 @@ def measure(size: str, pattern: str, seq_length: int, warmup: int, iters: int) -
 def run_child(size: str, pattern: str, seq_length: int, args) -> dict:
     """measure() in a fresh process; a failure (e.g. out of memory) becomes an error row."""
     cmd = [sys.executable, __file__, "--child", size, pattern, str(seq_length),
-           "--warmup", str(args.warmup), "--iters", str(args.iters)]
+           "--warmup", str(args.warmup), "--iters", str(args.iters),
+           *(a for o in args.overrides for a in ("--set", o))]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -136,6 +138,9 @@ def main(argv=None) -> Path | None:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C",
+                        help="extra config override for both patterns (repeatable), e.g. "
+                        "--set training.recompute=null")
     parser.add_argument("--out", default=None, help="JSON file, or a folder for the default name "
                         "hybrid_vs_dense_<device>.json (default folder benchmarks/results)")
     parser.add_argument("--child", nargs=3, metavar=("SIZE", "PATTERN", "LENGTH"),
@@ -144,7 +149,7 @@ def main(argv=None) -> Path | None:
     size = "tiny" if args.tiny else "1b"
     if args.child:
         size, pattern, length = args.child
-        print(json.dumps(measure(size, pattern, int(length), args.warmup, args.iters)), flush=True)
+        print(json.dumps(measure(size, pattern, int(length), args.warmup, args.iters, args.overrides)), flush=True)
         return None
     if size == "1b" and not torch.cuda.is_available():
         parser.error("the 1b model needs a GPU; use --tiny on CPU")
@@ -159,7 +164,8 @@ def main(argv=None) -> Path | None:
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()
                    if k != "losses"}, flush=True)
             # written after every row: a time limit still leaves what was measured
-            write_results(path, "hybrid_vs_dense", rows, size=size, overrides=spec["overrides"],
+            write_results(path, "hybrid_vs_dense", rows, size=size,
+                          overrides=spec["overrides"] + args.overrides,
                           hybrid_pattern=spec["hybrid"], warmup=args.warmup, iters=args.iters)
     print("wrote", path)
     return path
