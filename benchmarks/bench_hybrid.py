@@ -135,6 +135,8 @@ def main(argv=None) -> Path | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny preset on CPU (1K..8K)")
     parser.add_argument("--seqlens", type=int, nargs="+", default=None, help="override the lengths")
+    parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS),
+                        help="which models to run (default both)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
@@ -159,7 +161,7 @@ def main(argv=None) -> Path | None:
     rows = []
     path = results_path("hybrid_vs_dense", args.out)
     for seq_length in args.seqlens or spec["seqlens"]:
-        for pattern in PATTERNS:
+        for pattern in args.patterns:
             rows.append(run_child(size, pattern, seq_length, args))
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()
                    if k != "losses"}, flush=True)
