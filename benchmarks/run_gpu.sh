@@ -15,7 +15,8 @@
 # minutes in all at worst, inside the device's 10-minute command limit; the parts most needed
 # come first). Benchmarks write their JSON as rows complete where they can. Results go to $OUT
 # (benchmarks/results when OUT is unset): each benchmark's JSON, the tests' JUnit XML, a log per
-# part, environment.txt and run_gpu.json (exit status and seconds of every part). The console
+# part, environment.txt and run_gpu.json (exit status and seconds of every part); at the end the
+# logs and XML are packed into logs.tar.gz (the device returns at most 8 files per call). The console
 # shows each log's tail and the failed parts; the exit status is 1 when any part failed.
 #
 # Before, on the CPU machine (with network): the wheels the GPU machine lacks, for CPython 3.12.
@@ -111,6 +112,8 @@ part infllmv2 "$PY" benchmarks/bench_infllmv2.py --out "$RESULTS"
 part train "$PY" benchmarks/train_throughput.py --out "$RESULTS"
 
 printf '{%s}\n' "$(IFS=,; echo "${STATUS[*]}")" > "$RESULTS/run_gpu.json"
+# the device machine returns at most 8 files per call: logs and JUnit XML go into one archive
+(cd "$RESULTS" && tar czf logs.tar.gz ./*.log ./*.xml 2>/dev/null && rm -f ./*.log ./*.xml)
 echo "results in $RESULTS:"
 ls "$RESULTS"
 if [ "${#FAILED[@]}" -gt 0 ]; then
