@@ -165,33 +165,30 @@ class MixtureStream:
         self.schedule, self.sizes, self.seed = schedule, dict(sizes), seed
         self.stage, self.offset = 0, 0       # stage index, draws made in it
         self.drawn: collections.Counter = collections.Counter()   # per modality, all stages
-        self._orders: dict[tuple[str, int], tuple[str, ...] | np.ndarray] = {}
+        self._block: tuple[int, int, tuple[str, ...]] | None = None   # (stage, block, order)
+        self._perms: dict[str, tuple[int, np.ndarray]] = {}           # modality -> (epoch, perm)
 
     def start_stage(self, stage: int) -> None:
         """The next draw is the first of `stage`."""
         self.stage, self.offset = stage, 0
 
-    def _cached(self, key: tuple, make):
-        value = self._orders.get(key)
-        if value is None:
-            if len(self._orders) > 4 * len(self.sizes) + 8:
-                self._orders.clear()
-            value = self._orders[key] = make()
-        return value
-
     def _modality(self, stage: int, offset: int) -> str:
         block = self.schedule.stages[stage].block
-        order = self._cached(("block", stage, offset // len(block)), lambda: tuple(
-            block[i] for i in _rng(self.seed, "block", stage, offset // len(block))
-            .permutation(len(block))))
-        return order[offset % len(block)]
+        index = offset // len(block)
+        if self._block is None or self._block[:2] != (stage, index):
+            perm = _rng(self.seed, "block", stage, index).permutation(len(block))
+            self._block = (stage, index, tuple(block[i] for i in perm))
+        return self._block[2][offset % len(block)]
 
     def item(self, modality: str, ordinal: int) -> int:
         """The item the `ordinal`-th draw of `modality` takes."""
         n = self.sizes[modality]
-        perm = self._cached(("epoch", modality, ordinal // n), lambda: _rng(
-            self.seed, "epoch", modality, ordinal // n).permutation(n))
-        return int(perm[ordinal % n])
+        epoch = ordinal // n
+        cached = self._perms.get(modality)
+        if cached is None or cached[0] != epoch:
+            cached = self._perms[modality] = (epoch, _rng(self.seed, "epoch", modality, epoch)
+                                              .permutation(n))
+        return int(cached[1][ordinal % n])
 
     def draw(self) -> tuple[str, int]:
         m = self._modality(self.stage, self.offset)
