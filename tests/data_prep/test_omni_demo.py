@@ -4,7 +4,6 @@ media present and the captions' tokens intact."""
 import collections
 
 import pytest
-import torch
 
 from megatron_omni.config import load_config, validate
 from megatron_omni.config.schema import MultimodalDataConfig
