@@ -221,7 +221,7 @@ class MultimodalDataset(_SkippingDataset):
         A bad sample gets the length its index and media sizes claim (it reads as nothing)."""
         out = []
         for shard in self.shards:
-            self._open(shard)
+            self._open(shard, tar=False)
             lengths = np.asarray(shard.tokens.sequence_lengths[:shard.samples], np.int64)
             sizes = read_media_sizes(self.folder / f"{shard.name}{MEDIA_SIZES_SUFFIX}")
             if len(sizes) != shard.samples:
@@ -243,13 +243,14 @@ class MultimodalDataset(_SkippingDataset):
 
     # ------------------------------------------------------------------ reading
 
-    def _open(self, shard: _Shard) -> None:
+    def _open(self, shard: _Shard, tar: bool = True) -> None:
+        """Open the shard's indexed datasets and, with `tar`, index its tar (headers only)."""
         if shard.tokens is None:
             from megatron.core.datasets.indexed_dataset import IndexedDataset
             prefix = str(self.folder / shard.name)
             shard.tokens = IndexedDataset(prefix)
             shard.masks = IndexedDataset(prefix + LOSS_MASK_SUFFIX)
-        if shard.members is None:
+        if tar and shard.members is None:
             shard.members, shard.tar_size = _index_tar(self.folder / f"{shard.name}.tar")
 
     def _read_member(self, shard: _Shard, key: str, field: str) -> bytes:
