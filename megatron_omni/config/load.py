@@ -86,7 +86,10 @@ def _coerce(tp, value, name: str):
         base = typing.get_origin(option) or option
         if base is type(None):
             continue
-        if base is bool:
+        if dataclasses.is_dataclass(base):
+            if isinstance(value, dict):
+                return _build(base, value, name + ".")
+        elif base is bool:
             if isinstance(value, bool):
                 return value
         elif base is int:
@@ -107,6 +110,9 @@ def _coerce(tp, value, name: str):
                 return value
         elif base is list:
             if isinstance(value, list):
+                return value
+        elif base is dict:
+            if isinstance(value, dict):
                 return value
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{name}={value!r} has the wrong type; expected {expected}")
