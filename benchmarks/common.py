@@ -110,15 +110,19 @@ def kernel_benchmark_main(name: str, doc: str, sizes: dict[str, dict],
     dtype = torch.bfloat16 if device == "cuda" and size == "full" else torch.float32
     check = correctness(cfg, device, cfg["check_len"])
     print("correctness:", check, flush=True)
-    rows = []
+    rows, path = [], results_path(name, args.out)
+
+    def write() -> None:  # after every row too: a time limit still leaves what was measured
+        write_results(path, name, rows, dtype=str(dtype), size=size, config=cfg, correctness=check)
+
     if check["passed"]:
         for T in cfg["seqlens"]:
             rows.append(bench_one(T, cfg, dtype, device))
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()},
                   flush=True)
+            write()
     else:
         print("correctness check failed: no timings reported")
-    path = write_results(results_path(name, args.out), name, rows, dtype=str(dtype), size=size,
-                         config=cfg, correctness=check)
+    write()
     print("wrote", path)
     sys.exit(0 if check["passed"] else 1)

@@ -40,9 +40,10 @@ from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tqdm import tqdm
 
 from megatron_omni.data.sample_format import (FORMAT_VERSION, LOSS_MASK_SUFFIX, MANIFEST_NAME,
-                                              Manifest, MediaInfo, Piece, SampleMeta, ShardInfo,
-                                              build_token_stream, media_field, placeholder_kinds,
-                                              sample_id, shard_name)
+                                              MEDIA_SIZES_SUFFIX, Manifest, MediaInfo, Piece,
+                                              SampleMeta, ShardInfo, build_token_stream,
+                                              media_field, placeholder_kinds, sample_id,
+                                              shard_name, write_media_sizes)
 from megatron_omni.data.tokenizer import load_tokenizer
 from omni_data_prep.preprocess_text import _atomic_output
 from omni_data_prep.text_records import BadRecordError, Chunk, expand_inputs, read_chunks
@@ -268,7 +269,7 @@ def _finished_shard(out: Path, task: _ShardTask) -> ShardInfo | None:
         return None
     info = ShardInfo(**json.loads(marker.read_text()))
     files = [f"{name}.bin", f"{name}.idx", f"{name}{LOSS_MASK_SUFFIX}.bin",
-             f"{name}{LOSS_MASK_SUFFIX}.idx", f"{name}.tar"]
+             f"{name}{LOSS_MASK_SUFFIX}.idx", f"{name}.tar", f"{name}{MEDIA_SIZES_SUFFIX}"]
     if info.fingerprint != task.fingerprint or not all((out / f).is_file() for f in files):
         return None
     return info
@@ -295,9 +296,11 @@ def write_shard(state: _WorkerState, task: _ShardTask) -> ShardInfo:
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     media_counts = {"image": 0, "video": 0, "audio": 0}
     samples = tokens = loss_tokens = 0
+    sample_media: list[list[MediaInfo]] = []
     with (_atomic_output(prefix) as (bin_tmp, idx_tmp),
           _atomic_output(Path(f"{prefix}{LOSS_MASK_SUFFIX}")) as (mask_bin_tmp, mask_idx_tmp),
           _atomic_file(Path(f"{prefix}.tar")) as tar_tmp,
+          _atomic_file(Path(f"{prefix}{MEDIA_SIZES_SUFFIX}")) as sizes_tmp,
           tarfile.open(tar_tmp, "w", format=tarfile.PAX_FORMAT) as tar):
         token_builder = IndexedDatasetBuilder(bin_tmp, dtype=state.dtype)
         mask_builder = IndexedDatasetBuilder(mask_bin_tmp, dtype=np.uint8)
@@ -323,12 +326,14 @@ def write_shard(state: _WorkerState, task: _ShardTask) -> ShardInfo:
                 media_counts[info.kind] += 1
             token_builder.add_document(np.asarray(ids), [len(ids)])
             mask_builder.add_document(np.asarray(mask), [len(mask)])
+            sample_media.append(meta.media)
             samples += 1
             tokens += len(ids)
             loss_tokens += sum(mask)
         tar.close()
         token_builder.finalize(idx_tmp)
         mask_builder.finalize(mask_idx_tmp)
+        write_media_sizes(sizes_tmp, sample_media)
         sizes = {"tokens": os.path.getsize(bin_tmp), "loss_mask": os.path.getsize(mask_bin_tmp),
                  "tar": os.path.getsize(tar_tmp)}
     info = ShardInfo(name, chunk.path, chunk.records[0][0], chunk.records[-1][0],

@@ -135,6 +135,8 @@ class DataConfig:
     """DataLoader worker processes per rank."""
     cache_dir: str | None = None
     """Where megatron-core caches dataset indices; null = <checkpoint.dir>/data_cache."""
+    multimodal: MultimodalDataConfig | None = None
+    """Omni data (defined at the end of this file); null = text-only training from train_blend."""
 
 
 @dataclass
@@ -250,3 +252,44 @@ class OmniModelConfig:
     projector outputs of samples with both video and audio); 0.1-0.2 in phase 1, 0 = off."""
     contrastive_temperature: float = 0.07
     """Softmax temperature of that loss."""
+
+
+@dataclass
+class MultimodalDataConfig:
+    """Omni training data (megatron_omni/data/multimodal/loader.py): prepared folders per mix
+    modality, mixed by a schedule, expanded and packed into data.seq_length rows."""
+
+    text: list = field(default_factory=list)
+    """Text sources: indexed-binary prefixes (data_prep/preprocess_text.py) or prepared folders."""
+    image_text: list = field(default_factory=list)
+    """Prepared folders (holding manifest.json) of image captions / interleaved documents."""
+    video: list = field(default_factory=list)
+    """Prepared folders of video captions."""
+    audio: list = field(default_factory=list)
+    """Prepared folders of audio transcripts."""
+    cross_modal: list = field(default_factory=list)
+    """Prepared folders mixing modalities (videos with their audio track, conversations)."""
+    schedule: dict | list | None = None
+    """The mix, as mixture.Schedule.from_config reads it: {phase: 3}, {mix: {text: 0.4, ...}},
+    {stages: [{start_step, mix, name}, ...]}, {progressive: true | [start steps]}; null = the
+    mix of the run's phase."""
+    seed: int | None = None
+    """Seed of the mix and epoch shuffles; null = training.seed."""
+    packing: bool = True
+    """Several samples per row (cu_seqlens); false = one sample per row, padded."""
+    tmrope: bool = True
+    """TMRoPE position ids [b, 3, s]; false = 1-D positions [b, s]."""
+    image_size: int = 384
+    """Square input of the vision tower (SigLIP 384)."""
+    image_backend: str = "pil"
+    """Image decoding: pil, dali or auto (DALI when installed)."""
+    n_mels: int = 80
+    """Log-mel bins: 80 (Whisper medium) or 128 (large-v3)."""
+    pad_audio_to_30s: bool = True
+    """Whisper's fixed 3000 mel frames per clip; false keeps each clip's own length."""
+    max_video_frames: int = 16
+    """Frames kept per video, spread evenly over the stored ones."""
+    strict: bool = False
+    """Stop at the first bad sample with an error naming shard and key (else skip and count)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""

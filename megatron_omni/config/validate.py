@@ -20,6 +20,7 @@ def validate(cfg: OmniConfig, world_size: int) -> int:
     _validate_training(cfg)
     _validate_hybrid(cfg)
     _validate_omni(cfg)
+    _validate_multimodal(cfg)
     return dp
 
 
@@ -279,3 +280,55 @@ def _validate_omni(cfg: OmniConfig) -> None:
     if omni.contrastive_weight < 0 or omni.contrastive_temperature <= 0:
         raise ConfigError("model.omni.contrastive_weight must be >= 0 and contrastive_temperature > 0, "
                           "e.g. 0.1 and 0.07")
+
+
+def _validate_multimodal(cfg: OmniConfig) -> None:
+    """data.multimodal: value ranges and a schedule whose modalities all have sources (the
+    files themselves are checked when the loader opens them)."""
+    mm = cfg.data.multimodal
+    if mm is None:
+        return
+    from megatron_omni.data.multimodal.mixture import MODALITIES, Schedule
+
+    if mm.image_backend not in ("pil", "dali", "auto"):
+        raise ConfigError(f"data.multimodal.image_backend={mm.image_backend!r}; use pil, dali "
+                          "or auto")
+    if mm.n_mels not in (80, 128):
+        raise ConfigError(f"data.multimodal.n_mels={mm.n_mels}; use 80 (Whisper medium) or 128 "
+                          "(large-v3)")
+    for name in ("image_size", "max_video_frames"):
+        if getattr(mm, name) < 1:
+            raise ConfigError(f"data.multimodal.{name}={getattr(mm, name)} must be >= 1")
+    if mm.num_workers < 0:
+        raise ConfigError(f"data.multimodal.num_workers={mm.num_workers} must be >= 0")
+    schedule = schedule_config(cfg)
+    try:
+        stages = Schedule.from_config(schedule).stages
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"data.multimodal.schedule={schedule!r}: {err}; e.g. {{phase: 3}}, "
+                          "{mix: {text: 0.5, image_text: 0.5}} or {progressive: [0, 100, 200, "
+                          "300]}") from None
+    for stage in stages:
+        unknown = sorted(set(stage.weights) - set(MODALITIES))
+        if unknown:
+            raise ConfigError(f"data.multimodal.schedule stage {stage.name!r} mixes {unknown}; "
+                              f"the modalities are {', '.join(MODALITIES)}")
+        for m in stage.weights:
+            if not getattr(mm, m):
+                raise ConfigError(f"data.multimodal.{m} is empty but the schedule (stage "
+                                  f"{stage.name!r}) draws {m}; list its prepared folders in "
+                                  f"data.multimodal.{m} or drop it from the mix")
+
+
+def schedule_config(cfg: OmniConfig) -> dict | list:
+    """data.multimodal.schedule, or the run phase's mix when it is null."""
+    from megatron_omni.data.multimodal.mixture import PHASE_MIXES
+
+    schedule = cfg.data.multimodal.schedule
+    if schedule is not None:
+        return schedule
+    if cfg.phase not in PHASE_MIXES:
+        raise ConfigError(f"data.multimodal.schedule is null and phase={cfg.phase} has no "
+                          f"default mix (phases {sorted(PHASE_MIXES)} have); give one, e.g. "
+                          "{mix: {text: 0.5, cross_modal: 0.5}}")
+    return {"phase": cfg.phase}

@@ -9,6 +9,10 @@ A preprocessed corpus is one folder:
     shard-00000_loss_mask.bin / .idx per-token loss mask (uint8 0/1): an indexed dataset with
                                      exactly the same sequence lengths
     shard-00000.tar                  media and metadata: a webdataset shard, one sample per key
+    shard-00000.media.json           per sample, the kind and size of each media item
+                                     (`media_sizes`): what the loader needs to know how many
+                                     positions a sample takes once its placeholders are expanded,
+                                     without opening the tar
     ...
 
 Sample `d` of a shard is document `d` of both indexed datasets and the `d`-th key of the tar
@@ -61,9 +65,10 @@ from typing import ClassVar
 import numpy as np
 
 FORMAT_NAME = "megatron-omni-multimodal"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 LOSS_MASK_SUFFIX = "_loss_mask"
+MEDIA_SIZES_SUFFIX = ".media.json"
 AUDIO_SAMPLE_RATE = 16000
 MAX_AUDIO_SECONDS = 30.0
 
@@ -146,6 +151,23 @@ def media_field(index: int, info: MediaInfo) -> str:
 
 def media_to_json(info: MediaInfo) -> dict:
     return {"kind": info.kind, **dataclasses.asdict(info)}
+
+
+def media_sizes(media: Sequence[MediaInfo]) -> list[list]:
+    """A sample's entry of `<shard>.media.json`: [kind, size] per item, size = 1 for an image,
+    the stored frames of a video, the samples (at 16 kHz) of an audio clip."""
+    return [[m.kind, 1 if isinstance(m, ImageInfo) else
+             m.num_frames if isinstance(m, VideoInfo) else m.num_samples] for m in media]
+
+
+def write_media_sizes(path: str | Path, samples: Sequence[Sequence[MediaInfo]]) -> None:
+    """`<shard>.media.json`: {"samples": [media_sizes(sample media) per sample]}."""
+    Path(path).write_text(json.dumps({"samples": [media_sizes(m) for m in samples]}))
+
+
+def read_media_sizes(path: str | Path) -> list[list[list]]:
+    """The per-sample [kind, size] lists of a `<shard>.media.json`."""
+    return json.loads(Path(path).read_text())["samples"]
 
 
 def media_from_json(obj: dict) -> MediaInfo:

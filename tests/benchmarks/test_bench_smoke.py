@@ -66,3 +66,18 @@ def test_preprocess_benchmark_smoke(tmp_path):
     (row,) = load_results(path, "preprocess_text")["rows"]
     assert row["workers"] == 1 and row["docs"] == 200
     assert row["tokens"] > row["docs"] and row["tokens_per_s"] > 0
+
+
+def test_hybrid_benchmark_smoke(tmp_path):
+    """bench_hybrid.py end to end at one short length (each pattern in its own process)."""
+    out = tmp_path / "hybrid.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_hybrid.py"), "--tiny",
+                           "--seqlens", "128", "--warmup", "0", "--iters", "1", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = load_results(out, "hybrid_vs_dense")
+    assert [(r["pattern"], r["layer_types"], r["seq_length"]) for r in data["rows"]] == [
+        ("dense", "DDDD", 128), ("hybrid", "SLLS", 128)]
+    for row in data["rows"]:
+        assert row["seconds_per_step"] > 0 and row["peak_memory_gib"] > 0, row
+        assert len(row["losses"]) == 1 and 5.0 < row["losses"][0] < 7.5, row  # ~ln(512) at init

@@ -1,24 +1,36 @@
-"""A map-style dataset over one preprocessed folder (sample_format.py): item i is global sample
-i (shard order, then document order), turned into exactly what the omni model consumes.
+"""Map-style datasets over prepared data, item i turned into exactly what the omni model
+consumes: `MultimodalDataset` over one preprocessed folder (sample_format.py; item i is global
+sample i: shard order, then document order) and `TextDocuments` over a text indexed binary
+(data_prep/preprocess_text.py; item i is document i).
 
-Item (a dict; `None` for a skipped bad sample when not strict):
-    id, kind                 sample id (= tar key) and source kind
-    tokens      int64 [n]    the token stream, one placeholder per media item, ending in <eod>
+Placeholders are expanded: each media item occupies as many consecutive positions as the model's
+encoder + projector emit LLM tokens for it (`MediaTokens`, from the model config), each holding
+its kind's placeholder id. A video followed by clips of its own audio track is one TMRoPE
+audio-video span: its video and audio positions interleave in 2-second chunks exactly as
+`tmrope.interleave_layout` orders them, so the model fills the positions of each kind in order
+and needs no layout knowledge. `planned_length(i)` gives an item's expanded length from the
+index files and `<shard>.media.json` alone (no media decoded), for packing.
+
+Item (a dict; `None` for a skipped bad sample when not strict), n = expanded length:
+    id, kind                 sample id (= tar key; "<prefix>:<doc>" for text) and source kind
+    tokens      int64 [n]    the expanded token stream, ending in <eod>
     labels      int64 [n]    labels[i] = tokens[i + 1] (next token); labels[n-1] = <eod>
-    loss_mask   float32 [n]  loss_mask[i] = format mask[i + 1]: the prediction at i is scored
-                             when token i+1 is a target; loss_mask[n-1] = 0 (nothing follows)
+    loss_mask   float32 [n]  1 where labels[i] is a training target (format mask of token i+1)
+                             and token i is not a placeholder; 0 at media positions, before a
+                             media item, and at n-1 (nothing follows)
+    media_item  int64 [n]    per position, the media item (index in media_order) it belongs to,
+                             -1 for text
     media_order list[(kind, j)]  placeholder order: the k-th placeholder is item j of its kind
     images      float32 [n_img, 3, S, S]        resized to image_size, normalised
     videos      list of float32 [T_v, 3, S, S]  frames sampled (at most max_video_frames)
     video_timestamps  list of float64 [T_v]     seconds from the clip start
-    audio_mel   float32 [n_aud, n_mels, 3000]   Whisper log-mel (or unpadded, see config)
+    audio_mel   float32 [n_aud, n_mels, F]      Whisper log-mel (F = 3000, or unpadded)
     audio_frames int64 [n_aud]                  mel frames that hold audio
     audio_video list[int | None]                per audio item: the video (index among videos)
                                                 whose track it is
-    spans       TMRoPE spans (positions/tmrope.py) of the sequence after each placeholder is
-                replaced by its encoder tokens (token counts from `MediaTokens`)
-    position_ids int64 [3, expanded_len]        tmrope_position_ids(spans) (config flag)
-    expanded_length int
+    spans       TMRoPE spans (positions/tmrope.py) of the expanded sequence
+    position_ids int64 [3, n]                   tmrope_position_ids(spans) (config flag)
+    expanded_length int                         n
 
 Bad samples are skipped: `__getitem__` returns None, adds one to `skip_counts[reason]` (reasons
 in `SKIP_REASONS`) and logs the first few with shard and key; with `strict=True` it raises
@@ -41,9 +53,10 @@ import numpy as np
 import torch
 
 from megatron_omni.data.multimodal import features, images as image_io
-from megatron_omni.data.sample_format import (AUDIO_SAMPLE_RATE, LOSS_MASK_SUFFIX, PLACEHOLDERS,
-                                              AudioInfo, ImageInfo, Manifest, SampleMeta,
-                                              VideoInfo, media_field, sample_id,
+from megatron_omni.data.sample_format import (AUDIO_SAMPLE_RATE, LOSS_MASK_SUFFIX,
+                                              MEDIA_SIZES_SUFFIX, PLACEHOLDERS, AudioInfo,
+                                              ImageInfo, Manifest, SampleMeta, VideoInfo,
+                                              media_field, read_media_sizes, sample_id,
                                               unpack_frames)
 from megatron_omni.models.positions import tmrope
 
@@ -80,6 +93,14 @@ class MediaTokens:
     video_frames_per_group: int = 1
     audio_seconds_per_token: float = 0.08
 
+    @property
+    def image_tokens(self) -> int:
+        return self.image_grid[0] * self.image_grid[1]
+
+    def video_tokens(self, frames: int) -> int:
+        """Tokens of a video of `frames` (sampled) frames: one grid per temporal group."""
+        return -(-frames // self.video_frames_per_group) * self.video_grid[0] * self.video_grid[1]
+
     def audio_tokens(self, mel_frames: int) -> int:
         """Whisper encoder (stride 2) then Conv-GMLP (two stride-2 convs) on the valid frames."""
         n = (mel_frames - 1) // 2 + 1
@@ -112,6 +133,32 @@ class LoaderConfig:
     compute_position_ids: bool = True
 
 
+class _SkippingDataset(torch.utils.data.Dataset):
+    """Bad-sample handling shared by the datasets: `_item` raises _Skip, `__getitem__` counts
+    it (or raises BadSampleError under strict) naming `where(index)`."""
+
+    strict: bool
+    skip_counts: collections.Counter
+
+    def where(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _item(self, index: int) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict | None:
+        try:
+            return self._item(index)
+        except _Skip as err:
+            message = f"{self.where(index)}: {err}"
+            if self.strict:
+                raise BadSampleError(message) from None
+            self.skip_counts[err.reason] += 1
+            if self.skip_counts[err.reason] <= _LOGGED_PER_REASON:
+                log.warning("skipping bad sample %s", message)
+            return None
+
+
 @dataclass
 class _Shard:
     name: str
@@ -123,7 +170,7 @@ class _Shard:
     tar_size: int = 0
 
 
-class MultimodalDataset(torch.utils.data.Dataset):
+class MultimodalDataset(_SkippingDataset):
     """Samples of one preprocessed folder (see module docstring).
 
     Args:
@@ -141,8 +188,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
             from megatron_omni.data.tokenizer import load_tokenizer
             tokenizer = load_tokenizer(self.manifest.tokenizer["path"])
         self.config, self.strict = config, strict
-        self.placeholder_kind = {tokenizer.special_ids[text]: kind
-                                 for kind, text in PLACEHOLDERS.items()}
+        self.placeholder_id = {kind: tokenizer.special_ids[text]
+                               for kind, text in PLACEHOLDERS.items()}
+        self.placeholder_kind = {i: kind for kind, i in self.placeholder_id.items()}
         self.eod_id = tokenizer.eod_id
         self.kind = self.manifest.kind
         self.backend = image_io.resolve_backend(config.image_backend)
@@ -151,6 +199,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                        if s.samples > 0]
         self._starts = np.cumsum([0] + [s.samples for s in self.shards]).tolist()
         self.skip_counts: collections.Counter = collections.Counter()
+        self._planned: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -161,24 +210,47 @@ class MultimodalDataset(torch.utils.data.Dataset):
         position = bisect.bisect_right(self._starts, index) - 1
         return self.shards[position], index - self._starts[position]
 
-    def token_lengths(self) -> np.ndarray:
-        """Token count of every sample from the .idx files alone (no media decoded): the
-        `lengths` for packing.PackedDataset (bad samples included; they pack as nothing)."""
+    def planned_lengths(self) -> np.ndarray:
+        if self._planned is None:
+            self._planned = self._read_planned_lengths()
+        return self._planned
+
+    def _read_planned_lengths(self) -> np.ndarray:
+        """Expanded length of every sample (`media_positions` per item, the rest one position
+        per token) from the .idx files and `<shard>.media.json` alone: what packing plans with.
+        A bad sample gets the length its index and media sizes claim (it reads as nothing)."""
         out = []
         for shard in self.shards:
-            self._open(shard)
-            out.append(np.asarray(shard.tokens.sequence_lengths[:shard.samples], np.int64))
+            self._open(shard, tar=False)
+            lengths = np.asarray(shard.tokens.sequence_lengths[:shard.samples], np.int64)
+            sizes = read_media_sizes(self.folder / f"{shard.name}{MEDIA_SIZES_SUFFIX}")
+            if len(sizes) != shard.samples:
+                raise ValueError(f"{self.folder}/{shard.name}{MEDIA_SIZES_SUFFIX} lists "
+                                 f"{len(sizes)} samples, the shard has {shard.samples}")
+            out.append(lengths + np.array([sum(self.media_positions(k, n) - 1 for k, n in media)
+                                           for media in sizes], np.int64))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def media_positions(self, kind: str, size: int) -> int:
+        """Positions one media item takes in the expanded stream: `size` as in
+        sample_format.media_sizes (1 for an image, stored frames, audio samples)."""
+        mt = self.config.media_tokens
+        if kind == "image":
+            return mt.image_tokens
+        if kind == "video":
+            return mt.video_tokens(len(sample_frame_indices(size, self.config.max_video_frames)))
+        return mt.audio_tokens(features.num_mel_frames(size, self.config.pad_audio_to_30s))
 
     # ------------------------------------------------------------------ reading
 
-    def _open(self, shard: _Shard) -> None:
+    def _open(self, shard: _Shard, tar: bool = True) -> None:
+        """Open the shard's indexed datasets and, with `tar`, index its tar (headers only)."""
         if shard.tokens is None:
             from megatron.core.datasets.indexed_dataset import IndexedDataset
             prefix = str(self.folder / shard.name)
             shard.tokens = IndexedDataset(prefix)
             shard.masks = IndexedDataset(prefix + LOSS_MASK_SUFFIX)
-        if shard.members is None:
+        if tar and shard.members is None:
             shard.members, shard.tar_size = _index_tar(self.folder / f"{shard.name}.tar")
 
     def _read_member(self, shard: _Shard, key: str, field: str) -> bytes:
@@ -211,19 +283,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
                  for i, info in enumerate(meta.media)]
         return shard.name, key, tokens, mask, meta, media
 
-    def __getitem__(self, index: int) -> dict | None:
+    def where(self, index: int) -> str:
         shard, doc = self.locate(index)
-        try:
-            return self._item(index)
-        except _Skip as err:
-            key = sample_id(shard.index, doc)
-            message = f"{self.folder}/{shard.name}.tar key {key}: {err}"
-            if self.strict:
-                raise BadSampleError(message) from None
-            self.skip_counts[err.reason] += 1
-            if self.skip_counts[err.reason] <= _LOGGED_PER_REASON:
-                log.warning("skipping bad sample %s", message)
-            return None
+        return f"{self.folder}/{shard.name}.tar key {sample_id(shard.index, doc)}"
 
     # ------------------------------------------------------------------ decoding
 
@@ -260,16 +322,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
                                    if info.video_index is not None else None)
         images = self._images(encoded_images)
 
-        labels = np.empty_like(tokens)
-        labels[:-1] = tokens[1:]
-        labels[-1] = self.eod_id
-        loss_mask = np.zeros(len(tokens), np.float32)
-        loss_mask[:-1] = mask[1:]
         size = cfg.image_size
         item = {
-            "id": key, "shard": shard_name, "kind": meta.kind,
-            "tokens": torch.from_numpy(tokens), "labels": torch.from_numpy(labels),
-            "loss_mask": torch.from_numpy(loss_mask), "media_order": order,
+            "id": key, "shard": shard_name, "kind": meta.kind, "media_order": order,
             "images": images if images is not None else torch.zeros(0, 3, size, size),
             "videos": videos, "video_timestamps": stamps,
             "audio_mel": (torch.stack(mels) if mels
@@ -277,10 +332,11 @@ class MultimodalDataset(torch.utils.data.Dataset):
             "audio_frames": torch.tensor(frames, dtype=torch.long),
             "audio_video": audio_video,
         }
-        item["spans"] = self.spans(tokens, item)
-        item["expanded_length"] = sum(s.num_tokens for s in item["spans"])
-        if cfg.compute_position_ids:
-            item["position_ids"] = tmrope.tmrope_position_ids(item["spans"])
+        item = self._expand(tokens, mask, item)
+        planned = int(self.planned_lengths()[index])
+        if item["expanded_length"] != planned:
+            raise _Skip("bad_metadata", f"{item['expanded_length']} positions, "
+                                        f"{MEDIA_SIZES_SUFFIX} says {planned}")
         return item
 
     def _images(self, encoded: list[tuple[ImageInfo, bytes]]) -> torch.Tensor | None:
@@ -352,57 +408,140 @@ class MultimodalDataset(torch.utils.data.Dataset):
         if len(wave) < info.num_samples:
             raise _Skip("truncated_audio", f"{len(wave)} of {info.num_samples} samples")
         wave = wave[:, 0]
-        mel = features.log_mel(wave, self.config.n_mels, self.config.pad_audio_to_30s)
-        if not self.config.pad_audio_to_30s:
-            return mel, mel.shape[-1]
-        return mel, features.num_valid_frames(len(wave))
+        pad = self.config.pad_audio_to_30s
+        return features.log_mel(wave, self.config.n_mels, pad), features.num_mel_frames(
+            len(wave), pad)
 
-    # ------------------------------------------------------------------ positions
+    # ------------------------------------------------------------------ expansion
 
-    def spans(self, tokens: np.ndarray, item: dict) -> list:
-        """TMRoPE spans of the expanded sequence: text runs, and per placeholder its item's
-        span; a video followed by its own track's audio items is one AudioVideoSpan (the
-        track's clips joined)."""
+    def _expand(self, tokens: np.ndarray, mask: np.ndarray, item: dict) -> dict:
+        """`item` with the expanded stream (tokens, labels, loss_mask, media_item), its TMRoPE
+        spans and position ids: each placeholder replaced by its item's positions, a video and
+        the following clips of its own track as one interleaved audio-video span."""
         mt = self.config.media_tokens
-        spans, run = [], 0
-        order = iter(item["media_order"])
-        pending_av = None  # (video span, audio tokens so far, video index)
-
-        def flush_av():
-            nonlocal pending_av
-            if pending_av is not None:
-                video, n_audio, _ = pending_av
-                spans.append(tmrope.AudioVideoSpan(video, tmrope.AudioSpan(
-                    n_audio, mt.audio_seconds_per_token)) if n_audio else video)
-                pending_av = None
-
-        for t in tokens.tolist():
-            if t not in self.placeholder_kind:
-                run += 1
+        ids = {kind: self.placeholder_id[kind] for kind in PLACEHOLDERS}
+        spans, parts = [], []          # parts: (tokens, format mask, media item) arrays
+        order = item["media_order"]
+        k, i, n = 0, 0, len(tokens)
+        while i < n:
+            if int(tokens[i]) not in self.placeholder_kind:      # a text run
+                j = i
+                while j < n and int(tokens[j]) not in self.placeholder_kind:
+                    j += 1
+                spans.append(tmrope.TextSpan(j - i))
+                parts.append((tokens[i:j], mask[i:j], np.full(j - i, -1)))
+                i = j
                 continue
-            kind, j = next(order)
-            if (kind == "audio" and pending_av is not None
-                    and item["audio_video"][j] == pending_av[2]):
-                pending_av = (pending_av[0], pending_av[1]
-                              + mt.audio_tokens(int(item["audio_frames"][j])), pending_av[2])
-                continue
-            flush_av()
-            if run:
-                spans.append(tmrope.TextSpan(run))
-                run = 0
+            kind, j = order[k]
             if kind == "image":
                 spans.append(tmrope.ImageSpan(*mt.image_grid))
-            elif kind == "video":
-                stamps = item["video_timestamps"][j][::mt.video_frames_per_group]
-                pending_av = (tmrope.VideoSpan(*mt.video_grid, tuple(float(s) for s in stamps)),
-                              0, j)
+                parts.append(_media_part(ids[kind], mt.image_tokens, k))
+            elif kind == "audio":
+                count = mt.audio_tokens(int(item["audio_frames"][j]))
+                spans.append(tmrope.AudioSpan(count, mt.audio_seconds_per_token))
+                parts.append(_media_part(ids[kind], count, k))
             else:
-                spans.append(tmrope.AudioSpan(mt.audio_tokens(int(item["audio_frames"][j])),
-                                              mt.audio_seconds_per_token))
-        flush_av()
-        if run:
-            spans.append(tmrope.TextSpan(run))
-        return spans
+                stamps = item["video_timestamps"][j][::mt.video_frames_per_group]
+                video = tmrope.VideoSpan(*mt.video_grid, tuple(float(t) for t in stamps))
+                clips = []   # (media item, tokens) of this video's own track right after it
+                while (i + 1 + len(clips) < n and k + 1 + len(clips) < len(order)
+                       and order[k + 1 + len(clips)][0] == "audio"
+                       and int(tokens[i + 1 + len(clips)]) == ids["audio"]
+                       and item["audio_video"][order[k + 1 + len(clips)][1]] == j):
+                    a = order[k + 1 + len(clips)][1]
+                    clips.append((k + 1 + len(clips),
+                                  mt.audio_tokens(int(item["audio_frames"][a]))))
+                if not clips:
+                    spans.append(video)
+                    parts.append(_media_part(ids[kind], video.num_tokens, k))
+                else:
+                    span = tmrope.AudioVideoSpan(video, tmrope.AudioSpan(
+                        sum(c for _, c in clips), mt.audio_seconds_per_token))
+                    spans.append(span)
+                    clip_of = np.repeat([m for m, _ in clips], [c for _, c in clips])
+                    for track, b, e in tmrope.interleave_layout(span):
+                        owner = np.full(e - b, k) if track == "video" else clip_of[b:e]
+                        parts.append((np.full(e - b, ids[track]), np.zeros(e - b, bool), owner))
+                    i += len(clips)
+                    k += len(clips)
+            i += 1
+            k += 1
+        return _finish_item(item, np.concatenate([p[0] for p in parts]),
+                            np.concatenate([p[1] for p in parts]),
+                            np.concatenate([p[2] for p in parts]), spans, self.eod_id,
+                            self.config.compute_position_ids)
+
+
+def _finish_item(item: dict, tokens: np.ndarray, target: np.ndarray, media_item: np.ndarray,
+                 spans: list, eod_id: int, position_ids: bool) -> dict:
+    """`item` with the per-position fields of an expanded stream (`tokens`, the format mask
+    `target`, `media_item`): labels, loss_mask, spans, expanded_length, position_ids."""
+    tokens, target = tokens.astype(np.int64), target.astype(bool)
+    media_item = media_item.astype(np.int64)
+    labels = np.empty_like(tokens)
+    labels[:-1] = tokens[1:]
+    labels[-1] = eod_id
+    loss_mask = np.zeros(len(tokens), np.float32)
+    loss_mask[:-1] = target[1:]
+    loss_mask[media_item >= 0] = 0
+    item.update(tokens=torch.from_numpy(tokens), labels=torch.from_numpy(labels),
+                loss_mask=torch.from_numpy(loss_mask), media_item=torch.from_numpy(media_item),
+                spans=spans, expanded_length=len(tokens))
+    if position_ids:
+        item["position_ids"] = tmrope.tmrope_position_ids(spans)
+    return item
+
+
+def _media_part(token_id: int, count: int, media_index: int) -> tuple:
+    return np.full(count, token_id), np.zeros(count, bool), np.full(count, media_index)
+
+
+class TextDocuments(_SkippingDataset):
+    """The documents of a text indexed binary (data_prep/preprocess_text.py) as items of the
+    same format: every token but the first is a target, no media. A document holding a
+    placeholder id is skipped (placeholder_mismatch), an empty one (empty_text).
+
+    Args:
+        prefix: path without .bin/.idx.
+        tokenizer: its special ids and <eod>.
+        config: LoaderConfig (image_size, n_mels for the empty media tensors; position ids).
+        strict: raise BadSampleError at a bad document instead of skipping it.
+    """
+
+    kind = "text"
+
+    def __init__(self, prefix: str | Path, tokenizer, config: LoaderConfig = LoaderConfig(),
+                 strict: bool = False):
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        self.prefix, self.config, self.strict = str(prefix), config, strict
+        self.documents = IndexedDataset(self.prefix)
+        self.placeholders = np.array([tokenizer.special_ids[t] for t in PLACEHOLDERS.values()])
+        self.eod_id = tokenizer.eod_id
+        self.skip_counts: collections.Counter = collections.Counter()
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def planned_lengths(self) -> np.ndarray:
+        return np.asarray(self.documents.sequence_lengths, np.int64)
+
+    def where(self, index: int) -> str:
+        return f"{self.prefix}.bin document {index}"
+
+    def _item(self, index: int) -> dict:
+        tokens = np.array(self.documents[index], dtype=np.int64)
+        if np.isin(tokens, self.placeholders).any():
+            raise _Skip("placeholder_mismatch", "placeholder ids in a text document")
+        if not (tokens != self.eod_id).any():
+            raise _Skip("empty_text", "no text token")
+        size, n = self.config.image_size, len(tokens)
+        item = {"id": f"{Path(self.prefix).name}:{index}", "kind": self.kind, "media_order": [],
+                "images": torch.zeros(0, 3, size, size), "videos": [], "video_timestamps": [],
+                "audio_mel": torch.zeros(0, self.config.n_mels, features.N_FRAMES),
+                "audio_frames": torch.zeros(0, dtype=torch.long), "audio_video": []}
+        return _finish_item(item, tokens, np.ones(n, bool), np.full(n, -1),
+                            [tmrope.TextSpan(n)], self.eod_id, self.config.compute_position_ids)
 
 
 def sample_frame_indices(available: int, max_frames: int) -> list[int]:

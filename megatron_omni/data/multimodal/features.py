@@ -82,6 +82,13 @@ def num_valid_frames(num_samples: int) -> int:
     return min(N_FRAMES, -(-min(num_samples, N_SAMPLES) // HOP_LENGTH))
 
 
+def num_mel_frames(num_samples: int, pad_to_30s: bool = True) -> int:
+    """Mel frames of a clip that hold audio: those `log_mel` computes from it (at most 3000)."""
+    if pad_to_30s:
+        return num_valid_frames(num_samples)
+    return min(num_samples, N_SAMPLES) // HOP_LENGTH
+
+
 def log_mel(wave: np.ndarray | torch.Tensor, n_mels: int = 80, pad_to_30s: bool = True
             ) -> torch.Tensor:
     """Whisper log-mel of 16 kHz audio: `[n]` -> `[n_mels, frames]`, `[b, n]` -> `[b, n_mels,
