@@ -222,10 +222,13 @@ class OmniModelConfig:
     """Preset the other fields start from: tiny or plan."""
     vision: str = "tiny"
     """Vision tower shapes (models/encoders/vision.py VISION_PRESETS): tiny or siglip-so400m-patch14-384."""
-    image_size: int | None = None
-    """Square input size of the vision tower in pixels; null = the vision preset's."""
+    vision_overrides: dict | None = None
+    """Fields of the vision preset to change, e.g. {image_size: 448} (VisionEncoderConfig)."""
     audio: str = "tiny"
     """Audio encoder shapes (models/encoders/audio.py AUDIO_PRESETS): tiny or whisper-medium."""
+    audio_overrides: dict | None = None
+    """Fields of the audio preset to change, e.g. {num_mel_bins: 80, max_source_positions: 1500}
+    (AudioEncoderConfig; max_source_positions / 50 = the longest clip in seconds)."""
     vision_projector: str = "resampler"
     """resampler (3D-Resampler: image_tokens queries per image and per package of frames) or mlp
     (2-layer MLP: one token per patch, each frame its own package)."""

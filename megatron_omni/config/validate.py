@@ -1,6 +1,7 @@
 """Cross-field checks run before any model is built. Each names the fields and a valid value."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from megatron_omni.config.load import ConfigError
@@ -249,6 +250,12 @@ def _validate_omni(cfg: OmniConfig) -> None:
                                  ("audio_projector", omni.audio_projector, ("conv_gmlp", "mlp"))):
         if value not in options:
             raise ConfigError(f"model.omni.{name}={value!r}; use one of {sorted(options)}")
+    for name, preset in (("vision", VISION_PRESETS[omni.vision]), ("audio", AUDIO_PRESETS[omni.audio])):
+        fields = {f.name for f in dataclasses.fields(preset)}
+        unknown = sorted(set(getattr(omni, f"{name}_overrides") or {}) - fields)
+        if unknown:
+            raise ConfigError(f"model.omni.{name}_overrides has unknown fields {unknown}; use "
+                              f"{', '.join(sorted(fields))}")
     side = math.isqrt(max(omni.image_tokens, 0))
     if omni.vision_projector == "resampler" and (omni.image_tokens < 1 or side * side != omni.image_tokens):
         raise ConfigError(f"model.omni.image_tokens={omni.image_tokens} must be a square (a token grid "
@@ -280,6 +287,25 @@ def _validate_omni(cfg: OmniConfig) -> None:
     if omni.contrastive_weight < 0 or omni.contrastive_temperature <= 0:
         raise ConfigError("model.omni.contrastive_weight must be >= 0 and contrastive_temperature > 0, "
                           "e.g. 0.1 and 0.07")
+    mm = cfg.data.multimodal
+    if mm is not None:
+        vision, audio = media.vision_config(omni), media.audio_config(omni)
+        for data_field, data_value, model_field, model_value in (
+                ("image_size", mm.image_size, "vision_overrides.image_size", vision.image_size),
+                ("n_mels", mm.n_mels, "audio_overrides.num_mel_bins", audio.num_mel_bins),
+                ("tmrope", mm.tmrope, "tmrope", omni.tmrope)):
+            if data_value != model_value:
+                raise ConfigError(f"data.multimodal.{data_field}={data_value} but the model has "
+                                  f"model.omni.{model_field}={model_value}; make them equal")
+        if mm.max_video_frames > omni.max_video_frames:
+            raise ConfigError(f"data.multimodal.max_video_frames={mm.max_video_frames} exceeds "
+                              f"model.omni.max_video_frames={omni.max_video_frames}; lower the former")
+        if mm.packing:
+            raise ConfigError("data.multimodal.packing=true: the omni training step does not take "
+                              "packed micro-batches yet; set data.multimodal.packing=false")
+        if omni.audio_projector != "conv_gmlp":
+            raise ConfigError("model.omni.audio_projector=mlp: the data path counts audio tokens for "
+                              "conv_gmlp; use model.omni.audio_projector=conv_gmlp")
 
 
 def _validate_multimodal(cfg: OmniConfig) -> None:

@@ -21,11 +21,14 @@ from megatron.core.transformer.module import Float16Module
 
 from megatron_omni import platform
 from megatron_omni.config import ConfigError, OmniConfig, config_to_dict, validate
+from megatron_omni.data.multimodal.dataset import MediaTokens
+from megatron_omni.data.multimodal.loader import build_omni_loader
 from megatron_omni.data.sample_format import PLACEHOLDERS
 from megatron_omni.data.text import build_text_datasets, micro_batches
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config
 from megatron_omni.training import checkpoint
+from megatron_omni.models.omni import media
 from megatron_omni.models.omni.model import OmniModel
 from megatron_omni.training.freeze import apply_trainable, check_something_trains, group_lr_overrides
 from megatron_omni.training.metrics import StepLogger, setup_logging, train_flops_per_token
@@ -96,9 +99,13 @@ def build_optimizer(cfg: OmniConfig, model):
 
 
 def omni_micro_batches(cfg: OmniConfig, tokenizer, consumed_samples: int, dp_rank: int, dp: int):
-    """This rank's omni micro-batches (the data path's loader, data/multimodal/loader.py)."""
-    raise ConfigError("model.omni: the omni data loader (data/multimodal/loader.py) is not part "
-                      "of this build yet")
+    """This rank's omni micro-batches (data/multimodal/loader.py), with the media token counts
+    of the model config."""
+    omni = cfg.model.omni
+    grid = media.token_grid(omni)
+    tokens = MediaTokens(image_grid=grid, video_grid=grid, video_frames_per_group=media.frames_per_package(omni),
+                         audio_seconds_per_token=media.audio_seconds_per_token(omni))
+    return build_omni_loader(cfg, tokenizer, tokens, consumed_samples, dp_rank, dp)
 
 
 class Trainer:

@@ -90,7 +90,7 @@ def test_oversize_media_names_the_sample():
     b = batch(["image"])
     b["images"] = torch.randn(1, 3, 20, 20)
     with pytest.raises(ValueError, match=r"sample image-0-0: images are \[3, 20, 20\]; the vision encoder "
-                                         r"takes \[3, 16, 16\]"):
+                                         r"takes \[3, 16, 16\] \(model.omni.vision_overrides\)"):
         token_losses(model, b)
 
 

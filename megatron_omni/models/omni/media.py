@@ -22,12 +22,13 @@ PLACEHOLDER_TEXT = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 
 
 def vision_config(omni: OmniModelConfig) -> VisionEncoderConfig:
-    cfg = VISION_PRESETS[omni.vision]
-    return dataclasses.replace(cfg, image_size=omni.image_size) if omni.image_size else cfg
+    """The vision preset with model.omni.vision_overrides applied."""
+    return dataclasses.replace(VISION_PRESETS[omni.vision], **(omni.vision_overrides or {}))
 
 
 def audio_config(omni: OmniModelConfig) -> AudioEncoderConfig:
-    return AUDIO_PRESETS[omni.audio]
+    """The audio preset with model.omni.audio_overrides applied."""
+    return dataclasses.replace(AUDIO_PRESETS[omni.audio], **(omni.audio_overrides or {}))
 
 
 def image_tokens(omni: OmniModelConfig) -> int:

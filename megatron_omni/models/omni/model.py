@@ -221,7 +221,7 @@ class OmniModel(MegatronModule):
         for i in range(len(samples["image"])):
             if tuple(images.shape[1:]) != frame:
                 raise ValueError(f"sample {names[samples['image'][i]]}: images are {list(images.shape[1:])}; "
-                                 f"the vision encoder takes {list(frame)} (model.omni.image_size)")
+                                 f"the vision encoder takes {list(frame)} (model.omni.vision_overrides)")
         for i, video in enumerate(batch.get("videos") or []):
             name = names[samples["video"][i]]
             if video.shape[0] > omni.max_video_frames:
@@ -229,7 +229,7 @@ class OmniModel(MegatronModule):
                                  f"model.omni.max_video_frames={omni.max_video_frames}")
             if tuple(video.shape[1:]) != frame:
                 raise ValueError(f"sample {name}: video frames are {list(video.shape[1:])}; the vision "
-                                 f"encoder takes {list(frame)} (model.omni.image_size)")
+                                 f"encoder takes {list(frame)} (model.omni.vision_overrides)")
         mel = batch.get("audio_mel")
         for i, n in enumerate(media.audio_frames(batch)):
             name = names[samples["audio"][i]]
