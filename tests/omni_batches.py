@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from megatron_omni.config.schema import OmniModelConfig
+from megatron_omni.data.sample_format import PLACEHOLDERS
 from megatron_omni.models.omni import media
 from megatron_omni.models.positions import tmrope
 
@@ -98,7 +99,7 @@ def synthetic_stream(cfg, tokenizer, consumed_samples: int, dp_rank: int, dp: in
     per_step = t.global_batch_size // t.micro_batch_size
     per_rank = per_step // dp
     special = tokenizer.special_ids
-    placeholder_ids = {kind: special[text] for kind, text in media.PLACEHOLDER_TEXT.items()}
+    placeholder_ids = {kind: special[text] for kind, text in PLACEHOLDERS.items()}
     step = consumed_samples // t.global_batch_size
     while True:
         for i in range(dp_rank * per_rank, (dp_rank + 1) * per_rank):

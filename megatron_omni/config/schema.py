@@ -240,7 +240,7 @@ class OmniModelConfig:
     frames_per_package: int = 2
     """Video frames the resampler compresses jointly (6 in the plan)."""
     resampler_heads: int = 4
-    """Attention heads of the resampler (its width is the vision hidden size)."""
+    """Attention heads of the resampler (its width is model.hidden_size)."""
     projector_hidden_size: int | None = None
     """Hidden width of the mlp and conv_gmlp projectors; null = the LLM hidden size."""
     max_video_frames: int = 64

@@ -7,6 +7,7 @@ from functools import partial
 
 import torch
 from megatron.core import parallel_state as ps
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_omni.parallel.context_parallel import split_for_cp
@@ -41,16 +42,26 @@ def omni_loss_func(loss_mask: torch.Tensor, modality: torch.Tensor, output_tenso
 
 def omni_forward_step(batch: dict, model):
     """An omni micro-batch through this rank's chunk: the media go along (read on stage 0),
-    position ids to every stage (TMRoPE rotates on all of them)."""
-    if batch.get("cu_seqlens") is not None:
-        raise ValueError("packed omni micro-batches (cu_seqlens) are not supported by the omni "
-                         "training step yet; set data.multimodal.packing=false")
+    position ids to every stage (TMRoPE rotates on all of them). A packed micro-batch
+    (cu_seqlens) runs as one varlen sequence of b*s tokens (megatron's thd format)."""
     device = next(model.parameters()).device
     tokens, position_ids, labels, loss_mask = (batch[k].to(device, non_blocking=True)
                                                for k in ("tokens", "position_ids", "labels", "loss_mask"))
     kinds = torch.tensor([MODALITIES.index(m) for m in batch["sample_modality"]] + [-1], device=device)
     modality = kinds[batch["sample_index"].to(device)]  # sample -1 (padding) -> the trailing -1
-    output = model(tokens, position_ids, None, labels=labels, batch=batch)
+    packed = None
+    if batch.get("cu_seqlens") is not None:
+        cu_seqlens = batch["cu_seqlens"].to(device, torch.int32)
+        longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                                 max_seqlen_q=longest, max_seqlen_kv=longest)
+        tokens, labels, loss_mask, modality = (x.reshape(1, -1) for x in (tokens, labels, loss_mask, modality))
+        if position_ids.dim() == 3:  # [b, 3, s] -> [1, 3, b*s]
+            position_ids = position_ids.transpose(0, 1).reshape(1, 3, -1)
+        else:
+            position_ids = position_ids.reshape(1, -1)
+        batch = {**batch, "sample_index": batch["sample_index"].reshape(1, -1)}
+    output = model(tokens, position_ids, None, labels=labels, batch=batch, packed_seq_params=packed)
     return output, partial(omni_loss_func, loss_mask, modality)
 
 
@@ -74,6 +85,9 @@ def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: 
     micro-batches for this rank. Returns {"lm loss": [loss_sum, tokens], and for omni batches
     "loss/<modality>": [loss_sum, tokens]} summed over data- and context-parallel ranks on the
     last pipeline stage, None elsewhere."""
+    if micro_batches and micro_batches[0].get("cu_seqlens") is not None:
+        # packed omni micro-batches run as one sequence of all their tokens
+        seq_length, micro_batch_size = seq_length * micro_batch_size, 1
     iterators = [iter(micro_batches) for _ in model]
     reports = get_forward_backward_func()(
         forward_step_func=forward_step,

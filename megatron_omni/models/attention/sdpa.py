@@ -47,6 +47,9 @@ class SDPAttention(MegatronModule):
                 packed_seq_params: PackedSeqParams | None = None):
         if attention_bias is not None:
             raise ValueError("SDPAttention does not take an attention_bias")
+        if query.dim() == 3:  # megatron's SelfAttention hands packed (thd) q/k/v over as [t, heads, d]
+            return self.forward(query[:, None], key[:, None], value[:, None], attention_mask, attn_mask_type,
+                                packed_seq_params=packed_seq_params)[:, 0]
         s, b, n, d = query.shape
         if self.cp_group is not None and self.cp_group.size() > 1:
             return self._forward_cp(query, key, value, attention_mask, attn_mask_type,

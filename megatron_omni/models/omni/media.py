@@ -13,12 +13,12 @@ import dataclasses
 import torch
 
 from megatron_omni.config.schema import OmniModelConfig
+from megatron_omni.data.sample_format import PLACEHOLDERS
 from megatron_omni.models.encoders.audio import AUDIO_PRESETS, AudioEncoderConfig, audio_output_length
 from megatron_omni.models.encoders.vision import VISION_PRESETS, VisionEncoderConfig
 from megatron_omni.models.projectors.conv_gmlp import conv_gmlp_output_length
 
 KINDS = ("image", "video", "audio")
-PLACEHOLDER_TEXT = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 
 
 def vision_config(omni: OmniModelConfig) -> VisionEncoderConfig:
@@ -98,7 +98,7 @@ def assign_items(kind: str, positions: torch.Tensor, sample_index: torch.Tensor,
     """The sample number of each item of `kind`, after checking that each sample's placeholder
     positions are exactly filled by the items taken in order. Raises ValueError naming the
     sample and both counts (or the items left without positions)."""
-    placeholder = PLACEHOLDER_TEXT[kind]
+    placeholder = PLACEHOLDERS[kind]
     owners = sample_index[positions]                       # row-major, as the items are ordered
     if bool((owners < 0).any()):
         raise ValueError(f"{placeholder} placeholder in padding (sample_index -1) of the micro-batch "

@@ -35,7 +35,7 @@ from megatron_omni.models.encoders.vision import VisionEncoder, vision_transform
 from megatron_omni.models.llm.model import build_llm, params_dtype
 from megatron_omni.models.omni import media
 from megatron_omni.models.omni.contrastive import attach, vision_audio_contrastive
-from megatron_omni.models.positions.tmrope import TMRotaryEmbedding, _default_sections
+from megatron_omni.models.positions.tmrope import TMRotaryEmbedding, default_sections
 from megatron_omni.models.projectors.conv_gmlp import ConvGMLPProjector
 from megatron_omni.models.projectors.mlp import MLPProjector
 from megatron_omni.models.projectors.resampler import Resampler3D
@@ -51,7 +51,7 @@ class GPTTMRotaryEmbedding(TMRotaryEmbedding):
 
 def mrope_sections(cfg: OmniConfig) -> list[int]:
     omni = cfg.model.omni
-    return list(omni.mrope_sections) if omni.mrope_sections else list(_default_sections(cfg.model.head_dim))
+    return list(omni.mrope_sections) if omni.mrope_sections else list(default_sections(cfg.model.head_dim))
 
 
 class OmniModel(MegatronModule):

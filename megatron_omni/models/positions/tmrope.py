@@ -226,7 +226,7 @@ class TMRotaryEmbedding(torch.nn.Module):
         rotary_dim = int(head_dim * rotary_percent) if rotary_percent < 1.0 else head_dim
         if len(sections) != 3 or min(sections) < 0 or 2 * sum(sections) != rotary_dim:
             raise ValueError(f"mrope sections {tuple(sections)} must be three non-negative counts summing to "
-                             f"rotary_dim / 2 = {rotary_dim // 2} (e.g. {_default_sections(rotary_dim)})")
+                             f"rotary_dim / 2 = {rotary_dim // 2} (e.g. {default_sections(rotary_dim)})")
         self.sections = list(sections)
         self.rope = MultimodalRotaryEmbedding(kv_channels=head_dim, rotary_percent=rotary_percent,
                                               rotary_base=rotary_base)
@@ -241,7 +241,7 @@ class TMRotaryEmbedding(torch.nn.Module):
         return self.rope(position_ids, self.sections)
 
 
-def _default_sections(rotary_dim: int) -> tuple[int, int, int]:
+def default_sections(rotary_dim: int) -> tuple[int, int, int]:
     """Qwen2.5-Omni's 1:1.5:1.5 split (16, 24, 24 at 128), rounded to sum to rotary_dim / 2."""
     half = rotary_dim // 2
     t = half // 4
