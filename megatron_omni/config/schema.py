@@ -124,6 +124,12 @@ class DataConfig:
     split: str = "95,5,0"
     """train,valid,test percentages used when valid_blend is null."""
     seq_length: int = 128
+    packed: bool = False
+    """Treat each seq_length sample as a pack of the documents in it: sample boundaries follow
+    the <eod> tokens, no document attends to another and Lightning states restart at each
+    document (PackedSeqParams, qkv_format sbhd: RoPE positions run over the pack, which is the
+    same attention as RoPE is relative). Needs training.micro_batch_size=1 and the local
+    backend for dense layers; works with context parallelism. Labels and loss as unpacked."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     cache_dir: str | None = None

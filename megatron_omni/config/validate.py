@@ -119,6 +119,11 @@ def _validate_sequence(cfg: OmniConfig) -> None:
         raise ConfigError(
             f"data.seq_length={s} must be divisible by {across} with sequence "
             f"parallelism; use data.seq_length={max(step, s // step * step)}")
+    if cfg.data.packed and cfg.training.micro_batch_size != 1:
+        raise ConfigError(
+            f"data.packed=true packs the documents of one seq_length sample: set "
+            f"training.micro_batch_size=1 (got {cfg.training.micro_batch_size}; raise "
+            "data.seq_length for more tokens per micro-batch)")
     if s > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"data.seq_length={s} exceeds model.max_position_embeddings="
