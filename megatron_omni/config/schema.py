@@ -29,7 +29,11 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     rope_theta: float = 1_000_000.0
     rope_scaling_factor: float = 1.0
-    """Linear position interpolation factor (>1 stretches RoPE for longer contexts)."""
+    """RoPE stretch factor s for longer contexts (>= 1; 1 = no scaling), applied as rope_scaling
+    says."""
+    rope_scaling: str = "linear"
+    """How rope_scaling_factor s acts: linear (position interpolation, positions / s) or ntk
+    (NTK-aware: the base becomes rope_theta * s^(d/(d-2)), d = head_dim)."""
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     """Share the input embedding and the output layer (Qwen3-0.6B does; 8B/32B do not)."""

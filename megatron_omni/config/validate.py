@@ -18,6 +18,7 @@ def validate(cfg: OmniConfig, world_size: int) -> int:
     _validate_batch(cfg, dp)
     _validate_sequence(cfg)
     _validate_training(cfg)
+    _validate_rope(cfg)
     _validate_hybrid(cfg)
     return dp
 
@@ -157,6 +158,17 @@ def _validate_training(cfg: OmniConfig) -> None:
             f"training.warmup_steps={t.warmup_steps} must be smaller than the decay length "
             f"(training.lr_decay_steps, or train_steps when null) = {decay}; "
             f"use warmup_steps={max(0, decay // 10)}")
+
+
+def _validate_rope(cfg: OmniConfig) -> None:
+    m = cfg.model
+    if m.rope_scaling not in ("linear", "ntk"):
+        raise ConfigError(f"model.rope_scaling={m.rope_scaling!r}; use linear or ntk")
+    if not m.rope_scaling_factor >= 1.0:
+        raise ConfigError(f"model.rope_scaling_factor={m.rope_scaling_factor} must be >= 1 "
+                          "(1 = no scaling), e.g. 8 to stretch 4K positions to 32K")
+    if m.rope_theta <= 0:
+        raise ConfigError(f"model.rope_theta={m.rope_theta} must be > 0, e.g. 1000000")
 
 
 def _validate_hybrid(cfg: OmniConfig) -> None:
