@@ -174,6 +174,8 @@ class OmniConfig:
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig())
+    """Phase-4 distillation from a dense teacher (defined at the end of this file)."""
 
 
 @dataclass
@@ -211,3 +213,26 @@ class LinearAttentionConfig:
     """o = o_proj(RMSNorm(attn) * sigmoid(x W_gate)); false drops the gate."""
     chunk_size: int = 64
     """Tokens per chunk of the Triton kernel (power of two >= 16)."""
+
+
+@dataclass
+class DistillConfig:
+    """HALO-style distillation (phase 4): a frozen dense teacher teaches the hybrid student
+    (checkpoint.load, usually from launch/convert_dense_to_hybrid.py), which trains only
+    training.trainable (e.g. [linear_attention] first). Per token, with the loss mask:
+    kl_weight · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + hidden_mse_weight ·
+    MSE(final hidden states) + lm_weight · LM cross-entropy, summed and divided by the global
+    token count like the LM loss. Needs phase 4 and parallel.pp=1."""
+
+    teacher: str | None = None
+    """The teacher's run or checkpoint folder (built from its own saved config, all dense, in
+    this run's parallel layout); null = no distillation (plain LM training)."""
+    temperature: float = 1.0
+    """Softmax temperature T of both teacher and student logits (> 0)."""
+    kl_weight: float = 1.0
+    """Weight of the T²-scaled KL divergence to the teacher."""
+    hidden_mse_weight: float = 0.0
+    """Weight of the mean squared error between the final (normed) hidden states; needs the
+    teacher's hidden_size to equal the student's."""
+    lm_weight: float = 0.0
+    """Weight of the student's own LM cross-entropy on the labels."""

@@ -20,6 +20,7 @@ def validate(cfg: OmniConfig, world_size: int) -> int:
     _validate_training(cfg)
     _validate_rope(cfg)
     _validate_hybrid(cfg)
+    _validate_distill(cfg)
     return dp
 
 
@@ -169,6 +170,28 @@ def _validate_rope(cfg: OmniConfig) -> None:
                           "(1 = no scaling), e.g. 8 to stretch 4K positions to 32K")
     if m.rope_theta <= 0:
         raise ConfigError(f"model.rope_theta={m.rope_theta} must be > 0, e.g. 1000000")
+
+
+def _validate_distill(cfg: OmniConfig) -> None:
+    d = cfg.distill
+    if d.teacher is None:
+        return
+    if cfg.phase != 4:
+        raise ConfigError(f"distill.teacher is set but phase={cfg.phase}: distillation is a "
+                          "phase-4 stage; use phase=4 or distill.teacher=null")
+    if cfg.parallel.pp != 1:
+        raise ConfigError(f"distill.teacher with parallel.pp={cfg.parallel.pp}: distillation "
+                          "runs without pipeline parallelism; use parallel.pp=1 (and tp/cp)")
+    if not d.temperature > 0:
+        raise ConfigError(f"distill.temperature={d.temperature} must be > 0, e.g. 1.0")
+    weights = {"kl_weight": d.kl_weight, "hidden_mse_weight": d.hidden_mse_weight,
+               "lm_weight": d.lm_weight}
+    for name, w in weights.items():
+        if w < 0:
+            raise ConfigError(f"distill.{name}={w} must be >= 0")
+    if not any(weights.values()):
+        raise ConfigError("distill: kl_weight, hidden_mse_weight and lm_weight are all 0; "
+                          "set e.g. distill.kl_weight=1.0")
 
 
 def _validate_hybrid(cfg: OmniConfig) -> None:
