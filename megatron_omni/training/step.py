@@ -5,6 +5,7 @@ from functools import partial
 
 import torch
 from megatron.core import parallel_state as ps
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_omni.parallel.context_parallel import split_for_cp
@@ -17,29 +18,49 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     loss_sum = torch.sum(output_tensor.float().reshape(-1) * mask)
     num_tokens = mask.sum().to(torch.int)
     report = torch.stack([loss_sum.detach(), num_tokens.detach().float()])
-    return loss_sum, num_tokens, {"lm loss": report}
+    return loss_sum, num_tokens, {"loss": report}
+
+
+def local_batch(batch: dict, device) -> tuple:
+    """(tokens, position_ids, labels, loss_mask, packed_seq_params) of a micro-batch on this
+    rank: [b, s] each, under context parallelism this rank's load-balanced chunks (positions
+    global)."""
+    tokens, position_ids, labels, loss_mask = (
+        split_for_cp(batch[k].to(device, non_blocking=True), seq_dim=1)
+        for k in ("tokens", "position_ids", "labels", "loss_mask"))
+    return tokens, position_ids, labels, loss_mask, packed_seq_params(batch, device)
 
 
 def forward_step(data_iterator, model):
     """megatron's forward_step_func: one micro-batch through this rank's model chunk."""
-    batch = next(data_iterator)
-    device = next(model.parameters()).device
-    # [b, s] each; under context parallelism this rank's load-balanced chunks (positions global)
-    tokens, position_ids, labels, loss_mask = (
-        split_for_cp(batch[k].to(device, non_blocking=True), seq_dim=1)
-        for k in ("tokens", "position_ids", "labels", "loss_mask"))
-    output = model(tokens, position_ids, None, labels=labels)
+    tokens, position_ids, labels, loss_mask, packed = local_batch(
+        next(data_iterator), next(model.parameters()).device)
+    output = model(tokens, position_ids, None, labels=labels, packed_seq_params=packed)
     return output, partial(loss_func, loss_mask)
 
 
+def packed_seq_params(batch: dict, device) -> PackedSeqParams | None:
+    """The document offsets of a packed micro-batch (data.packed, batch size 1) for the
+    attention layers, or None. Layout: qkv_format "sbhd", cu_seqlens in positions of the whole
+    (un-split) sample, RoPE over the pack; the layout our three attention types support with and
+    without context parallelism (megatron's "thd" splits each document over the CP ranks)."""
+    if "cu_seqlens" not in batch:
+        return None
+    cu = batch["cu_seqlens"][0].to(device=device, dtype=torch.int32)
+    total = int(cu[-1])
+    return PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           max_seqlen_q=total, max_seqlen_kv=total)
+
+
 def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: int,
-                 forward_only: bool) -> torch.Tensor | None:
+                 forward_only: bool, forward_step_func=forward_step) -> dict | None:
     """Run the schedule (1F1B, interleaved with vpp, or no pipelining) over one global batch's
-    micro-batches for this rank. Returns [loss_sum, tokens] summed over data- and context-parallel
-    ranks on the last pipeline stage, None elsewhere."""
+    micro-batches for this rank. Returns {name: [sum, tokens]} of every reported loss ("loss"
+    is the one optimised) summed over data- and context-parallel ranks on the last pipeline
+    stage, None elsewhere."""
     iterators = [iter(micro_batches) for _ in model]
     reports = get_forward_backward_func()(
-        forward_step_func=forward_step,
+        forward_step_func=forward_step_func,
         data_iterator=iterators if len(model) > 1 else iterators[0],
         model=model if len(model) > 1 else model[0],
         num_microbatches=len(micro_batches),
@@ -49,26 +70,31 @@ def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: 
     )
     if not ps.is_pipeline_last_stage(ignore_virtual=True):
         return None
-    total = torch.stack([r["lm loss"] for r in reports]).sum(0)
+    names = list(reports[0])
+    total = torch.stack([torch.stack([r[k] for r in reports]).sum(0) for k in names])
     dp_cp = ps.get_data_parallel_group(with_context_parallel=True)
     torch.distributed.all_reduce(total, group=dp_cp)
-    return total
+    return dict(zip(names, total))
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list, seq_length: int,
-               micro_batch_size: int) -> dict:
-    """Forward/backward over the global batch, optimizer step, scheduler step."""
+               micro_batch_size: int, forward_step_func=forward_step) -> dict:
+    """Forward/backward over the global batch, optimizer step, scheduler step. Returns lr,
+    grad_norm, skipped and (last stage) loss, tokens and the per-token mean of any other
+    reported loss (e.g. distillation's kl, mse, lm)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    total = run_schedule(model, micro_batches, seq_length, micro_batch_size, forward_only=False)
+    total = run_schedule(model, micro_batches, seq_length, micro_batch_size, forward_only=False,
+                         forward_step_func=forward_step_func)
     lr = optimizer.param_groups[0]["lr"]
     updated, grad_norm, _ = optimizer.step()
     if updated:
         scheduler.step(increment=1)
     out = {"grad_norm": grad_norm, "lr": lr, "skipped": not updated}
     if total is not None:
-        out.update(loss=(total[0] / total[1]).item(), tokens=int(total[1].item()))
+        out.update({name: (t[0] / t[1]).item() for name, t in total.items()})
+        out["tokens"] = int(total["loss"][1].item())
     return out
 
 
@@ -82,5 +108,5 @@ def evaluate(model, batches: list[list], seq_length: int, micro_batch_size: int)
         chunk.train()
     if totals[0] is None:
         return None
-    total = torch.stack(totals).sum(0)
+    total = torch.stack([t["loss"] for t in totals]).sum(0)
     return (total[0] / total[1]).item()
