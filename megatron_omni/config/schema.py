@@ -29,7 +29,11 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     rope_theta: float = 1_000_000.0
     rope_scaling_factor: float = 1.0
-    """Linear position interpolation factor (>1 stretches RoPE for longer contexts)."""
+    """RoPE stretch factor s for longer contexts (>= 1; 1 = no scaling), applied as rope_scaling
+    says."""
+    rope_scaling: str = "linear"
+    """How rope_scaling_factor s acts: linear (position interpolation, positions / s) or ntk
+    (NTK-aware: the base becomes rope_theta * s^(d/(d-2)), d = head_dim)."""
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     """Share the input embedding and the output layer (Qwen3-0.6B does; 8B/32B do not)."""
@@ -131,6 +135,12 @@ class DataConfig:
     split: str = "95,5,0"
     """train,valid,test percentages used when valid_blend is null."""
     seq_length: int = 128
+    packed: bool = False
+    """Treat each seq_length sample as a pack of the documents in it: sample boundaries follow
+    the <eod> tokens, no document attends to another and Lightning states restart at each
+    document (PackedSeqParams, qkv_format sbhd: RoPE positions run over the pack, which is the
+    same attention as RoPE is relative). Needs training.micro_batch_size=1 and the local
+    backend for dense layers; works with context parallelism. Labels and loss as unpacked."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     cache_dir: str | None = None
@@ -173,6 +183,8 @@ class OmniConfig:
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig())
+    """Phase-4 distillation from a dense teacher (defined at the end of this file)."""
 
 
 @dataclass
@@ -296,3 +308,26 @@ class MultimodalDataConfig:
     """Stop at the first bad sample with an error naming shard and key (else skip and count)."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
+
+
+@dataclass
+class DistillConfig:
+    """HALO-style distillation (phase 4): a frozen dense teacher teaches the hybrid student
+    (checkpoint.load, usually from launch/convert_dense_to_hybrid.py), which trains only
+    training.trainable (e.g. [linear_attention] first). Per token, with the loss mask:
+    kl_weight · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + hidden_mse_weight ·
+    MSE(final hidden states) + lm_weight · LM cross-entropy, summed and divided by the global
+    token count like the LM loss. Needs phase 4 and parallel.pp=1."""
+
+    teacher: str | None = None
+    """The teacher's run or checkpoint folder (built from its own saved config, all dense, in
+    this run's parallel layout); null = no distillation (plain LM training)."""
+    temperature: float = 1.0
+    """Softmax temperature T of both teacher and student logits (> 0)."""
+    kl_weight: float = 1.0
+    """Weight of the T²-scaled KL divergence to the teacher."""
+    hidden_mse_weight: float = 0.0
+    """Weight of the mean squared error between the final (normed) hidden states; needs the
+    teacher's hidden_size to equal the student's."""
+    lm_weight: float = 0.0
+    """Weight of the student's own LM cross-entropy on the labels."""

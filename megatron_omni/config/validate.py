@@ -19,9 +19,11 @@ def validate(cfg: OmniConfig, world_size: int) -> int:
     _validate_batch(cfg, dp)
     _validate_sequence(cfg)
     _validate_training(cfg)
+    _validate_rope(cfg)
     _validate_hybrid(cfg)
     _validate_omni(cfg)
     _validate_multimodal(cfg)
+    _validate_distill(cfg)
     return dp
 
 
@@ -122,6 +124,11 @@ def _validate_sequence(cfg: OmniConfig) -> None:
         raise ConfigError(
             f"data.seq_length={s} must be divisible by {across} with sequence "
             f"parallelism; use data.seq_length={max(step, s // step * step)}")
+    if cfg.data.packed and cfg.training.micro_batch_size != 1:
+        raise ConfigError(
+            f"data.packed=true packs the documents of one seq_length sample: set "
+            f"training.micro_batch_size=1 (got {cfg.training.micro_batch_size}; raise "
+            "data.seq_length for more tokens per micro-batch)")
     if s > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"data.seq_length={s} exceeds model.max_position_embeddings="
@@ -162,6 +169,39 @@ def _validate_training(cfg: OmniConfig) -> None:
             f"training.warmup_steps={t.warmup_steps} must be smaller than the decay length "
             f"(training.lr_decay_steps, or train_steps when null) = {decay}; "
             f"use warmup_steps={max(0, decay // 10)}")
+
+
+def _validate_rope(cfg: OmniConfig) -> None:
+    m = cfg.model
+    if m.rope_scaling not in ("linear", "ntk"):
+        raise ConfigError(f"model.rope_scaling={m.rope_scaling!r}; use linear or ntk")
+    if not m.rope_scaling_factor >= 1.0:
+        raise ConfigError(f"model.rope_scaling_factor={m.rope_scaling_factor} must be >= 1 "
+                          "(1 = no scaling), e.g. 8 to stretch 4K positions to 32K")
+    if m.rope_theta <= 0:
+        raise ConfigError(f"model.rope_theta={m.rope_theta} must be > 0, e.g. 1000000")
+
+
+def _validate_distill(cfg: OmniConfig) -> None:
+    d = cfg.distill
+    if d.teacher is None:
+        return
+    if cfg.phase != 4:
+        raise ConfigError(f"distill.teacher is set but phase={cfg.phase}: distillation is a "
+                          "phase-4 stage; use phase=4 or distill.teacher=null")
+    if cfg.parallel.pp != 1:
+        raise ConfigError(f"distill.teacher with parallel.pp={cfg.parallel.pp}: distillation "
+                          "runs without pipeline parallelism; use parallel.pp=1 (and tp/cp)")
+    if not d.temperature > 0:
+        raise ConfigError(f"distill.temperature={d.temperature} must be > 0, e.g. 1.0")
+    weights = {"kl_weight": d.kl_weight, "hidden_mse_weight": d.hidden_mse_weight,
+               "lm_weight": d.lm_weight}
+    for name, w in weights.items():
+        if w < 0:
+            raise ConfigError(f"distill.{name}={w} must be >= 0")
+    if not any(weights.values()):
+        raise ConfigError("distill: kl_weight, hidden_mse_weight and lm_weight are all 0; "
+                          "set e.g. distill.kl_weight=1.0")
 
 
 def _validate_hybrid(cfg: OmniConfig) -> None:
@@ -278,9 +318,9 @@ def _validate_omni(cfg: OmniConfig) -> None:
         if sections is not None and (len(sections) != 3 or sum(sections) * 2 != m.head_dim):
             raise ConfigError(f"model.omni.mrope_sections={sections} must be three counts summing to "
                               f"model.head_dim / 2 = {m.head_dim // 2}, or null")
-        if m.rope_scaling_factor != 1.0:
-            raise ConfigError(f"model.rope_scaling_factor={m.rope_scaling_factor} is not supported with "
-                              "TMRoPE; use 1.0 or model.omni.tmrope=false")
+        if m.rope_scaling == "linear" and m.rope_scaling_factor != 1.0:
+            raise ConfigError(f"model.rope_scaling_factor={m.rope_scaling_factor} with linear scaling is "
+                              "not supported with TMRoPE; use model.rope_scaling=ntk or factor 1.0")
     if p.cp > 1:
         raise ConfigError(f"parallel.cp={p.cp} with model.omni: context parallelism of the merged "
                           "sequence is not implemented yet; use parallel.cp=1")

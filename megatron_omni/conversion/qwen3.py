@@ -39,7 +39,7 @@ from transformers import Qwen3Config
 
 from megatron_omni.config.schema import ModelConfig
 from megatron_omni.conversion.common import SAFETENSORS, ConversionError, read_hf_config, read_hf_weights
-from megatron_omni.models.llm.model import VOCAB_DIVISOR, padded_vocab_size
+from megatron_omni.models.llm.model import VOCAB_DIVISOR, padded_vocab_size, rope_base
 
 _M_EMBED = "embedding.word_embeddings.weight"
 _M_OUTPUT = "output_layer.weight"
@@ -255,8 +255,12 @@ def hf_to_megatron(hf_state: dict[str, torch.Tensor], model_cfg: ModelConfig,
 
 
 def hf_config(model_cfg: ModelConfig, vocab_size: int, dtype: torch.dtype | str) -> Qwen3Config:
-    """The Qwen3Config of a model built from model_cfg; vocab_size is padded as the embedding is."""
-    if model_cfg.rope_scaling_factor == 1.0:
+    """The Qwen3Config of a model built from model_cfg; vocab_size is padded as the embedding is.
+    NTK-aware scaling (model.rope_scaling=ntk) is static: it maps exactly onto default RoPE with
+    the raised base (rope_base), so the HF config carries that base and no scaling entry."""
+    if model_cfg.rope_scaling == "ntk":
+        rope = {"rope_type": "default", "rope_theta": rope_base(model_cfg)}
+    elif model_cfg.rope_scaling_factor == 1.0:
         rope = {"rope_type": "default", "rope_theta": float(model_cfg.rope_theta)}
     else:
         rope = {"rope_type": "linear", "rope_theta": float(model_cfg.rope_theta),

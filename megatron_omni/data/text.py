@@ -63,7 +63,29 @@ def build_text_datasets(cfg: OmniConfig, tokenizer, num_train: int, num_valid: i
     if train is None or (num_valid and valid is None):
         raise ConfigError(f"data.split={d.split!r} leaves no train or validation documents; "
                           "give both splits a share or set data.valid_blend")
+    if d.packed:
+        train, valid = (None if ds is None else PackedDocuments(ds, tokenizer.eod_id)
+                        for ds in (train, valid))
     return train, valid
+
+
+class PackedDocuments(torch.utils.data.Dataset):
+    """A GPTDataset whose samples also carry ``cu_seqlens`` [N + 1] (int32): the offsets of the
+    documents in the sample's tokens, a new one starting after each <eod> (data.packed)."""
+
+    def __init__(self, dataset, eod: int):
+        self.dataset, self.eod = dataset, eod
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx) -> dict:
+        sample = self.dataset[idx]
+        tokens = sample["tokens"]
+        starts = (tokens[:-1] == self.eod).nonzero().flatten() + 1
+        sample["cu_seqlens"] = torch.cat([torch.zeros(1, dtype=torch.int32), starts.int(),
+                                          torch.tensor([len(tokens)], dtype=torch.int32)])
+        return sample
 
 
 class GlobalOrderSampler(torch.utils.data.Sampler):
@@ -92,7 +114,8 @@ class GlobalOrderSampler(torch.utils.data.Sampler):
 
 
 def micro_batches(dataset, consumed: int, cfg: OmniConfig, dp_rank: int, dp_size: int):
-    """An iterator of this rank's micro-batches (dicts of tokens, labels, loss_mask, position_ids)."""
+    """An iterator of this rank's micro-batches (dicts of tokens, labels, loss_mask, position_ids;
+    and cu_seqlens with data.packed)."""
     t = cfg.training
     sampler = GlobalOrderSampler(len(dataset), consumed, t.micro_batch_size, t.global_batch_size,
                                  dp_rank, dp_size)

@@ -27,7 +27,18 @@ one all-gather forward and one reduce-scatter backward of K and V); linear commu
 2·cp states of [H, K, V] per sequence (independent of T) and runs the kernel once over its 2n
 tokens (the two chunks as a batch of 2B sequences).
 
-Packed sequences (cu_seqlens) are not supported together with cp > 1 (a clear error is raised).
+Packed sequences under CP (``PackedSeqParams`` with ``qkv_format="sbhd"``: the pack stays in
+megatron's [s, 1, ...] layout, ``cu_seqlens_q`` holds the sample offsets in global positions, and
+RoPE uses positions within the pack, which megatron's rotary table slices for the CP layout as
+usual; attention depends only on relative positions inside a sample, so this equals per-sample
+positions). The CP split ignores sample boundaries, so a sample can span chunks and ranks:
+- dense: the gathered keys are masked to the query's own sample (sample ids from cu_seqlens);
+- sparse: Q is gathered too, and each sample piece runs the kernel on its own keys with its
+  query range widened to whole blocks of that sample (selection is per query block counted from
+  the sample start), dense or sparse by the whole sample's length; exactly one rank's result;
+- linear: the state chain restarts at every sample start (a chunk containing one passes on only
+  the state of its last sample), and inside a chunk the kernel restarts at sample starts.
+``qkv_format="thd"`` (megatron's per-sample CP layout for RoPE) is refused under CP.
 Gradients of the replicated parameters are summed over the data×context-parallel group by
 megatron's DDP / finalize_model_grads (they use ``with_context_parallel=True`` groups), and the
 training step reports the loss summed over that group (megatron_omni.training.step).
@@ -158,54 +169,95 @@ def gather_sequence(x: torch.Tensor, seq_dim: int, group: dist.ProcessGroup) -> 
     return full.movedim(0, seq_dim)
 
 
-def check_not_packed(packed_seq_params, what: str) -> None:
-    if packed_seq_params is not None:
+def cp_packed_cu_seqlens(packed_seq_params, batch: int, what: str) -> torch.Tensor | None:
+    """Global sample offsets [N + 1] of a packed batch (batch size 1) under CP; None when not
+    packed. Only ``qkv_format="sbhd"`` packing has our load-balanced layout (megatron's thd RoPE
+    splits each sample over the CP ranks instead)."""
+    if packed_seq_params is None:
+        return None
+    if batch != 1:
+        raise ValueError(f"{what}: a packed batch (packed_seq_params) must have batch size 1, "
+                         f"got {batch}")
+    if packed_seq_params.qkv_format != "sbhd":
         raise NotImplementedError(
-            f"{what}: packed sequences (packed_seq_params / cu_seqlens) are not supported with "
-            "context parallelism (parallel.cp > 1); use unpacked sequences or parallel.cp=1")
+            f"{what}: packed sequences under context parallelism (parallel.cp > 1) need "
+            f"PackedSeqParams(qkv_format='sbhd') (positions within the pack), got "
+            f"qkv_format={packed_seq_params.qkv_format!r}")
+    return packed_seq_params.cu_seqlens_q
+
+
+def sample_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Index of the packed sample each of the positions [0, total) belongs to."""
+    positions = torch.arange(total, device=cu_seqlens.device)
+    return torch.bucketize(positions, cu_seqlens[1:].to(positions.device), right=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Lightning (linear attention) state passing
 
 
-def chunk_states(k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
-    """The state a zero-start recurrence reaches after k, v [B, n, H, K/V]:
-    M = Σ_t λ^(n−1−t) k_tᵀ v_t, λ = exp(−s_h); float32 [B, H, K, V]."""
+def chunk_states(k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+                 start: int = 0) -> torch.Tensor:
+    """The state a recurrence starting from zero at token `start` reaches after k, v
+    [B, n, H, K/V]: M = Σ_{t>=start} λ^(n−1−t) k_tᵀ v_t, λ = exp(−s_h); float32 [B, H, K, V]."""
     n = k.shape[1]
     steps = torch.arange(n - 1, -1, -1, device=k.device, dtype=torch.float32)
     w = torch.exp(-slopes.float()[None, :] * steps[:, None])  # [n, H]
+    w = w * (torch.arange(n, device=k.device) >= start)[:, None]
     return torch.einsum("bthk,th,bthv->bhkv", k.float(), w, v.float())
 
 
-def prefix_states(states: torch.Tensor, slopes: torch.Tensor, n: int) -> torch.Tensor:
+def prefix_states(states: torch.Tensor, slopes: torch.Tensor, n: int,
+                  restarts: list[bool] | None = None) -> torch.Tensor:
     """Incoming states of consecutive chunks of n tokens: states [C, B, H, K, V] (each chunk's
     zero-start final state, in global order) -> [C, B, H, K, V] with S_0 = 0 and
-    S_c = λ^n S_{c−1} + M_{c−1}."""
+    S_c = λ^n S_{c−1} + M_{c−1}, or S_c = M_{c−1} when a sample starts inside chunk c−1
+    (``restarts[c−1]``; its M then starts there)."""
     decay = torch.exp(-slopes.float() * n)[None, :, None, None]  # [1, H, 1, 1]
     out, s = [torch.zeros_like(states[0])], torch.zeros_like(states[0])
     for c in range(states.shape[0] - 1):
-        s = decay * s + states[c]
+        s = (0 if restarts is not None and restarts[c] else decay) * s + states[c]
         out.append(s)
     return torch.stack(out)
 
 
 def lightning_cp(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
-                 group: dist.ProcessGroup, **kwargs) -> torch.Tensor:
+                 group: dist.ProcessGroup, cu_seqlens: torch.Tensor | None = None,
+                 **kwargs) -> torch.Tensor:
     """Lightning attention of this rank's load-balanced tokens q, k, v [B, 2n, H, D] (bshd) with
     the recurrence carried across all CP ranks (LASP-2 style, one all-gather of 2 states per
-    rank). `attn` is the kernel (``lightning_attn`` signature); returns o [B, 2n, H, V]."""
+    rank). `attn` is the kernel (``lightning_attn`` signature); `cu_seqlens` [N + 1] are global
+    sample offsets of a packed batch (B = 1): the recurrence restarts at each sample start.
+    Returns o [B, 2n, H, V]."""
     size, rank = group.size(), group.rank()
     b, two_n = q.shape[:2]
     n = two_n // 2
+    mine = local_chunks(size, rank)
+    starts = set() if cu_seqlens is None else set(cu_seqlens[1:-1].tolist())
+    # per global chunk: where its last sample start lies (chunk-relative), None without one
+    last_start = [max((p - c * n for p in starts if c * n <= p < (c + 1) * n), default=None)
+                  for c in range(2 * size)]
     qs, ks, vs = (t.reshape(b, 2, n, *t.shape[2:]) for t in (q, k, v))
-    local = torch.stack([chunk_states(ks[:, i], vs[:, i], slopes) for i in range(2)])  # [2, B, ..]
+    local = torch.stack([chunk_states(ks[:, i], vs[:, i], slopes, last_start[c] or 0)
+                         for i, c in enumerate(mine)])  # [2, B, H, K, V]
     gathered = all_gather_stack(local, group)  # [cp, 2, B, H, K, V]
     ordered = torch.cat([gathered[:, 0], gathered[:, 1].flip(0)])  # [2cp, B, H, K, V] global
-    incoming = prefix_states(ordered, slopes, n)
-    a, c = local_chunks(size, rank)
-    h0 = torch.stack([incoming[a], incoming[c]], dim=1).flatten(0, 1)  # [B·2, H, K, V]
-    # the two chunks as a batch of 2B sequences of n tokens, each with its incoming state
-    fold = lambda t: t.flatten(0, 1)  # noqa: E731  [B, 2, n, ...] -> [B·2, n, ...]
-    out, _ = attn(fold(qs), fold(ks), fold(vs), slopes, initial_state=h0, **kwargs)
-    return out.reshape(b, two_n, *out.shape[2:])
+    incoming = prefix_states(ordered, slopes, n, [p is not None for p in last_start])
+    if cu_seqlens is None:
+        h0 = torch.stack([incoming[c] for c in mine], dim=1).flatten(0, 1)  # [B·2, H, K, V]
+        # the two chunks as a batch of 2B sequences of n tokens, each with its incoming state
+        fold = lambda t: t.flatten(0, 1)  # noqa: E731  [B, 2, n, ...] -> [B·2, n, ...]
+        out, _ = attn(fold(qs), fold(ks), fold(vs), slopes, initial_state=h0, **kwargs)
+        return out.reshape(b, two_n, *out.shape[2:])
+    # packed (B = 1): the two chunks as one packed row, cut at the chunk border and at every
+    # sample start; a piece starting a chunk continues the incoming state unless a sample
+    # starts there too
+    offsets, h0 = [], []
+    zero = torch.zeros_like(incoming[0, 0])
+    for i, c in enumerate(mine):
+        cuts = sorted({0} | {p - c * n for p in starts if c * n <= p < (c + 1) * n})
+        offsets += [i * n + x for x in cuts]
+        h0 += [zero if c * n in starts else incoming[c, 0]] + [zero] * (len(cuts) - 1)
+    cu_local = torch.tensor(offsets + [two_n], dtype=torch.int32, device=q.device)
+    out, _ = attn(q, k, v, slopes, initial_state=torch.stack(h0), cu_seqlens=cu_local, **kwargs)
+    return out

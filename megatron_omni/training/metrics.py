@@ -48,6 +48,10 @@ def train_flops_per_token(cfg: OmniConfig, vocab_size: int) -> float:
     return 6 * matmul_params + 6 * m.num_layers * s * attn_dim
 
 
+LOSS_PARTS = ("kl", "mse", "lm")
+"""Parts of a composite training loss logged beside it (distillation: training/distill.py)."""
+
+
 class StepLogger:
     """One readable console line per logged step and TensorBoard scalars, from one rank."""
 
@@ -68,17 +72,22 @@ class StepLogger:
         tps = tokens / seconds
         scalars = {"train/loss": m["loss"], "train/lr": m["lr"], "train/grad_norm": m["grad_norm"],
                    "train/tokens_per_s": tps, "train/step_time_s": seconds}
-        line = (f"step {step:>6}/{self.total} | loss {m['loss']:.4f} | lr {m['lr']:.3e} | "
-                f"grad_norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | {seconds:.2f} s/step")
+        line = f"step {step:>6}/{self.total} | loss {m['loss']:.4f} | "
+        for name in LOSS_PARTS:
+            if name in m:
+                scalars[f"train/{name}"] = m[name]
+                line += f"{name} {m[name]:.4f} | "
+        line += (f"lr {m['lr']:.3e} | grad_norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | "
+                 f"{seconds:.2f} s/step")
         if self.peak:
             mfu = tps * self.flops_per_token / (self.world * self.peak)
             scalars["train/mfu"] = mfu
             line += f" | MFU {100 * mfu:.1f}%"
         if torch.cuda.is_available():
             line += f" | mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
-        for name, loss in m.get("modality_loss", {}).items():  # omni batches: loss/<modality>
-            scalars[f"train/{name}"] = loss
-            line += f" | {name} {loss:.4f}"
+        for name in sorted(k for k in m if k.startswith("loss/")):  # omni batches: loss/<modality>
+            scalars[f"train/{name}"] = m[name]
+            line += f" | {name} {m[name]:.4f}"
         if m["skipped"]:
             line += " | step skipped (non-finite grads)"
         self._write(step, scalars)

@@ -20,7 +20,17 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     loss_sum = torch.sum(output_tensor.float().reshape(-1) * mask)
     num_tokens = mask.sum().to(torch.int)
     report = torch.stack([loss_sum.detach(), num_tokens.detach().float()])
-    return loss_sum, num_tokens, {"lm loss": report}
+    return loss_sum, num_tokens, {"loss": report}
+
+
+def local_batch(batch: dict, device) -> tuple:
+    """(tokens, position_ids, labels, loss_mask, packed_seq_params) of a micro-batch on this
+    rank: [b, s] each, under context parallelism this rank's load-balanced chunks (positions
+    global)."""
+    tokens, position_ids, labels, loss_mask = (
+        split_for_cp(batch[k].to(device, non_blocking=True), seq_dim=1)
+        for k in ("tokens", "position_ids", "labels", "loss_mask"))
+    return tokens, position_ids, labels, loss_mask, packed_seq_params(batch, device)
 
 
 MODALITIES = ("text", "image", "video", "audio", "cross")
@@ -43,7 +53,7 @@ def omni_loss_func(loss_mask: torch.Tensor, modality: torch.Tensor, output_tenso
 def omni_forward_step(batch: dict, model):
     """An omni micro-batch through this rank's chunk: the media go along (read on stage 0),
     position ids to every stage (TMRoPE rotates on all of them). A packed micro-batch
-    (cu_seqlens) runs as one varlen sequence of b*s tokens (megatron's thd format)."""
+    (cu_seqlens over its b*s tokens) runs as one sequence of b*s tokens."""
     device = next(model.parameters()).device
     tokens, position_ids, labels, loss_mask = (batch[k].to(device, non_blocking=True)
                                                for k in ("tokens", "position_ids", "labels", "loss_mask"))
@@ -51,10 +61,7 @@ def omni_forward_step(batch: dict, model):
     modality = kinds[batch["sample_index"].to(device)]  # sample -1 (padding) -> the trailing -1
     packed = None
     if batch.get("cu_seqlens") is not None:
-        cu_seqlens = batch["cu_seqlens"].to(device, torch.int32)
-        longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
-                                 max_seqlen_q=longest, max_seqlen_kv=longest)
+        packed = packed_seq_params({"cu_seqlens": batch["cu_seqlens"][None]}, device)
         tokens, labels, loss_mask, modality = (x.reshape(1, -1) for x in (tokens, labels, loss_mask, modality))
         if position_ids.dim() == 3:  # [b, 3, s] -> [1, 3, b*s]
             position_ids = position_ids.transpose(0, 1).reshape(1, 3, -1)
@@ -70,27 +77,36 @@ def forward_step(data_iterator, model):
     batch = next(data_iterator)
     if "sample_modality" in batch:
         return omni_forward_step(batch, model)
-    device = next(model.parameters()).device
-    # [b, s] each; under context parallelism this rank's load-balanced chunks (positions global)
-    tokens, position_ids, labels, loss_mask = (
-        split_for_cp(batch[k].to(device, non_blocking=True), seq_dim=1)
-        for k in ("tokens", "position_ids", "labels", "loss_mask"))
-    output = model(tokens, position_ids, None, labels=labels)
+    tokens, position_ids, labels, loss_mask, packed = local_batch(batch, next(model.parameters()).device)
+    output = model(tokens, position_ids, None, labels=labels, packed_seq_params=packed)
     return output, partial(loss_func, loss_mask)
 
 
+def packed_seq_params(batch: dict, device) -> PackedSeqParams | None:
+    """The document offsets of a packed micro-batch (data.packed, batch size 1) for the
+    attention layers, or None. Layout: qkv_format "sbhd", cu_seqlens in positions of the whole
+    (un-split) sample, RoPE over the pack; the layout our three attention types support with and
+    without context parallelism (megatron's "thd" splits each document over the CP ranks)."""
+    if "cu_seqlens" not in batch:
+        return None
+    cu = batch["cu_seqlens"][0].to(device=device, dtype=torch.int32)
+    total = int(cu[-1])
+    return PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           max_seqlen_q=total, max_seqlen_kv=total)
+
+
 def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: int,
-                 forward_only: bool) -> dict[str, torch.Tensor] | None:
+                 forward_only: bool, forward_step_func=forward_step) -> dict | None:
     """Run the schedule (1F1B, interleaved with vpp, or no pipelining) over one global batch's
-    micro-batches for this rank. Returns {"lm loss": [loss_sum, tokens], and for omni batches
-    "loss/<modality>": [loss_sum, tokens]} summed over data- and context-parallel ranks on the
-    last pipeline stage, None elsewhere."""
-    if micro_batches and micro_batches[0].get("cu_seqlens") is not None:
+    micro-batches for this rank. Returns {name: [sum, tokens]} of every reported loss ("loss"
+    is the one optimised) summed over data- and context-parallel ranks on the last pipeline
+    stage, None elsewhere."""
+    if micro_batches and "sample_modality" in micro_batches[0] and "cu_seqlens" in micro_batches[0]:
         # packed omni micro-batches run as one sequence of all their tokens
         seq_length, micro_batch_size = seq_length * micro_batch_size, 1
     iterators = [iter(micro_batches) for _ in model]
     reports = get_forward_backward_func()(
-        forward_step_func=forward_step,
+        forward_step_func=forward_step_func,
         data_iterator=iterators if len(model) > 1 else iterators[0],
         model=model if len(model) > 1 else model[0],
         num_microbatches=len(micro_batches),
@@ -100,30 +116,31 @@ def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: 
     )
     if not ps.is_pipeline_last_stage(ignore_virtual=True):
         return None
+    names = list(reports[0])
+    total = torch.stack([torch.stack([r[k] for r in reports]).sum(0) for k in names])
     dp_cp = ps.get_data_parallel_group(with_context_parallel=True)
-    totals = {}
-    for key in reports[0]:
-        totals[key] = torch.stack([r[key] for r in reports]).sum(0)
-        torch.distributed.all_reduce(totals[key], group=dp_cp)
-    return totals
+    torch.distributed.all_reduce(total, group=dp_cp)
+    return dict(zip(names, total))
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list, seq_length: int,
-               micro_batch_size: int) -> dict:
-    """Forward/backward over the global batch, optimizer step, scheduler step."""
+               micro_batch_size: int, forward_step_func=forward_step) -> dict:
+    """Forward/backward over the global batch, optimizer step, scheduler step. Returns lr,
+    grad_norm, skipped and (last stage) loss, tokens and the per-token mean of any other
+    reported loss (e.g. distillation's kl, mse, lm)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    total = run_schedule(model, micro_batches, seq_length, micro_batch_size, forward_only=False)
+    total = run_schedule(model, micro_batches, seq_length, micro_batch_size, forward_only=False,
+                         forward_step_func=forward_step_func)
     lr = optimizer.param_groups[0]["lr"]
     updated, grad_norm, _ = optimizer.step()
     if updated:
         scheduler.step(increment=1)
     out = {"grad_norm": grad_norm, "lr": lr, "skipped": not updated}
     if total is not None:
-        lm = total.pop("lm loss")
-        out.update(loss=(lm[0] / lm[1]).item(), tokens=int(lm[1].item()),
-                   modality_loss={k: (v[0] / v[1]).item() for k, v in total.items() if v[1] > 0})
+        out.update({name: (t[0] / t[1]).item() for name, t in total.items() if t[1] > 0})
+        out["tokens"] = int(total["loss"][1].item())
     return out
 
 
@@ -137,5 +154,5 @@ def evaluate(model, batches: list[list], seq_length: int, micro_batch_size: int)
         chunk.train()
     if totals[0] is None:
         return None
-    total = torch.stack([t["lm loss"] for t in totals]).sum(0)
+    total = torch.stack([t["loss"] for t in totals]).sum(0)
     return (total[0] / total[1]).item()

@@ -32,8 +32,9 @@ from megatron_omni.models.omni import media
 from megatron_omni.models.omni.model import OmniModel
 from megatron_omni.training.freeze import apply_trainable, check_something_trains, group_lr_overrides
 from megatron_omni.training.metrics import StepLogger, setup_logging, train_flops_per_token
+from megatron_omni.training.distill import Distiller
 from megatron_omni.training.phases import check_phase_runnable, trainable_groups
-from megatron_omni.training.step import evaluate, train_step
+from megatron_omni.training.step import evaluate, forward_step, train_step
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class Trainer:
         placeholder_ids = {kind: self.tokenizer.special_ids[text] for kind, text in PLACEHOLDERS.items()}
         self.model = build_model(cfg, self.vocab_size, placeholder_ids)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
+        # phase-4 distillation trains on the teacher's outputs; validation stays the LM loss
+        self.forward_step = (Distiller(cfg, self.model, self.vocab_size).forward_step
+                             if cfg.distill.teacher else forward_step)
         self.iteration, self.consumed = self._restore()
         t = cfg.training
         num_evals = t.train_steps // t.eval_interval if t.eval_interval else 0
@@ -219,7 +223,7 @@ class Trainer:
             start = time.perf_counter()
             metrics = train_step(self.model, self.optimizer, self.scheduler,
                                  self._next_global_batch(data), self.cfg.data.seq_length,
-                                 t.micro_batch_size)
+                                 t.micro_batch_size, self.forward_step)
             self.iteration += 1
             self.consumed += t.global_batch_size
             if "loss" in metrics:

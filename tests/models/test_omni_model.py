@@ -244,7 +244,7 @@ def test_omni_config_presets_and_errors():
 
 
 def test_packed_micro_batch_matches_one_sample_per_row():
-    """The same samples as one varlen sequence (cu_seqlens, megatron's thd) give the same
+    """The same samples as one packed sequence (cu_seqlens) give the same
     per-token losses and gradients as one sample per row (TMRoPE ids restart per sample)."""
     from megatron_omni.training.step import omni_forward_step
 

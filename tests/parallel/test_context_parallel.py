@@ -2,11 +2,12 @@
 
 (1) The load-balanced split and its all-gather round trip exactly, forward and backward.
 (2) Lightning state passing (LASP-2 style) equals the kernel over the whole sequence, with
-    gradients.
+    gradients, also for a packed sequence (states restart at sample starts).
 (3) Tiny decoders at CP=2, CP=4 and TP=2×CP=2 give one rank's loss and gradients: hybrid
     "SLLS"/"SL" models whose sparse layers run sparse (64 or 128 tokens ≥ dense_len 32, blocks
-    of 16, 3 attended per query block) and an all-dense "DD" model; TP=2×CP=2 also with sequence
-    parallelism. Gloo ranks (tests/models/multirank.py): every rank builds the CP=1 model from one seed, rank 0 runs it as the reference, then all
+    of 16, 3 attended per query block) and an all-dense "DD" model; packed batches (qkv_format
+    sbhd) of several samples, one long enough to drop blocks and starting off the block grid,
+    through "DSL" (all three types); TP=2×CP=2 also with sequence parallelism. Gloo ranks (tests/models/multirank.py): every rank builds the CP=1 model from one seed, rank 0 runs it as the reference, then all
     ranks rebuild at (tp, cp), copy the weights, run their part of the batch, and sum gradients
     over the CP group (what DDP does over the data×context-parallel group).
 """
@@ -82,27 +83,52 @@ def _gather_round_trip() -> None:
         torch.testing.assert_close(x.grad, split_for_cp(r.grad, 1, group), atol=1e-5, rtol=1e-5,
                                    msg=lambda m: f"d{name} rank {rank}: {m}")
 
+    # packed: the state restarts at each sample start, also across chunks and ranks (samples
+    # starting inside a chunk, exactly at a chunk border, and spanning several chunks)
+    cu = torch.tensor([0, 5, 16 * 2, 16 * 2 + 7, t], dtype=torch.int32)
+    q1, k1, v1, do1 = (x[:1] for x in (q, k, v, do))
+    ref = [x.clone().requires_grad_() for x in (q1, k1, v1)]
+    out_ref, _ = lightning_attn(*ref, slopes, chunk_size=16, cu_seqlens=cu)
+    (out_ref * do1).sum().backward()
+    mine = [split_for_cp(x, 1, group).clone().requires_grad_() for x in (q1, k1, v1)]
+    out = lightning_cp(lightning_attn, *mine, slopes, group, cu, chunk_size=16)
+    torch.testing.assert_close(out, split_for_cp(out_ref, 1, group), atol=1e-5, rtol=1e-5)
+    (out * split_for_cp(do1, 1, group)).sum().backward()
+    for name, x, r in zip("qkv", mine, ref):
+        torch.testing.assert_close(x.grad, split_for_cp(r.grad, 1, group), atol=1e-5, rtol=1e-5,
+                                   msg=lambda m: f"packed d{name} rank {rank}: {m}")
+
 
 # ---------------------------------------------------------------------------------------------
 # (2) model parity
 
 
-def _loss_and_grads(model, batch: int, seq: int, cp_group) -> tuple[float, dict[str, torch.Tensor]]:
-    """Mean per-token loss of a fixed batch [batch, seq]; under CP this rank's part, scaled so
-    that the sum over CP ranks is the mean."""
+def packed_params(cu: list[int], qkv_format: str = "sbhd") -> PackedSeqParams:
+    """A pack of samples at offsets `cu` (global positions; RoPE over the whole pack)."""
+    cu_t = torch.tensor(cu, dtype=torch.int32)
+    return PackedSeqParams(qkv_format=qkv_format, cu_seqlens_q=cu_t, cu_seqlens_kv=cu_t,
+                           max_seqlen_q=cu[-1], max_seqlen_kv=cu[-1])
+
+
+def _loss_and_grads(model, batch: int, seq: int, cp_group,
+                    cu: list[int] | None) -> tuple[float, dict[str, torch.Tensor]]:
+    """Mean per-token loss of a fixed batch [batch, seq] (a pack of samples at offsets `cu`
+    when given); under CP this rank's part, scaled so that the sum over CP ranks is the mean."""
     gen = torch.Generator().manual_seed(5)
     tokens = torch.randint(0, VOCAB, (batch, seq), generator=gen)
     labels = torch.randint(0, VOCAB, (batch, seq), generator=gen)
     positions = torch.arange(seq)[None].expand(batch, -1)
     tokens, labels, positions = (split_for_cp(t, 1, cp_group) for t in (tokens, labels, positions))
-    loss = model(tokens, positions, None, labels=labels).sum() / (batch * seq)
+    packed = None if cu is None else packed_params(cu)
+    loss = model(tokens, positions, None, labels=labels,
+                 packed_seq_params=packed).sum() / (batch * seq)
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
 def _compare(layout: str) -> None:
     """On each rank of a world of tp·cp ranks; parallel state at (tp, cp) on exit."""
-    pattern, tp, cp, batch, seq, *extra = LAYOUTS[layout]
+    pattern, tp, cp, batch, seq, cu, *extra = LAYOUTS[layout]
     rank = dist.get_rank()
     overrides = ["model.backend=local", "training.precision=fp32",
                  f"model.num_layers={len(pattern)}", f"model.layer_pattern={pattern}", *SPARSE]
@@ -117,7 +143,7 @@ def _compare(layout: str) -> None:
     single = build()
     full = {n: p.detach().clone() for n, p in single.named_parameters()}
     if rank == 0:
-        ref_loss, ref_grads = _loss_and_grads(single, batch, seq, None)
+        ref_loss, ref_grads = _loss_and_grads(single, batch, seq, None, cu)
     ps.destroy_model_parallel()
 
     ps.initialize_model_parallel(tp, 1, context_parallel_size=cp)
@@ -127,14 +153,14 @@ def _compare(layout: str) -> None:
         for name, p in model.named_parameters():
             p.copy_(_shard(name, full[name], p, tp_rank, tp))
     cp_group = ps.get_context_parallel_group()
-    loss, grads = _loss_and_grads(model, batch, seq, cp_group)
+    loss, grads = _loss_and_grads(model, batch, seq, cp_group, cu)
     dist.all_reduce(loss, group=cp_group)
     params = dict(model.named_parameters())
     sp = model.config.sequence_parallel
     grads = {n: _unshard_grad(n, params[n], g, sp) for n, g in grads.items()}
     for g in grads.values():
         dist.all_reduce(g, group=cp_group)
-    _packed_is_refused(model)
+    _thd_packing_is_refused(model)
     if rank == 0:
         assert loss.item() == pytest.approx(ref_loss.item(), abs=1e-5), layout
         assert grads.keys() == ref_grads.keys()
@@ -143,28 +169,38 @@ def _compare(layout: str) -> None:
                                        msg=lambda m: f"{layout} {name}: {m}")
 
 
-def _packed_is_refused(model) -> None:
-    """Packed sequences with CP raise a clear error in every attention type (before any
-    collective, so no rank hangs)."""
-    cu = torch.tensor([0, 8, 16], dtype=torch.int32)
-    packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                             max_seqlen_q=8, max_seqlen_kv=8)
+def _thd_packing_is_refused(model) -> None:
+    """thd packing (megatron's per-sample CP layout) under CP raises a clear error in every
+    attention type (before any collective, so no rank hangs)."""
+    packed = packed_params([0, 8, 16], "thd")
     for layer in model.decoder.layers:
         core = layer.self_attention.core_attention
         heads = layer.self_attention.num_attention_heads_per_partition
         q = torch.zeros(16, 1, heads, model.config.kv_channels)
-        with pytest.raises(NotImplementedError, match="packed sequences .* not supported with "
-                                                      "context parallelism"):
+        with pytest.raises(NotImplementedError, match="packed sequences under context "
+                                                      "parallelism .* need PackedSeqParams"):
             core(q, q, q, None, packed_seq_params=packed)
 
 
+PACK_64 = [0, 5, 60, 64]
+"""A 5-token sample, a 55-token one starting off the block grid (4 blocks, 3 attended; it
+spans both CP=2 ranks and all four chunks) and a 4-token one."""
+PACK_128_CP2 = [0, 8, 100, 128]
+"""An 8-token sample, a 92-token one (6 blocks, 3 attended; its query blocks straddle the CP
+chunk borders at 32, 64 and 96) and a 28-token dense one."""
+PACK_128 = [0, 21, 90, 128]
+"""Samples of 21 (dense), 69 (5 blocks, 3 attended) and 38 tokens (sparse, all 3 blocks)."""
+
 LAYOUTS = {
-    # name: (pattern, tp, cp, batch, seq, *overrides); each CP chunk is one 16-token sparse block
-    "DD-cp2": ("DD", 1, 2, 2, 64),
-    "SLLS-cp2": ("SLLS", 1, 2, 1, 64),
-    "SL-cp4": ("SL", 1, 4, 1, 128),
-    "SLLS-tp2-cp2": ("SLLS", 2, 2, 1, 64),
-    "SLLS-tp2-sp-cp2": ("SLLS", 2, 2, 1, 64, "parallel.sequence_parallel=true"),
+    # name: (pattern, tp, cp, batch, seq, packed offsets, *overrides); each CP chunk is one
+    # 16-token sparse block
+    "DD-cp2": ("DD", 1, 2, 2, 64, None),
+    "SLLS-cp2": ("SLLS", 1, 2, 1, 64, None),
+    "DSL-cp2-packed": ("DSL", 1, 2, 1, 128, PACK_128_CP2),
+    "SL-cp4": ("SL", 1, 4, 1, 128, None),
+    "DSL-cp4-packed": ("DSL", 1, 4, 1, 128, PACK_128),
+    "SLLS-tp2-cp2": ("SLLS", 2, 2, 1, 64, None),
+    "DSL-tp2-sp-cp2-packed": ("DSL", 2, 2, 1, 64, PACK_64, "parallel.sequence_parallel=true"),
 }
 
 
@@ -178,9 +214,9 @@ def _suite(*layouts: str) -> None:
 
 def test_two_ranks():
     """CP=2: gather round trip, Lightning state passing, all-dense and hybrid models."""
-    run_ranks(_suite, 2, "DD-cp2", "SLLS-cp2")
+    run_ranks(_suite, 2, "DD-cp2", "SLLS-cp2", "DSL-cp2-packed")
 
 
 def test_four_ranks():
-    """CP=4 (a hybrid SL model, 128 tokens) and TP=2×CP=2 (SLLS), with and without SP."""
-    run_ranks(_suite, 4, "SL-cp4", "SLLS-tp2-cp2", "SLLS-tp2-sp-cp2")
+    """CP=4 (hybrid, 128 tokens; plain and packed) and TP=2×CP=2 (plain; packed with SP)."""
+    run_ranks(_suite, 4, "SL-cp4", "DSL-cp4-packed", "SLLS-tp2-cp2", "DSL-tp2-sp-cp2-packed")

@@ -1,7 +1,11 @@
-"""TP=2 (and TP=2 with sequence parallelism) gives one rank's loss and gradients for a tiny
-hybrid model ("SLLS": InfLLM-V2 and Lightning layers) on a packed batch whose first sample is long
-enough for the sparse layers to drop blocks. Two gloo ranks (tests/models/multirank.py): both
-build the TP=1 model from one seed, rank 0 runs it, then both reshard it to TP=2."""
+"""Hybrid models at TP/CP/PP give one rank's losses and gradients on packed batches.
+
+(1) TP=2 (and TP=2 with sequence parallelism) for a tiny hybrid model ("SLLS": InfLLM-V2 and
+Lightning layers) on a thd-packed batch whose first sample is long enough for the sparse layers
+to drop blocks. Two gloo ranks (tests/models/multirank.py): both build the TP=1 model from one
+seed, rank 0 runs it, then both reshard it to TP=2.
+(2) Training runs with data.packed (documents of the demo corpus packed per sample, sbhd) at
+TP=2, CP=2, CP=4, PP=2 and TP=2×CP=2 against one rank (torchrun, cached per module)."""
 import pytest
 import torch
 import torch.distributed as dist
@@ -10,8 +14,12 @@ from megatron.core import tensor_parallel
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from megatron_omni.config import load_config
+from megatron_omni.data.text import build_text_datasets
+from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm
 from tests.models.multirank import run_ranks
+from tests.parallel.conftest import TINY, Runs
+from tests.parallel.test_parity import _first_moments
 
 PATTERN = "SLLS"
 OVERRIDES = [
@@ -113,3 +121,58 @@ def _compare(layout: str) -> None:
 @pytest.mark.parametrize("layout", ["tp2", "tp2_sp"])
 def test_matches_single_rank(layout):
     run_ranks(_compare, 2, layout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs on packed batches (data.packed): TP=2, CP=2, CP=4, PP=2 and TP=2×CP=2 train a
+# tiny "SDLS" model (all three layer types) like one rank: step losses within 1e-5 and step-1
+# gradients (Adam's first moment) within tolerance. 128-token samples of the demo corpus hold
+# 2-4 documents (28-191 tokens), so the sparse layers drop blocks in the longer ones, documents
+# start off the block grid and span CP chunks and ranks.
+
+PACKED_RUN = [*OVERRIDES[:2], "model.layer_pattern=SDLS", *OVERRIDES[4:], "data.packed=true",
+              "data.seq_length=128", "training.micro_batch_size=1", "training.global_batch_size=1",
+              "training.train_steps=2", "training.eval_interval=0", "checkpoint.save_interval=1"]
+PACKED_LAYOUTS = {
+    "tp2": (2, ["parallel.tp=2"]),
+    "cp2": (2, ["parallel.cp=2"]),
+    "cp4": (4, ["parallel.cp=4"]),
+    "pp2": (2, ["parallel.pp=2"]),
+    "tp2_cp2": (4, ["parallel.tp=2", "parallel.cp=2"]),
+}
+
+
+@pytest.fixture(scope="module")
+def packed_runs(tmp_path_factory, text_data):
+    return Runs(tmp_path_factory.mktemp("packed_runs"), TINY + text_data + PACKED_RUN)
+
+
+def test_packed_samples_follow_the_documents(text_data, tmp_path):
+    """Each sample's cu_seqlens start a document after every <eod>; the test batches hold
+    several documents, some long enough for the sparse layers to drop blocks."""
+    cfg = load_config(None, TINY + text_data + PACKED_RUN + [f"checkpoint.dir={tmp_path}"])
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    train, _ = build_text_datasets(cfg, tokenizer, 4, 0)
+    lengths = []
+    for i in range(4):
+        sample = train[i]
+        cu = sample["cu_seqlens"]
+        eods = (sample["tokens"] == tokenizer.eod_id).nonzero().flatten()
+        assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == 128
+        assert cu[1:-1].tolist() == [e + 1 for e in eods.tolist() if e + 1 < 128]
+        lengths += cu.diff().tolist()
+    assert len(lengths) >= 8 and max(lengths) > 48  # > 3 blocks of 16: blocks are dropped
+
+
+@pytest.mark.parametrize("layout", list(PACKED_LAYOUTS))
+def test_packed_training_matches_single_rank(packed_runs, layout):
+    ref, ref_dir = packed_runs.get("single", 1, [])
+    nproc, overrides = PACKED_LAYOUTS[layout]
+    got, got_dir = packed_runs.get(layout, nproc, overrides)
+    assert sorted(got["train"]) == ["1", "2"]
+    for step, loss in ref["train"].items():
+        assert got["train"][step] == pytest.approx(loss, abs=1e-5), f"step {step}"
+    ref_m, got_m = _first_moments(ref_dir), _first_moments(got_dir)
+    assert ref_m.keys() == got_m.keys() and any("linear_gate" in k for k in ref_m)
+    for key in ref_m:
+        torch.testing.assert_close(got_m[key], ref_m[key], atol=1e-7, rtol=1e-4, msg=key)

@@ -10,7 +10,9 @@ The parameters keep the dense layer's names (linear_qkv, linear_proj, q_layernor
 and layout, so dense weights copy over; linear_gate and out_norm are the only new ones. Tensor
 and sequence parallelism come from the column/row-parallel linears (heads split over TP ranks,
 each rank holding whole GQA groups). Training only: no inference KV cache, causal attention,
-packed batches through ``packed_seq_params.cu_seqlens_q`` with batch size 1.
+packed batches through ``packed_seq_params.cu_seqlens_q`` with batch size 1: qkv_format "thd"
+restarts RoPE positions at each sample, "sbhd" keeps positions within the pack (the same
+attention, as RoPE is relative; the layout packed context parallelism needs).
 """
 from __future__ import annotations
 
@@ -86,6 +88,8 @@ class GatedSelfAttention(SelfAttention):
                              "packed_seq_params for packed samples")
         query, key, value = self.get_query_key_value_tensors(hidden_states)  # [s, b, heads, d]
         cu_seqlens = packed_cu_seqlens(packed_seq_params, query.shape[1])
+        if packed_seq_params is not None and packed_seq_params.qkv_format != "thd":
+            cu_seqlens = None  # sbhd packing: RoPE by position within the pack
         query, key = self.position_encode(query, key, rotary_pos_emb, cu_seqlens)
         if self.checkpoint_core_attention and self.training:  # training.recompute=selective
             out = self._checkpointed_attention_forward(query, key, value, None,

@@ -31,7 +31,7 @@ from omni_kernels.lightning import alibi_slopes, lightning_attn, minimax_slopes
 from megatron_omni.config.schema import LinearAttentionConfig
 from megatron_omni.models.attention.gated import (GatedAttentionSubmodules, GatedSelfAttention,
                                                   packed_cu_seqlens)
-from megatron_omni.parallel.context_parallel import (attention_cp_group, check_not_packed,
+from megatron_omni.parallel.context_parallel import (attention_cp_group, cp_packed_cu_seqlens,
                                                      lightning_cp)
 
 
@@ -81,8 +81,8 @@ class LightningCoreAttention(MegatronModule):
             key, value = (t.repeat_interleave(n // key.shape[2], dim=2) for t in (key, value))
         q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # megatron sbhd -> kernel bshd
         if self.cp_group is not None and self.cp_group.size() > 1:
-            check_not_packed(packed_seq_params, "Lightning attention")
-            out = lightning_cp(lightning_attn, q, k, v, self.slopes, self.cp_group,
+            cu_seqlens = cp_packed_cu_seqlens(packed_seq_params, b, "Lightning attention")
+            out = lightning_cp(lightning_attn, q, k, v, self.slopes, self.cp_group, cu_seqlens,
                                scale=self.scale, chunk_size=self.chunk_size)
             return out.transpose(0, 1).reshape(s, b, n * d)
         out, _ = lightning_attn(q, k, v, self.slopes, scale=self.scale,
@@ -153,7 +153,8 @@ class LightningAttention(GatedSelfAttention):
 
     def position_encode(self, query: torch.Tensor, key: torch.Tensor, rotary_pos_emb,
                         cu_seqlens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE on q/k [s, b, heads, d]; positions restart at each packed sample."""
+        """RoPE on q/k [s, b, heads, d]; with `cu_seqlens` (thd packing) positions restart at
+        each packed sample."""
         if rotary_pos_emb is None:
             raise ValueError("Lightning layers apply RoPE: build the model with "
                              "position_embedding_type='rope'")

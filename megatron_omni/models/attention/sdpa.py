@@ -19,13 +19,13 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_omni.parallel.context_parallel import (attention_cp_group, check_not_packed,
-                                                     gather_sequence, local_chunks)
+from megatron_omni.parallel.context_parallel import (attention_cp_group, cp_packed_cu_seqlens,
+                                                     gather_sequence, local_chunks, sample_ids)
 
 
 def packed_causal_mask(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """Boolean [total, total] mask, True where a query may attend: same sample and causal."""
-    seq_id = torch.bucketize(torch.arange(total, device=cu_seqlens.device), cu_seqlens[1:], right=True)
+    seq_id = sample_ids(cu_seqlens, total)
     same = seq_id[:, None] == seq_id[None, :]
     return same & torch.ones(total, total, dtype=torch.bool, device=cu_seqlens.device).tril()
 
@@ -47,9 +47,6 @@ class SDPAttention(MegatronModule):
                 packed_seq_params: PackedSeqParams | None = None):
         if attention_bias is not None:
             raise ValueError("SDPAttention does not take an attention_bias")
-        if query.dim() == 3:  # megatron's SelfAttention hands packed (thd) q/k/v over as [t, heads, d]
-            return self.forward(query[:, None], key[:, None], value[:, None], attention_mask, attn_mask_type,
-                                packed_seq_params=packed_seq_params)[:, 0]
         s, b, n, d = query.shape
         if self.cp_group is not None and self.cp_group.size() > 1:
             return self._forward_cp(query, key, value, attention_mask, attn_mask_type,
@@ -70,8 +67,8 @@ class SDPAttention(MegatronModule):
     def _forward_cp(self, query, key, value, attention_mask, attn_mask_type, packed_seq_params):
         """Context parallel (load-balanced layout, see megatron_omni.parallel.context_parallel):
         all-gather K/V over the CP group; each of this rank's two query chunks attends the keys
-        up to its end, causal by global position."""
-        check_not_packed(packed_seq_params, "SDPAttention")
+        up to its end, causal by global position (and within its sample when packed)."""
+        cu_seqlens = cp_packed_cu_seqlens(packed_seq_params, query.shape[1], "SDPAttention")
         causal = (attn_mask_type or self.attn_mask_type) == AttnMaskType.causal
         if attention_mask is not None or not causal:
             raise NotImplementedError("SDPAttention with context parallelism is causal only "
@@ -80,6 +77,7 @@ class SDPAttention(MegatronModule):
         group = self.cp_group
         key, value = (gather_sequence(t, 0, group) for t in (key, value))  # [T, b, hkv, d]
         chunk = s // 2
+        seq_id = None if cu_seqlens is None else sample_ids(cu_seqlens, key.shape[0]).to(query.device)
         dropout = self.dropout_p if self.training else 0.0
         outs = []
         for i, c in enumerate(local_chunks(group.size(), group.rank())):
@@ -89,6 +87,8 @@ class SDPAttention(MegatronModule):
             # query row i (global start + i) sees keys j <= start + i: bottom-right causal
             mask = (torch.arange(end, device=q.device)[None, :]
                     <= torch.arange(start, end, device=q.device)[:, None])
+            if seq_id is not None:
+                mask = mask & (seq_id[None, :end] == seq_id[start:end, None])
             fork = tensor_parallel.get_cuda_rng_tracker().fork
             with fork() if dropout > 0 else contextlib.nullcontext():
                 outs.append(F.scaled_dot_product_attention(

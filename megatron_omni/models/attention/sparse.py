@@ -15,7 +15,7 @@ from omni_kernels.infllmv2 import infllmv2_attention
 
 from megatron_omni.config.schema import SparseAttentionConfig
 from megatron_omni.models.attention.gated import GatedSelfAttention, packed_cu_seqlens
-from megatron_omni.parallel.context_parallel import (attention_cp_group, check_not_packed,
+from megatron_omni.parallel.context_parallel import (attention_cp_group, cp_packed_cu_seqlens,
                                                      gather_sequence, local_chunks)
 
 
@@ -28,7 +28,8 @@ class InfLLMv2CoreAttention(MegatronModule):
     kernel against the keys up to its end with ``position_offset`` = the chunk's global start;
     dense-vs-sparse is decided by the global sequence length, as on one rank. Exact parity with
     one rank needs chunk starts on block boundaries (seq_length / (2·cp) a multiple of
-    block_size: selection is per query block)."""
+    block_size: selection is per query block). Packed batches under CP (qkv_format sbhd) also
+    gather q and run each sample piece separately (``_forward_cp_packed``)."""
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
                  attention_type: str = "self", attention_dropout: float | None = None,
@@ -58,11 +59,21 @@ class InfLLMv2CoreAttention(MegatronModule):
             scale=self.scale)
         return out.transpose(0, 1).reshape(s, b, n * d)
 
+    def _kernel(self, q, k, v, dense: bool, position_offset: int = 0) -> torch.Tensor:
+        """The kernel on keys [0, position_offset + Tq) of one sequence, dense or sparse as
+        decided by the caller (from the whole sequence's length)."""
+        st = self.settings
+        return infllmv2_attention(
+            q, k, v, dense_len=k.shape[1] + 1 if dense else 0, block_size=st.block_size,
+            topk=st.topk, init_blocks=st.init_blocks, local_blocks=st.local_blocks,
+            kernel_size=st.kernel_size, kernel_stride=st.kernel_stride,
+            position_offset=position_offset, scale=self.scale)
+
     def _forward_cp(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     packed_seq_params) -> torch.Tensor:
         """q/k/v [b, 2n, heads, d] of this CP rank -> out [b, 2n, Hq, d]."""
-        check_not_packed(packed_seq_params, "InfLLM-V2 attention")
         group, st = self.cp_group, self.settings
+        cu_seqlens = cp_packed_cu_seqlens(packed_seq_params, q.shape[0], "InfLLM-V2 attention")
         k, v = (gather_sequence(t, 1, group) for t in (k, v))  # [b, T, Hkv, d], global order
         total, chunk = k.shape[1], q.shape[1] // 2
         if chunk % st.block_size and total >= st.dense_len:
@@ -70,17 +81,38 @@ class InfLLMv2CoreAttention(MegatronModule):
                 f"InfLLM-V2 with context parallelism: each CP chunk (seq_length / (2*cp) = "
                 f"{chunk}) must be a multiple of model.sparse.block_size={st.block_size} "
                 "(block selection is per query block)")
-        # the kernel decides dense/sparse by the keys it sees; decide by the global length
-        dense_len = total + 1 if total < st.dense_len else 0
+        if cu_seqlens is not None:
+            return self._forward_cp_packed(gather_sequence(q, 1, group), k, v, cu_seqlens.tolist())
         outs = []
         for i, c in enumerate(local_chunks(group.size(), group.rank())):
             end = (c + 1) * chunk
-            outs.append(infllmv2_attention(
-                q[:, i * chunk:(i + 1) * chunk], k[:, :end], v[:, :end], dense_len=dense_len,
-                block_size=st.block_size, topk=st.topk, init_blocks=st.init_blocks,
-                local_blocks=st.local_blocks, kernel_size=st.kernel_size,
-                kernel_stride=st.kernel_stride, position_offset=c * chunk, scale=self.scale))
+            # the kernel decides dense/sparse by the keys it sees; decide by the global length
+            outs.append(self._kernel(q[:, i * chunk:(i + 1) * chunk], k[:, :end], v[:, :end],
+                                     total < st.dense_len, c * chunk))
         return torch.cat(outs, dim=1)
+
+    def _forward_cp_packed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           offsets: list[int]) -> torch.Tensor:
+        """Packed batch (b = 1) under CP, from the gathered q/k/v [1, T, heads, d] in global
+        order and the global sample offsets: for each piece [lo, hi) of a sample [a, e) inside
+        one of this rank's chunks, the queries are widened to whole blocks counted from a (the
+        single-rank query blocks, so the same blocks are selected), run against the sample's
+        keys [a, widened end), and the piece's rows kept."""
+        bs, group = self.settings.block_size, self.cp_group
+        chunk = q.shape[1] // (2 * group.size())
+        pieces = []
+        for c in local_chunks(group.size(), group.rank()):
+            start, end = c * chunk, (c + 1) * chunk
+            for a, e in zip(offsets, offsets[1:]):
+                lo, hi = max(a, start), min(e, end)
+                if lo >= hi:
+                    continue
+                q_lo = a + (lo - a) // bs * bs
+                q_hi = min(e, a + -(-(hi - a) // bs) * bs)
+                out = self._kernel(q[:, q_lo:q_hi], k[:, a:q_hi], v[:, a:q_hi],
+                                   e - a < self.settings.dense_len, q_lo - a)
+                pieces.append(out[:, lo - q_lo:hi - q_lo])
+        return torch.cat(pieces, dim=1)
 
 
 class InfLLMv2Attention(GatedSelfAttention):

@@ -7,6 +7,7 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_omni.config.load import ConfigError
 from megatron_omni.config.schema import OmniConfig
 from megatron_omni.models.llm.spec import decoder_block_spec, resolve_backend
 
@@ -83,6 +84,21 @@ def transformer_config(cfg: OmniConfig) -> TransformerConfig:
     )
 
 
+def rope_base(m) -> float:
+    """The RoPE base: model.rope_theta, raised NTK-aware to theta · s^(d/(d−2)) under
+    model.rope_scaling=ntk (s = rope_scaling_factor, d = head_dim)."""
+    if m.rope_scaling == "ntk":
+        return m.rope_theta * m.rope_scaling_factor ** (m.head_dim / (m.head_dim - 2))
+    return m.rope_theta
+
+
+def rope_interpolation(m) -> float | None:
+    """megatron's seq_len_interpolation_factor: s under model.rope_scaling=linear, else None."""
+    if m.rope_scaling == "linear" and m.rope_scaling_factor != 1.0:
+        return m.rope_scaling_factor
+    return None
+
+
 def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None, *,
               mrope_section: list[int] | None = None,
               scatter_embedding_sequence_parallel: bool = True) -> GPTModel:
@@ -97,9 +113,13 @@ def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None, *,
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     m = cfg.model
+    backend = resolve_backend(m.backend)
+    if cfg.data.packed and backend == "te" and "D" in m.layer_types():
+        raise ConfigError("data.packed=true: dense (D) layers take packed batches (qkv_format "
+                          "sbhd) with the local backend only; set model.backend=local")
     return GPTModel(
         config=config,
-        transformer_layer_spec=decoder_block_spec(config, resolve_backend(m.backend), vp_stage, m),
+        transformer_layer_spec=decoder_block_spec(config, backend, vp_stage, m),
         vocab_size=padded_vocab_size(vocab_size),
         max_sequence_length=m.max_position_embeddings,
         pre_process=pre,
@@ -108,7 +128,7 @@ def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None, *,
         share_embeddings_and_output_weights=m.tie_embeddings,
         position_embedding_type="mrope" if mrope_section else "rope",
         scatter_embedding_sequence_parallel=scatter_embedding_sequence_parallel,
-        rotary_base=int(m.rope_theta),
-        seq_len_interpolation_factor=m.rope_scaling_factor if m.rope_scaling_factor != 1.0 else None,
+        rotary_base=rope_base(m),
+        seq_len_interpolation_factor=rope_interpolation(m),
         vp_stage=vp_stage,
     )

@@ -32,7 +32,7 @@ from megatron.core.transformer.utils import sharded_state_dict_default
 from megatron_omni.config.schema import OmniConfig, OmniModelConfig
 from megatron_omni.models.encoders.audio import AudioEncoder, audio_transformer_config
 from megatron_omni.models.encoders.vision import VisionEncoder, vision_transformer_config
-from megatron_omni.models.llm.model import build_llm, params_dtype
+from megatron_omni.models.llm.model import build_llm, params_dtype, rope_base
 from megatron_omni.models.omni import media
 from megatron_omni.models.omni.contrastive import attach, vision_audio_contrastive
 from megatron_omni.models.positions.tmrope import TMRotaryEmbedding, default_sections
@@ -77,7 +77,7 @@ class OmniModel(MegatronModule):
         self.llm = llm
         self.placeholder_ids = dict(placeholder_ids)
         if sections is not None:
-            llm.rotary_pos_emb = GPTTMRotaryEmbedding(cfg.model.head_dim, sections, cfg.model.rope_theta)
+            llm.rotary_pos_emb = GPTTMRotaryEmbedding(cfg.model.head_dim, sections, rope_base(cfg.model))
         self.model_type = llm.model_type
         self.pre_process, self.post_process = llm.pre_process, llm.post_process
         self.share_embeddings_and_output_weights = llm.share_embeddings_and_output_weights
