@@ -2,7 +2,9 @@
 
 (1) The load-balanced split and its all-gather round trip exactly, forward and backward.
 (2) Lightning state passing (LASP-2 style) equals the kernel over the whole sequence, with
-    gradients, also for a packed sequence (states restart at sample starts).
+    gradients, also for a packed sequence (states restart at sample starts); the InfLLM-V2 core
+    on a packed sequence equals the kernel over the whole pack (query blocks cut by CP chunk
+    borders select with all their rows).
 (3) Tiny decoders at CP=2, CP=4 and TP=2×CP=2 give one rank's loss and gradients: hybrid
     "SLLS"/"SL" models whose sparse layers run sparse (64 or 128 tokens ≥ dense_len 32, blocks
     of 16, 3 attended per query block) and an all-dense "DD" model; packed batches (qkv_format
@@ -97,6 +99,41 @@ def _gather_round_trip() -> None:
     for name, x, r in zip("qkv", mine, ref):
         torch.testing.assert_close(x.grad, split_for_cp(r.grad, 1, group), atol=1e-5, rtol=1e-5,
                                    msg=lambda m: f"packed d{name} rank {rank}: {m}")
+
+
+def _sparse_packed_core() -> None:
+    """The InfLLM-V2 core on a packed batch under CP equals the kernel over the whole pack, with
+    peaked random scores so that query rows disagree on their best block: a query block cut by
+    a CP chunk border must still select with all its rows (the single-rank block partition)."""
+    from types import SimpleNamespace
+
+    from omni_kernels.infllmv2 import infllmv2_attention
+
+    from megatron_omni.models.attention.sparse import InfLLMv2CoreAttention
+    from megatron_omni.models.llm.model import transformer_config
+
+    group = dist.group.WORLD
+    cfg = load_config(None, ["model.backend=local", "training.precision=fp32", *SPARSE,
+                             f"parallel.cp={group.size()}"])
+    core = InfLLMv2CoreAttention(transformer_config(cfg), 1, None, settings=cfg.model.sparse,
+                                 pg_collection=SimpleNamespace(cp=group))
+    gen = torch.Generator().manual_seed(4)
+    t, heads, d = 256, 8, 16
+    q, k, v = (torch.randn(t, 1, heads, d, generator=gen) * 3 for _ in range(3))
+    cu = [0, 8, 240, 256]  # a 232-token sample: query blocks straddle the borders 64, 128, 192
+    ref = infllmv2_attention(*(x.transpose(0, 1) for x in (q, k, v)), **_kernel_settings(cfg),
+                             cu_seqlens=torch.tensor(cu, dtype=torch.int32))
+    ref = ref.transpose(0, 1).reshape(t, 1, heads * d)
+    out = core(*(split_for_cp(x, 0, group) for x in (q, k, v)), None,
+               packed_seq_params=packed_params(cu))
+    torch.testing.assert_close(out, split_for_cp(ref, 0, group), atol=1e-5, rtol=1e-5)
+
+
+def _kernel_settings(cfg) -> dict:
+    st = cfg.model.sparse
+    return dict(dense_len=st.dense_len, block_size=st.block_size, topk=st.topk,
+                init_blocks=st.init_blocks, local_blocks=st.local_blocks,
+                kernel_size=st.kernel_size, kernel_stride=st.kernel_stride)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,12 +245,14 @@ def _suite(*layouts: str) -> None:
     """Several checks in one set of ranks (starting ranks costs more than a tiny check)."""
     if dist.get_world_size() == 2:
         _gather_round_trip()
+        _sparse_packed_core()
     for layout in layouts:
         _compare(layout)
 
 
 def test_two_ranks():
-    """CP=2: gather round trip, Lightning state passing, all-dense and hybrid models."""
+    """CP=2: gather round trip, Lightning state passing, the packed sparse core, all-dense and
+    hybrid models."""
     run_ranks(_suite, 2, "DD-cp2", "SLLS-cp2", "DSL-cp2-packed")
 
 
