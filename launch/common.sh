@@ -38,7 +38,7 @@ fi
 if [[ -n "${SLURM_JOB_NODELIST:-}" ]]; then
     NNODES="${NNODES:-${SLURM_NNODES:-1}}"
     NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-0}}"
-    MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)}"
+    MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)}"  # sed reads all: no SIGPIPE under pipefail
     RDZV_BACKEND="${RDZV_BACKEND:-c10d}"
 else
     NNODES="${NNODES:-1}"

@@ -35,7 +35,9 @@ positions). The CP split ignores sample boundaries, so a sample can span chunks 
 - dense: the gathered keys are masked to the query's own sample (sample ids from cu_seqlens);
 - sparse: Q is gathered too, and each sample piece runs the kernel on its own keys with its
   query range widened to whole blocks of that sample (selection is per query block counted from
-  the sample start), dense or sparse by the whole sample's length; exactly one rank's result;
+  the sample start), dense or sparse by the whole sample's length; exactly one rank's result.
+  Costs: one more all-gather (of Q), at most one extra query block per piece, and one kernel
+  call per sample piece (a Python loop: many short documents per chunk make many small calls);
 - linear: the state chain restarts at every sample start (a chunk containing one passes on only
   the state of its last sample), and inside a chunk the kernel restarts at sample starts.
 ``qkv_format="thd"`` (megatron's per-sample CP layout for RoPE) is refused under CP.

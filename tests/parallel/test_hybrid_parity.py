@@ -125,14 +125,16 @@ def test_matches_single_rank(layout):
 
 # ---------------------------------------------------------------------------------------------
 # Training runs on packed batches (data.packed): TP=2, CP=2, CP=4, PP=2 and TP=2×CP=2 train a
-# tiny "SDLS" model (all three layer types) like one rank: step losses within 1e-5 and step-1
-# gradients (Adam's first moment) within tolerance. 128-token samples of the demo corpus hold
-# 2-4 documents (28-191 tokens), so the sparse layers drop blocks in the longer ones, documents
-# start off the block grid and span CP chunks and ranks.
+# tiny "SDLS" model (all three layer types) like one rank: the step-1 loss within 1e-5 and
+# gradients (Adam's first moment) within tolerance. One step on one 128-token sample of the demo
+# corpus (in the Triton interpreter a run costs ~10-20 s): documents of 14, 38 and 76 tokens; the
+# 76-token one drops blocks in the sparse layers, starts off the block grid and spans CP chunks
+# and ranks.
 
 PACKED_RUN = [*OVERRIDES[:2], "model.layer_pattern=SDLS", *OVERRIDES[4:], "data.packed=true",
               "data.seq_length=128", "training.micro_batch_size=1", "training.global_batch_size=1",
-              "training.train_steps=2", "training.eval_interval=0", "checkpoint.save_interval=1"]
+              "training.train_steps=1", "training.warmup_steps=0", "training.eval_interval=0",
+              "checkpoint.save_interval=1"]
 PACKED_LAYOUTS = {
     "tp2": (2, ["parallel.tp=2"]),
     "cp2": (2, ["parallel.cp=2"]),
@@ -148,20 +150,19 @@ def packed_runs(tmp_path_factory, text_data):
 
 
 def test_packed_samples_follow_the_documents(text_data, tmp_path):
-    """Each sample's cu_seqlens start a document after every <eod>; the test batches hold
-    several documents, some long enough for the sparse layers to drop blocks."""
+    """Each sample's cu_seqlens start a document after every <eod>; the sample the packed runs
+    train on holds several documents, one long enough for the sparse layers to drop blocks."""
     cfg = load_config(None, TINY + text_data + PACKED_RUN + [f"checkpoint.dir={tmp_path}"])
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     train, _ = build_text_datasets(cfg, tokenizer, 4, 0)
-    lengths = []
     for i in range(4):
         sample = train[i]
         cu = sample["cu_seqlens"]
         eods = (sample["tokens"] == tokenizer.eod_id).nonzero().flatten()
         assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == 128
         assert cu[1:-1].tolist() == [e + 1 for e in eods.tolist() if e + 1 < 128]
-        lengths += cu.diff().tolist()
-    assert len(lengths) >= 8 and max(lengths) > 48  # > 3 blocks of 16: blocks are dropped
+    lengths = train[0]["cu_seqlens"].diff().tolist()
+    assert len(lengths) >= 3 and max(lengths) > 48  # > 3 blocks of 16: blocks are dropped
 
 
 @pytest.mark.parametrize("layout", list(PACKED_LAYOUTS))
@@ -169,7 +170,7 @@ def test_packed_training_matches_single_rank(packed_runs, layout):
     ref, ref_dir = packed_runs.get("single", 1, [])
     nproc, overrides = PACKED_LAYOUTS[layout]
     got, got_dir = packed_runs.get(layout, nproc, overrides)
-    assert sorted(got["train"]) == ["1", "2"]
+    assert sorted(got["train"]) == ["1"]
     for step, loss in ref["train"].items():
         assert got["train"][step] == pytest.approx(loss, abs=1e-5), f"step {step}"
     ref_m, got_m = _first_moments(ref_dir), _first_moments(got_dir)
