@@ -267,3 +267,16 @@ def test_packed_micro_batch_matches_one_sample_per_row():
     for name, grad in row_grads.items():
         error = (flat_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12)
         assert error < 1e-5, (name, error)
+
+
+def test_mlp_projectors_emit_one_token_per_patch_and_per_encoder_frame():
+    overrides = ["model.omni.vision_projector=mlp", "model.omni.audio_projector=mlp"]
+    model = build(*overrides)
+    omni = load_config(None, CONFIG + overrides).model.omni
+    b = micro_batch(omni, MIXED, SEQ * 2, VOCAB, video_frames=2, audio_frames=10)
+    counts = {kind: int((b["tokens"] == PLACEHOLDER_IDS[kind]).sum()) for kind in PLACEHOLDER_IDS}
+    # 16 patches per image / frame (2 videos x 2 frames); 10 mel frames -> 5 encoder tokens (2 clips)
+    assert counts == {"image": 16, "video": 2 * 2 * 16, "audio": 2 * 5}
+    losses = token_losses(model, b)
+    (losses * b["loss_mask"]).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
