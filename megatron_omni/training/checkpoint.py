@@ -51,6 +51,21 @@ def check_same_model(common: dict, cfg: OmniConfig, vocab_size: int, source) -> 
         raise ConfigError(f"{source} holds a different model; " + "; ".join(diff))
 
 
+def check_resumable(common: dict, cfg: OmniConfig, vocab_size: int, source) -> None:
+    """A clear error when resuming `source` as this run would not continue it: another model,
+    or another phase / set of trained groups (the optimizer state would not fit)."""
+    check_same_model(common, cfg, vocab_size, source)
+    saved = common["config"]
+    was = (saved.get("phase"), saved.get("training", {}).get("trainable"))
+    now = (cfg.phase, cfg.training.trainable)
+    if was != now:
+        raise ConfigError(
+            f"checkpoint.dir={cfg.checkpoint.dir} holds a phase {was[0]} run training "
+            f"{was[1] or 'all parameters'} ({source}); this run is phase {now[0]} training "
+            f"{now[1] or 'all parameters'}. To start it from those weights, give it a new "
+            f"checkpoint.dir and checkpoint.load={source}")
+
+
 def iteration_dir(root: str | Path, iteration: int) -> Path:
     return Path(root) / f"iter_{iteration:07d}"
 

@@ -162,6 +162,7 @@ class Trainer:
         ck = self.cfg.checkpoint
         latest = checkpoint.latest_checkpoint(ck.dir) if ck.resume else None
         if latest is not None:
+            checkpoint.check_resumable(checkpoint.read_common(latest), self.cfg, self.vocab_size, latest)
             common = checkpoint.load_checkpoint(latest, self.model, self.optimizer, self.scheduler)
             log.info("resumed from %s (step %d, %d samples consumed)", latest,
                      common["iteration"], common["consumed_samples"])
