@@ -66,7 +66,9 @@ class StepLogger:
 
             self.tb = SummaryWriter(tensorboard_dir)
 
-    def train(self, step: int, m: dict, seconds: float, tokens: int, log_line: bool) -> None:
+    def train(self, step: int, m: dict, seconds: float, tokens: int, log_line: bool,
+              data: dict | None = None) -> None:
+        """``data``: the omni loader's stats (training/data_stats.py), on the line and as scalars."""
         if not self.enabled:
             return
         tps = tokens / seconds
@@ -90,6 +92,13 @@ class StepLogger:
             line += f" | {name} {m[name]:.4f}"
         if m["skipped"]:
             line += " | step skipped (non-finite grads)"
+        if data:
+            scalars.update(data)
+            parts = {"mix": [], "skipped": []}
+            for key, value in data.items():  # data/mix/<m>: share, data/skipped/<reason>: count
+                _, kind, name = key.split("/")
+                parts[kind].append(f"{name} {value:.2f}" if kind == "mix" else f"{name} {value:.0f}")
+            line += "".join(f" | {kind} {' '.join(p)}" for kind, p in parts.items() if p)
         self._write(step, scalars)
         if log_line:
             print(line, flush=True)

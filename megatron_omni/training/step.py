@@ -9,6 +9,7 @@ import torch
 from megatron.core import parallel_state as ps
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import unwrap_model
 
 from megatron_omni.parallel.context_parallel import split_for_cp
 
@@ -114,13 +115,38 @@ def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: 
         micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
+    contrastive = contrastive_total(model)  # collective on every rank
     if not ps.is_pipeline_last_stage(ignore_virtual=True):
         return None
     names = list(reports[0])
     total = torch.stack([torch.stack([r[k] for r in reports]).sum(0) for k in names])
     dp_cp = ps.get_data_parallel_group(with_context_parallel=True)
     torch.distributed.all_reduce(total, group=dp_cp)
-    return dict(zip(names, total))
+    out = dict(zip(names, total))
+    if contrastive is not None:
+        out["loss/contrastive"] = contrastive.to(total)
+    return out
+
+
+def contrastive_total(model) -> torch.Tensor | None:
+    """[sum, micro-batches] of the omni model's vision-audio contrastive loss (computed on
+    pipeline stage 0 while the reports live on the last stage) over this global batch, summed
+    over the data-parallel ranks by an all-reduce over the world that every rank joins; None
+    (and no collective) unless model.omni.contrastive_weight > 0. Its per-micro-batch mean is
+    logged as loss/contrastive; the gradients are untouched."""
+    chunks = unwrap_model(model)
+    omni = getattr(chunks[0], "omni", None)
+    if omni is None or omni.contrastive_weight <= 0:
+        return None
+    total = torch.zeros(2, dtype=torch.float64, device=next(chunks[0].parameters()).device)
+    speaks = ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
+    for chunk in chunks:
+        losses, chunk.contrastive_losses = chunk.contrastive_losses, []
+        if losses and speaks:  # the TP (and CP) ranks compute the same loss
+            total[0] += torch.stack(losses).sum().double()
+            total[1] += len(losses)
+    torch.distributed.all_reduce(total)
+    return total
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list, seq_length: int,

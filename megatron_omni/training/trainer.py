@@ -30,6 +30,7 @@ from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_
 from megatron_omni.training import checkpoint
 from megatron_omni.models.omni import media
 from megatron_omni.models.omni.model import OmniModel
+from megatron_omni.training.data_stats import DataStats
 from megatron_omni.training.freeze import apply_trainable, check_something_trains, group_lr_overrides
 from megatron_omni.training.metrics import StepLogger, setup_logging, train_flops_per_token
 from megatron_omni.training.distill import Distiller
@@ -146,6 +147,7 @@ class Trainer:
         self.logger = StepLogger(is_logger, tb_dir, t.train_steps,
                                  train_flops_per_token(cfg, padded_vocab_size(self.vocab_size)),
                                  torch.distributed.get_world_size())
+        self.data_stats = DataStats(cfg) if self.omni else None
         self._signalled = False
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -227,11 +229,13 @@ class Trainer:
                                  t.micro_batch_size, self.forward_step)
             self.iteration += 1
             self.consumed += t.global_batch_size
+            log_line = self.iteration % self.cfg.logging.log_interval == 0
+            # collective: the loader's counts reach the logging rank (training/data_stats.py)
+            data_stats = self.data_stats.collect(data) if self.data_stats and log_line else None
             if "loss" in metrics:
                 history["train"][self.iteration] = metrics["loss"]
                 self.logger.train(self.iteration, metrics, time.perf_counter() - start,
-                                  t.global_batch_size * self.cfg.data.seq_length,
-                                  self.iteration % self.cfg.logging.log_interval == 0)
+                                  t.global_batch_size * self.cfg.data.seq_length, log_line, data_stats)
             if t.eval_interval and self.iteration % t.eval_interval == 0:
                 loss = self.validate()
                 if loss is not None:

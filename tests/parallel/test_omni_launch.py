@@ -1,9 +1,16 @@
 """`launch/pretrain_omni.py --phase 1|2|3` with examples/omni_tiny_cpu.yaml on 2 CPU ranks, on the
-synthetic media corpus the data path makes (data_prep/multimodal/demo.py), read by the omni
-loader: each phase trains, logging the loss of every modality in its mix."""
+synthetic media corpus the data path makes (data_prep/multimodal/demo.py) with a few corrupt
+samples planted, read by the omni loader: each phase trains, logging the loss of every modality
+in its mix, the realised mix and the skip counts (console and TensorBoard). The phases run at
+TP=2 (the example; phase 1 also with the contrastive loss), DP=2 and PP=2, so the loader's
+counts are summed over data-parallel ranks, once per TP group, and reach a logging rank (last
+pipeline stage) that is not the one counting (first stage)."""
+import collections
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -11,9 +18,31 @@ import pytest
 from omni_data_prep.multimodal.demo import prepare_omni_demo
 
 ROOT = Path(__file__).resolve().parents[2]
-MIX = {1: ("image", "audio"), 2: ("image", "audio"), 3: ("text", "image", "video")}
-"""Modalities each phase's mix surely draws in 2 steps of 8 samples (phase 3 samples audio and
+EXAMPLE = ROOT / "examples" / "omni_tiny_cpu.yaml"
+MIX = {1: ("image", "audio", "cross"), 2: ("image", "audio"), 3: ("text", "image", "video")}
+"""Modalities each run's mix surely draws in 2 steps of 8 samples (phase 3 samples audio and
 cross-modal at 10 % each)."""
+LAYOUT = {1: [], 2: ["parallel.tp=1"], 3: ["parallel.tp=1", "parallel.pp=2"]}
+RUN = {1: ["model.omni.contrastive_weight=0.2",  # cross_modal: videos with their audio track
+           "data.multimodal.schedule={mix: {image_text: 0.5, audio: 0.25, cross_modal: 0.25}}"],
+       2: [], 3: []}
+CORRUPT = {"images": (0, 3, 6, 9), "audio": (0,)}
+"""Samples (of shard 0) whose media bytes the demo fixture breaks: corrupt_image, corrupt_audio."""
+
+
+def _break_media(folder: Path, indices) -> None:
+    """Zero the media members (after 8 bytes: a PNG/FLAC header and nothing decodable) of the
+    given samples in the folder's shard 0, rewriting the tar."""
+    path = folder / "shard-00000.tar"
+    keys = {f"00000-{i:06d}" for i in indices}
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    path.unlink()
+    with tarfile.open(path, "w") as tar:
+        for member, data in members:
+            if member.name.split(".")[0] in keys and not member.name.endswith(".json"):
+                data = data[:8] + bytes(len(data) - 8)
+            tar.addfile(member, io.BytesIO(data))
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +50,53 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("omni_demo")
     values = prepare_omni_demo(out, num_images=12, num_audio=6, num_videos=3, num_conversations=4,
                                num_docs=100)
-    mm = values["multimodal"]
+    for folder, indices in CORRUPT.items():
+        _break_media(out / folder, indices)
+    mm = dict(values["multimodal"], cross_modal=[str(out / "videos_audio")])
     return [f"data.tokenizer={values['tokenizer']}"] + [
         f"data.multimodal.{name}=[{','.join(paths)}]" for name, paths in mm.items()]
 
 
+def _expected_log(phase: int, sets: list[str], world: int) -> list[dict[str, float]]:
+    """Per step, the data stats the log must show, from the loader of every data-parallel rank
+    read here: the mix of the step's delivered samples, the skips summed since step 1."""
+    from megatron_omni.config import load_config, validate
+    from megatron_omni.data.multimodal.loader import loader_stats
+    from megatron_omni.data.tokenizer import load_tokenizer
+    from megatron_omni.training.trainer import omni_micro_batches
+
+    cfg = load_config(str(EXAMPLE), [f"phase={phase}", *sets])
+    dp = validate(cfg, world)
+    t = cfg.training
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    loaders = [omni_micro_batches(cfg, tokenizer, 0, r, dp) for r in range(dp)]
+    skips, expected = collections.Counter(), []
+    for _ in range(t.train_steps):
+        mix = collections.Counter()
+        for loader in loaders:
+            for _ in range(t.global_batch_size // dp // t.micro_batch_size):
+                next(loader)
+            m, s = loader.counts()
+            mix += m
+            skips += s
+        expected.append(loader_stats(loaders[0].modalities, mix, skips))
+    return expected
+
+
+def _tensorboard(run_dir: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
 @pytest.mark.parametrize("phase", [1, 2, 3])
 def test_pretrain_omni_phase_on_two_ranks(demo, tmp_path, phase):
-    sets = demo + ["training.train_steps=2", "training.warmup_steps=1", f"checkpoint.dir={tmp_path / 'run'}"]
+    sets = demo + LAYOUT[phase] + RUN[phase] + [
+        "training.train_steps=2", "training.warmup_steps=1", f"checkpoint.dir={tmp_path / 'run'}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "launch" / "pretrain_omni.py"), "--phase", str(phase),
-           "--config", str(ROOT / "examples" / "omni_tiny_cpu.yaml")]
+           str(ROOT / "launch" / "pretrain_omni.py"), "--phase", str(phase), "--config", str(EXAMPLE)]
     for s in sets:
         cmd += ["--set", s]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
@@ -42,3 +107,20 @@ def test_pretrain_omni_phase_on_two_ranks(demo, tmp_path, phase):
     for modality in MIX[phase]:
         assert any(f"loss/{modality} " in line for line in lines), (modality, lines)
     assert (tmp_path / "run" / "iter_0000002").is_dir()
+
+    expected = _expected_log(phase, sets, 2)
+    assert expected[-1]["data/skipped/corrupt_image"] > 0, expected  # the planted samples were read
+    scalars = _tensorboard(tmp_path / "run")
+    for step, (line, want) in enumerate(zip(lines, expected), start=1):
+        parts = {p.split()[0]: p.split()[1:] for p in line.split(" | ")}
+        shown = dict(zip(parts["mix"][::2], map(float, parts["mix"][1::2])))
+        shown_skips = dict(zip(parts["skipped"][::2], map(int, parts["skipped"][1::2])))
+        assert shown_skips == {k.split("/")[-1]: int(v) for k, v in want.items() if "skipped" in k}, line
+        mix = {k.split("/")[-1]: v for k, v in want.items() if "/mix/" in k}
+        assert shown.keys() == mix.keys() and sum(mix.values()) == pytest.approx(1.0), (line, mix)
+        assert all(abs(shown[m] - mix[m]) <= 0.005 for m in mix), (line, mix)
+        for tag, value in want.items():
+            assert scalars[tag][step] == pytest.approx(value, abs=1e-6), tag
+    if phase == 1:
+        assert all("loss/contrastive " in line for line in lines), lines
+        assert set(scalars["train/loss/contrastive"]) == {1, 2}

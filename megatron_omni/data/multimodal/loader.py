@@ -6,6 +6,7 @@ into this data-parallel rank's micro-batches of the omni contract (/work/briefs/
     for step in ...:
         micro_batches = [next(loader) for _ in range(num_micro)]
         logger.log(loader.stats())   # {"data/mix/<m>": share, "data/skipped/<reason>": n}
+        # (or loader.counts(), summed over ranks, then loader_stats: training/data_stats.py)
 
 The plan. Rows (of data.seq_length positions) are grouped in steps of training.global_batch_size
 rows; step k's rows are filled, in order, with samples drawn by mixture.MixtureStream under the
@@ -36,11 +37,14 @@ import torch
 
 from megatron_omni.config.load import ConfigError
 from megatron_omni.config.schema import OmniConfig
-from megatron_omni.data.multimodal.dataset import (BadSampleError, LoaderConfig, MediaTokens,
-                                                   MultimodalDataset, TextDocuments)
+from megatron_omni.data.multimodal.dataset import (SKIP_REASONS, BadSampleError, LoaderConfig,
+                                                   MediaTokens, MultimodalDataset, TextDocuments)
 from megatron_omni.data.multimodal.mixture import MixtureStream, Schedule
 from megatron_omni.data.multimodal.packing import collate, fit, pack_row
 from megatron_omni.data.sample_format import MANIFEST_NAME
+
+LOADER_SKIP_REASONS = SKIP_REASONS + ("too_long",)
+"""Every reason the loader skips a sample for."""
 
 Ref = tuple[str, int]
 """A sample of the plan: (mix modality, item index among that modality's sources)."""
@@ -155,17 +159,28 @@ class OmniLoader:
         self._skips.update(batch.pop("skips"))
         return batch
 
+    def counts(self) -> tuple[collections.Counter, collections.Counter]:
+        """Since the last call of counts() or stats(), on this rank: (delivered samples per mix
+        modality, bad samples per reason, summed over the DataLoader workers). Resets them."""
+        mix, skips = self._mix, self._skips
+        self._mix, self._skips = collections.Counter(), collections.Counter()
+        return mix, skips
+
     def stats(self) -> dict[str, float]:
-        """Since the last call, on this rank: "data/mix/<m>" the share of delivered samples
-        per mix modality (every modality of the schedule listed), "data/skipped/<reason>" bad
-        samples per reason (summed over the DataLoader workers). Resets the counts."""
-        total = sum(self._mix.values())
-        out = {f"data/mix/{m}": (self._mix[m] / total if total else 0.0)
-               for m in sorted(set(self.modalities) | set(self._mix))}
-        out.update({f"data/skipped/{r}": float(n) for r, n in sorted(self._skips.items()) if n})
-        self._mix.clear()
-        self._skips.clear()
-        return out
+        """`loader_stats` of counts()."""
+        return loader_stats(self.modalities, *self.counts())
+
+
+def loader_stats(modalities: Sequence[str], mix: collections.Counter,
+                 skips: collections.Counter) -> dict[str, float]:
+    """The log's view of loader counts: "data/mix/<m>" the share of delivered samples per mix
+    modality (every one of ``modalities`` listed), "data/skipped/<reason>" the bad samples of
+    each reason that has any."""
+    total = sum(mix.values())
+    out = {f"data/mix/{m}": (mix[m] / total if total else 0.0)
+           for m in sorted(set(modalities) | set(mix))}
+    out.update({f"data/skipped/{r}": float(n) for r, n in sorted(skips.items()) if n})
+    return out
 
 
 def _micro_batch_rows(plan: Iterator[list[list[Ref]]], first_step: int, last_step: int,

@@ -81,6 +81,9 @@ class OmniModel(MegatronModule):
         self.model_type = llm.model_type
         self.pre_process, self.post_process = llm.pre_process, llm.post_process
         self.share_embeddings_and_output_weights = llm.share_embeddings_and_output_weights
+        self.contrastive_losses: list[torch.Tensor] = []
+        """The detached contrastive loss of each micro-batch that had one, for the log (read and
+        cleared by training/step.contrastive_total)."""
         if not self.pre_process:
             return
         dtype, h = params_dtype(cfg), cfg.model.hidden_size
@@ -144,6 +147,7 @@ class OmniModel(MegatronModule):
             # this micro-batch's tokens makes the weight relative to the per-token LM loss
             scale = self.omni.contrastive_weight * batch["loss_mask"].sum()
             embeddings = attach(embeddings, scale * aligned)
+            self.contrastive_losses.append(aligned.detach().float())
         # (a context-parallel split of the merged sequence goes here, see the module docstring)
         if self.config.fp32_residual_connection:
             embeddings = embeddings.float()
