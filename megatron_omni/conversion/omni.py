@@ -26,8 +26,8 @@ from megatron_omni.config.schema import OmniModelConfig
 from megatron_omni.conversion import qwen3, siglip, whisper
 from megatron_omni.conversion.checkpoints import plain_state, single_rank_config
 from megatron_omni.conversion.common import ConversionError, load_full_state_dict
-from megatron_omni.models.encoders.audio import AUDIO_PRESETS
-from megatron_omni.models.encoders.vision import VISION_PRESETS
+from megatron_omni.models.encoders.audio import AUDIO_PRESETS, AudioEncoderConfig
+from megatron_omni.models.encoders.vision import VISION_PRESETS, VisionEncoderConfig
 from megatron_omni.models.omni import media
 from megatron_omni.training import checkpoint
 
@@ -46,9 +46,9 @@ class OmniSources:
     llm_state: dict[str, torch.Tensor]
     llm_fields: dict
     vision_state: dict[str, torch.Tensor]
-    vision: object  # VisionEncoderConfig
+    vision: VisionEncoderConfig
     audio_state: dict[str, torch.Tensor]
-    audio: object   # AudioEncoderConfig
+    audio: AudioEncoderConfig
 
 
 def read_sources(llm: str | Path, vision: str | Path, audio: str | Path) -> OmniSources:

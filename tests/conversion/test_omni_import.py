@@ -142,11 +142,28 @@ def test_tp2_phase1_run_starts_from_import(imported, tmp_path):
     assert any(not torch.equal(start[k], end[k]) for k in fresh)  # phase 1 trained the projectors
 
 
+@pytest.mark.usefixtures("megatron_single_rank")
+def test_projectors_are_seeded(imported, tmp_path):
+    _, root, _, summary = imported
+    cli = checkpoint_tensors(Path(summary["checkpoint"]))
+    for seed, same in ((7, True), (8, False)):
+        out = hf_folders_to_omni(root / "llm", root / "vision", root / "audio", tmp_path / str(seed), CONFIG,
+                                 [f"training.seed={seed}"])
+        again = checkpoint_tensors(Path(out["checkpoint"]))
+        equal = [torch.equal(again[k], cli[k]) for k in summary["fresh"]]
+        assert all(equal) if same else not all(equal), seed  # (norms start at 1 whatever the seed)
+        assert all(torch.equal(again[k], cli[k]) for k in cli if k not in summary["fresh"])
+
+
 def test_vision_folder_that_is_not_siglip(imported):
     _, root, _, _ = imported
-    with pytest.raises(ConversionError, match=r"--vision .*audio: config model_type='whisper': expected "
-                                              r"'siglip' or 'siglip_vision_model'"):
-        hf_folders_to_omni(root / "llm", root / "audio", root / "audio", root / "never", CONFIG)
+    cmd = [sys.executable, str(ROOT / "launch" / "convert_checkpoint.py"), "from-hf-omni", "--llm", str(root / "llm"),
+           "--vision", str(root / "audio"), "--audio", str(root / "audio"), "--out", str(root / "never")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: --vision {root / 'audio'}: config model_type='whisper': expected 'siglip' or 'siglip_vision_model'")
+    assert not (root / "never").exists()
 
 
 def test_folder_not_matching_the_config(imported, tmp_path):
