@@ -2,10 +2,16 @@
 
     python launch/convert_checkpoint.py to-hf --checkpoint runs/tiny --out hf/tiny [--verify]
     python launch/convert_checkpoint.py from-hf --hf Qwen3-0.6B --out runs/qwen3-init
+    python launch/convert_checkpoint.py from-hf-omni --llm Qwen3-0.6B --vision siglip-so400m-patch14-384
+        --audio whisper-medium --out runs/omni-init [--config RUN.yaml] [--set model.omni.preset=plan]
 
 ``to-hf`` takes a run folder (newest checkpoint) or one checkpoint folder saved at any TP/PP;
 ``--verify`` loads the written folder with transformers and compares logits on random tokens.
 ``from-hf`` writes a weights-only checkpoint; start a run from it with ``--set checkpoint.load=DIR``.
+``from-hf-omni`` does the same for the omni model from HF Qwen3, SigLIP and Whisper folders
+(projectors freshly initialised); its model section comes from the HF configs and must match
+``--config`` (the run's YAML) where one is given. It prints the tensors imported per part, the
+fresh keys and the ``--set`` strings of the derived model.
 """
 from __future__ import annotations
 
@@ -27,6 +33,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     from_hf.add_argument("--hf", required=True, help="HF folder (config.json + safetensors)")
     from_hf.add_argument("--out", required=True, help="run folder to write iter_0000000 into")
     from_hf.add_argument("--tokenizer", help="tokenizer path to record in the checkpoint's config")
+    omni = sub.add_parser("from-hf-omni", help="HF Qwen3 + SigLIP + Whisper folders -> weights-only omni checkpoint")
+    omni.add_argument("--llm", required=True, help="HF Qwen3 folder (the LLM)")
+    omni.add_argument("--vision", required=True, help="HF SiglipVisionModel / SiglipModel folder")
+    omni.add_argument("--audio", required=True, help="HF WhisperEncoder / WhisperModel folder")
+    omni.add_argument("--out", required=True, help="run folder to write iter_0000000 into")
+    omni.add_argument("--config", help="the run's YAML: the folders must match its model section")
+    omni.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                      help="config override (projectors, training.seed for their init, ...)")
     return parser.parse_args(argv)
 
 
@@ -57,6 +71,7 @@ def main(argv=None) -> int:
     quiet_warnings()
     from megatron_omni import platform
     from megatron_omni.conversion.checkpoints import hf_folder_to_megatron, megatron_to_hf_folder
+    from megatron_omni.conversion.omni import hf_folders_to_omni
 
     platform.init_distributed()
     if args.command == "to-hf":
@@ -64,6 +79,14 @@ def main(argv=None) -> int:
         summary = {"hf_folder": str(out)}
         if args.verify:
             summary["max_abs_logit_diff"] = verify_logits(model, out, args.tolerance)
+    elif args.command == "from-hf-omni":
+        from megatron_omni.config import ConfigError
+        from megatron_omni.conversion.common import ConversionError
+
+        try:
+            summary = hf_folders_to_omni(args.llm, args.vision, args.audio, args.out, args.config, args.set)
+        except (ConversionError, ConfigError) as e:
+            raise SystemExit(f"error: {e}") from e
     else:
         summary = {"checkpoint": str(hf_folder_to_megatron(args.hf, args.out, args.tokenizer))}
     print(json.dumps(summary))
