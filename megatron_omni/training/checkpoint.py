@@ -40,11 +40,24 @@ MODEL_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_atten
                       "num_query_groups", "head_dim", "tie_embeddings")
 
 
+OMNI_SHAPE_FIELDS = ("vision", "vision_overrides", "audio", "audio_overrides", "vision_projector",
+                     "audio_projector", "image_tokens", "resampler_heads", "projector_hidden_size")
+"""model.omni fields that decide the omni parameters' shapes (an omni checkpoint may also be
+loaded into the text-only LLM, which reads only the LLM's tensors)."""
+
+
 def check_same_model(common: dict, cfg: OmniConfig, vocab_size: int, source) -> None:
     """A clear error when a checkpoint's model shape differs from the configured one."""
     saved = common["config"]["model"]
     diff = [f"model.{f}: checkpoint {saved[f]} vs config {getattr(cfg.model, f)}"
             for f in MODEL_SHAPE_FIELDS if saved[f] != getattr(cfg.model, f)]
+    omni = cfg.model.omni
+    if omni is not None and saved.get("omni") is None:
+        diff.append("model.omni: the checkpoint is the text-only LLM, the config the omni model "
+                    "(make an omni checkpoint with launch/convert_checkpoint.py from-hf-omni)")
+    elif omni is not None:
+        diff += [f"model.omni.{f}: checkpoint {saved['omni'].get(f)} vs config {getattr(omni, f)}"
+                 for f in OMNI_SHAPE_FIELDS if saved["omni"].get(f) != getattr(omni, f)]
     if padded_vocab_size(common["vocab_size"]) != padded_vocab_size(vocab_size):
         diff.append(f"vocabulary: checkpoint {common['vocab_size']} vs this run {vocab_size}")
     if diff:

@@ -29,3 +29,14 @@ def test_another_phase_or_trained_groups_is_refused_with_the_way_out():
 def test_another_model_is_refused():
     with pytest.raises(ConfigError, match="holds a different model; model.num_layers: checkpoint 4 vs config 6"):
         check_resumable(common_of([]), load_config(None, ["model.num_layers=6"]), 400, "ck")
+
+
+def test_encoders_of_another_shape_and_text_checkpoint_into_omni_are_refused():
+    omni = ["model.omni.preset=tiny"]
+    with pytest.raises(ConfigError, match=r"model.omni.vision_overrides: checkpoint None vs config "
+                       r"\{'image_size': 32\}"):
+        check_resumable(common_of(omni), load_config(None, omni + ["model.omni.vision_overrides={image_size: 32}"]),
+                        400, "ck")
+    with pytest.raises(ConfigError, match="the checkpoint is the text-only LLM.*from-hf-omni"):
+        check_resumable(common_of([]), load_config(None, omni), 400, "ck")
+    check_resumable(common_of(omni + ["model.omni.contrastive_weight=0.2"]), load_config(None, omni), 400, "ck")
