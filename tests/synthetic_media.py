@@ -29,27 +29,14 @@ def make_tone(path, seconds, rate, freq=440.0, channels=1, chirp=False):
 def make_video(path, seconds, fps=10, size=(48, 64), audio_rate=None, shade_step=20):
     """An mp4 whose frame i is flat gray shade_step·⌊i/fps⌋ (one shade per second), with a 300 Hz
     AAC mono track at audio_rate when given."""
-    import av
+    from omni_data_prep.multimodal.demo import write_mp4
 
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        audio = container.add_stream("aac", rate=audio_rate, layout="mono") if audio_rate else None
-        for i in range(round(seconds * fps)):
-            pixels = np.full((*size, 3), shade_step * (i // fps), np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        container.mux(stream.encode())
-        if audio is not None:
-            wave = (0.3 * np.sin(2 * np.pi * 300 * np.arange(round(seconds * audio_rate))
-                                 / audio_rate)).astype(np.float32)
-            for start in range(0, len(wave), 1024):
-                frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024], format="fltp",
-                                                   layout="mono")
-                frame.sample_rate, frame.pts = audio_rate, start
-                container.mux(audio.encode(frame))
-            container.mux(audio.encode())
+    frames = [np.full((*size, 3), shade_step * (i // fps), np.uint8) for i in range(round(seconds * fps))]
+    wave = None
+    if audio_rate:
+        wave = (0.3 * np.sin(2 * np.pi * 300 * np.arange(round(seconds * audio_rate))
+                             / audio_rate)).astype(np.float32)
+    write_mp4(path, frames, fps, wave, audio_rate or 16000)
 
 
 def write_jsonl(path, records):

@@ -71,35 +71,47 @@ def _sound(path: Path, rng: random.Random) -> str:
     return text
 
 
-def _video(path: Path, rng: random.Random, tone: int | None, seconds: float = 3.0,
-           fps: int = 4, size: int = 32) -> str:
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int,
+              audio: np.ndarray | None = None, audio_rate: int = RATE) -> None:
+    """An H.264 mp4 of RGB uint8 frames [h, w, 3] at fps, with `audio` (mono float32 wave at
+    audio_rate) as an AAC track when given."""
     import av
 
-    direction = rng.choice(("left", "right"))
-    colour = rng.choice(sorted(COLOURS))
-    frames = round(seconds * fps)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
-        stream.height = stream.width = size
+        stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
-        audio = container.add_stream("aac", rate=RATE, layout="mono") if tone else None
-        for i in range(frames):
-            pixels = np.full((size, size, 3), 255, np.uint8)
-            x = round((size - 8) * (i / (frames - 1)))
-            x = x if direction == "right" else size - 8 - x
-            pixels[12:20, x:x + 8] = COLOURS[colour]
+        track = container.add_stream("aac", rate=audio_rate, layout="mono") if audio is not None else None
+        for pixels in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
                 container.mux(packet)
         container.mux(stream.encode())
-        if audio is not None:
-            wave = (0.3 * np.sin(2 * np.pi * tone * np.arange(round(seconds * RATE)) / RATE)
-                    ).astype(np.float32)
-            for start in range(0, len(wave), 1024):
-                frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024], format="fltp",
+        if track is not None:
+            for start in range(0, len(audio), 1024):
+                frame = av.AudioFrame.from_ndarray(audio[None, start:start + 1024], format="fltp",
                                                    layout="mono")
-                frame.sample_rate, frame.pts = RATE, start
-                container.mux(audio.encode(frame))
-            container.mux(audio.encode())
+                frame.sample_rate, frame.pts = audio_rate, start
+                container.mux(track.encode(frame))
+            container.mux(track.encode())
+
+
+def _video(path: Path, rng: random.Random, tone: int | None, seconds: float = 3.0,
+           fps: int = 4, size: int = 32) -> str:
+    direction = rng.choice(("left", "right"))
+    colour = rng.choice(sorted(COLOURS))
+    count = round(seconds * fps)
+    frames = []
+    for i in range(count):
+        pixels = np.full((size, size, 3), 255, np.uint8)
+        x = round((size - 8) * (i / (count - 1)))
+        x = x if direction == "right" else size - 8 - x
+        pixels[12:20, x:x + 8] = COLOURS[colour]
+        frames.append(pixels)
+    wave = None
+    if tone:
+        wave = (0.3 * np.sin(2 * np.pi * tone * np.arange(round(seconds * RATE)) / RATE)
+                ).astype(np.float32)
+    write_mp4(path, frames, fps, wave)
     text = f"a {colour} square moving {direction}"
     return text + (f" with a {tone} hertz tone" if tone else "")
 
