@@ -147,7 +147,7 @@ class Trainer:
         self.logger = StepLogger(is_logger, tb_dir, t.train_steps,
                                  train_flops_per_token(cfg, padded_vocab_size(self.vocab_size)),
                                  torch.distributed.get_world_size())
-        self.data_stats = DataStats(cfg) if self.omni else None
+        self.data_stats = DataStats(cfg) if self.omni and cfg.data.multimodal is not None else None
         self._signalled = False
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGUSR1):
