@@ -72,11 +72,16 @@ def check_resumable(common: dict, cfg: OmniConfig, vocab_size: int, source) -> N
     was = (saved.get("phase"), saved.get("training", {}).get("trainable"))
     now = (cfg.phase, cfg.training.trainable)
     if was != now:
+        from megatron_omni.training.phases import trainable_groups
+
+        def trains(phase, trainable) -> str:
+            return str(trainable_groups(phase, trainable) or "all parameters")
+
         raise ConfigError(
             f"checkpoint.dir={cfg.checkpoint.dir} holds a phase {was[0]} run training "
-            f"{was[1] or 'all parameters'} ({source}); this run is phase {now[0]} training "
-            f"{now[1] or 'all parameters'}. To start it from those weights, give it a new "
-            f"checkpoint.dir and checkpoint.load={source}")
+            f"{trains(*was)} ({source}); this run is phase {now[0]} training {trains(*now)}. "
+            f"To start it from those weights, give it a new checkpoint.dir and "
+            f"checkpoint.load={source}")
 
 
 def iteration_dir(root: str | Path, iteration: int) -> Path:

@@ -16,8 +16,9 @@ def test_same_run_resumes():
 
 def test_another_phase_or_trained_groups_is_refused_with_the_way_out():
     saved = common_of(["phase=1", "checkpoint.dir=runs/omni"])
-    with pytest.raises(ConfigError, match=r"checkpoint.dir=runs/omni holds a phase 1 run training all "
-                       r"parameters \(runs/omni/iter_0000020\); this run is phase 2 .* new "
+    with pytest.raises(ConfigError, match=r"checkpoint.dir=runs/omni holds a phase 1 run training "
+                       r"\['projectors'\] \(runs/omni/iter_0000020\); this run is phase 2 training "
+                       r"\['vision_encoder', 'audio_encoder', 'projectors'\]\. .* new "
                        r"checkpoint.dir and checkpoint.load=runs/omni/iter_0000020"):
         check_resumable(saved, load_config(None, ["phase=2", "checkpoint.dir=runs/omni"]), 400,
                         "runs/omni/iter_0000020")
