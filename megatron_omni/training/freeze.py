@@ -38,7 +38,8 @@ def parameter_groups(module: torch.nn.Module) -> dict[str, str]:
 
 def apply_trainable(module: torch.nn.Module, trainable: list[str] | None) -> dict[str, int]:
     """Freeze every parameter of module outside the `trainable` groups (None: train all) and
-    tag each parameter with its group (``param.trainable_group``). Returns {group: parameter count on this rank} of what stays trainable."""
+    tag each parameter with its group (``param.trainable_group``). Returns {group: parameter
+    count on this rank} of what stays trainable."""
     counts: dict[str, int] = {}
     params = dict(module.named_parameters())
     for name, group in parameter_groups(module).items():
