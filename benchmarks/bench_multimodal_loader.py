@@ -96,7 +96,7 @@ def loader_items_per_second(tokenizer, modality: str, folder: Path, n_items: int
     key = "images" if modality == "image_text" else "audio_mel"
     items, start = 0, time.perf_counter()
     for batch in loader:
-        items += batch[key].shape[0]
+        items += getattr(batch, key).shape[0]
         if items >= n_items:
             break
     return items / (time.perf_counter() - start)

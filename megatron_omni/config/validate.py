@@ -340,9 +340,6 @@ def _validate_omni(cfg: OmniConfig) -> None:
         if mm.max_video_frames > omni.max_video_frames:
             raise ConfigError(f"data.multimodal.max_video_frames={mm.max_video_frames} exceeds "
                               f"model.omni.max_video_frames={omni.max_video_frames}; lower the former")
-        if omni.audio_projector != "conv_gmlp":
-            raise ConfigError("model.omni.audio_projector=mlp: the data path counts audio tokens for "
-                              "conv_gmlp; use model.omni.audio_projector=conv_gmlp")
 
 
 def _validate_multimodal(cfg: OmniConfig) -> None:

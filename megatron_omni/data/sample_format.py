@@ -72,7 +72,7 @@ MEDIA_SIZES_SUFFIX = ".media.json"
 AUDIO_SAMPLE_RATE = 16000
 MAX_AUDIO_SECONDS = 30.0
 
-PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+from megatron_omni.contract.media import PLACEHOLDERS  # noqa: E402 - defined in the contract
 _PLACEHOLDER_RE = re.compile("(" + "|".join(map(re.escape, PLACEHOLDERS.values())) + ")")
 _KIND_OF_PLACEHOLDER = {text: kind for kind, text in PLACEHOLDERS.items()}
 

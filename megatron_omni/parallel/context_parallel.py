@@ -100,18 +100,6 @@ def split_for_cp(tensor: torch.Tensor, seq_dim: int, group: dist.ProcessGroup | 
     return torch.cat([chunks[a], chunks[b]], dim=seq_dim)
 
 
-def local_positions(local_len: int, group: dist.ProcessGroup | None = None,
-                    device: torch.device | str | None = None) -> torch.Tensor:
-    """Global positions [local_len] of this rank's tokens (local_len = 2n)."""
-    size, rank = _size_rank(cp_group_or_default(group))
-    if size == 1:
-        return torch.arange(local_len, device=device)
-    n = local_len // 2
-    a, b = local_chunks(size, rank)
-    return torch.cat([torch.arange(a * n, (a + 1) * n, device=device),
-                      torch.arange(b * n, (b + 1) * n, device=device)])
-
-
 def _reduce_scatter_first_dim(grad: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """Sum `grad` [size·m, ...] over the group; return this rank's slice [m, ...]."""
     size, rank = group.size(), group.rank()

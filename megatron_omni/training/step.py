@@ -1,6 +1,7 @@
 """One training or evaluation step through megatron-core's pipeline schedules: text micro-batches
-(tokens, labels, loss_mask, position_ids) for the LLM, omni micro-batches (the contract of
-/work/briefs/omni_batch.md: also media, sample_index, sample_modality) for the omni model."""
+(dicts of tokens, labels, loss_mask, position_ids[, cu_seqlens]) for the LLM, omni micro-batches
+(contract.batch.OmniBatch: also media, sample_index, sample_modality) for the omni model; both
+described in docs/omni_batch.md."""
 from __future__ import annotations
 
 from functools import partial
@@ -11,6 +12,7 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import unwrap_model
 
+from megatron_omni.contract.batch import MODALITIES, OmniBatch
 from megatron_omni.parallel.context_parallel import split_for_cp
 
 
@@ -31,11 +33,8 @@ def local_batch(batch: dict, device) -> tuple:
     tokens, position_ids, labels, loss_mask = (
         split_for_cp(batch[k].to(device, non_blocking=True), seq_dim=1)
         for k in ("tokens", "position_ids", "labels", "loss_mask"))
-    return tokens, position_ids, labels, loss_mask, packed_seq_params(batch, device)
-
-
-MODALITIES = ("text", "image", "video", "audio", "cross")
-"""sample_modality values of omni micro-batches; each gets its own loss in the logs."""
+    cu_seqlens = batch["cu_seqlens"][0] if "cu_seqlens" in batch else None  # data.packed: b = 1
+    return tokens, position_ids, labels, loss_mask, packed_seq_params(cu_seqlens, device)
 
 
 def omni_loss_func(loss_mask: torch.Tensor, modality: torch.Tensor, output_tensor: torch.Tensor):
@@ -51,24 +50,17 @@ def omni_loss_func(loss_mask: torch.Tensor, modality: torch.Tensor, output_tenso
     return loss_sum, num_tokens, report
 
 
-def omni_forward_step(batch: dict, model):
+def omni_forward_step(batch: OmniBatch, model):
     """An omni micro-batch through this rank's chunk: the media go along (read on stage 0),
     position ids to every stage (TMRoPE rotates on all of them). A packed micro-batch
     (cu_seqlens over its b*s tokens) runs as one sequence of b*s tokens."""
     device = next(model.parameters()).device
-    tokens, position_ids, labels, loss_mask = (batch[k].to(device, non_blocking=True)
-                                               for k in ("tokens", "position_ids", "labels", "loss_mask"))
-    kinds = torch.tensor([MODALITIES.index(m) for m in batch["sample_modality"]] + [-1], device=device)
-    modality = kinds[batch["sample_index"].to(device)]  # sample -1 (padding) -> the trailing -1
-    packed = None
-    if batch.get("cu_seqlens") is not None:
-        packed = packed_seq_params({"cu_seqlens": batch["cu_seqlens"][None]}, device)
-        tokens, labels, loss_mask, modality = (x.reshape(1, -1) for x in (tokens, labels, loss_mask, modality))
-        if position_ids.dim() == 3:  # [b, 3, s] -> [1, 3, b*s]
-            position_ids = position_ids.transpose(0, 1).reshape(1, 3, -1)
-        else:
-            position_ids = position_ids.reshape(1, -1)
-        batch = {**batch, "sample_index": batch["sample_index"].reshape(1, -1)}
+    if batch.packed:
+        batch = batch.as_one_row()
+    tokens, position_ids, labels, loss_mask = (x.to(device, non_blocking=True) for x in (
+        batch.tokens, batch.position_ids, batch.labels, batch.loss_mask))
+    modality = batch.modality_index().to(device)
+    packed = packed_seq_params(batch.cu_seqlens, device)
     output = model(tokens, position_ids, None, labels=labels, batch=batch, packed_seq_params=packed)
     return output, partial(omni_loss_func, loss_mask, modality)
 
@@ -76,21 +68,21 @@ def omni_forward_step(batch: dict, model):
 def forward_step(data_iterator, model):
     """megatron's forward_step_func: one micro-batch through this rank's model chunk."""
     batch = next(data_iterator)
-    if "sample_modality" in batch:
+    if isinstance(batch, OmniBatch):
         return omni_forward_step(batch, model)
     tokens, position_ids, labels, loss_mask, packed = local_batch(batch, next(model.parameters()).device)
     output = model(tokens, position_ids, None, labels=labels, packed_seq_params=packed)
     return output, partial(loss_func, loss_mask)
 
 
-def packed_seq_params(batch: dict, device) -> PackedSeqParams | None:
-    """The document offsets of a packed micro-batch (data.packed, batch size 1) for the
-    attention layers, or None. Layout: qkv_format "sbhd", cu_seqlens in positions of the whole
-    (un-split) sample, RoPE over the pack; the layout our three attention types support with and
+def packed_seq_params(cu_seqlens: torch.Tensor | None, device) -> PackedSeqParams | None:
+    """The document offsets ``cu_seqlens`` [k] of a packed micro-batch (text with data.packed,
+    batch size 1; packed omni rows as one sequence) for the attention layers, or None. Layout:
+    qkv_format "sbhd", cu_seqlens in positions of the whole (un-split) sample, RoPE over the pack; the layout our three attention types support with and
     without context parallelism (megatron's "thd" splits each document over the CP ranks)."""
-    if "cu_seqlens" not in batch:
+    if cu_seqlens is None:
         return None
-    cu = batch["cu_seqlens"][0].to(device=device, dtype=torch.int32)
+    cu = cu_seqlens.to(device=device, dtype=torch.int32)
     total = int(cu[-1])
     return PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                            max_seqlen_q=total, max_seqlen_kv=total)
@@ -102,7 +94,7 @@ def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: 
     micro-batches for this rank. Returns {name: [sum, tokens]} of every reported loss ("loss"
     is the one optimised) summed over data- and context-parallel ranks on the last pipeline
     stage, None elsewhere."""
-    if micro_batches and "sample_modality" in micro_batches[0] and "cu_seqlens" in micro_batches[0]:
+    if micro_batches and isinstance(micro_batches[0], OmniBatch) and micro_batches[0].packed:
         # packed omni micro-batches run as one sequence of all their tokens
         seq_length, micro_batch_size = seq_length * micro_batch_size, 1
     iterators = [iter(micro_batches) for _ in model]

@@ -21,7 +21,6 @@ from megatron.core.transformer.module import Float16Module
 
 from megatron_omni import platform
 from megatron_omni.config import ConfigError, OmniConfig, config_to_dict, validate
-from megatron_omni.data.multimodal.dataset import MediaTokens
 from megatron_omni.data.multimodal.loader import build_omni_loader
 from megatron_omni.data.sample_format import PLACEHOLDERS
 from megatron_omni.data.text import build_text_datasets, micro_batches
@@ -102,12 +101,9 @@ def build_optimizer(cfg: OmniConfig, model):
 
 def omni_micro_batches(cfg: OmniConfig, tokenizer, consumed_samples: int, dp_rank: int, dp: int):
     """This rank's omni micro-batches (data/multimodal/loader.py), with the media token counts
-    of the model config."""
-    omni = cfg.model.omni
-    grid = media.token_grid(omni)
-    tokens = MediaTokens(image_grid=grid, video_grid=grid, video_frames_per_group=media.frames_per_package(omni),
-                         audio_seconds_per_token=media.audio_seconds_per_token(omni))
-    return build_omni_loader(cfg, tokenizer, tokens, consumed_samples, dp_rank, dp)
+    of the model config (the same MediaTokens the model checks its encoder outputs against)."""
+    return build_omni_loader(cfg, tokenizer, media.media_tokens(cfg.model.omni), consumed_samples,
+                             dp_rank, dp)
 
 
 class Trainer:

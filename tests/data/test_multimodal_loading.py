@@ -12,13 +12,13 @@ import soundfile
 import torch
 from PIL import Image
 
+from megatron_omni.contract import tmrope
+from megatron_omni.contract.media import MediaTokens
 from megatron_omni.data.multimodal import features, images as image_io
 from megatron_omni.data.multimodal.dataset import (SKIP_REASONS, BadSampleError, LoaderConfig,
-                                                   MediaTokens, MultimodalDataset, TextDocuments)
-from megatron_omni.data.multimodal.packing import (attention_mask_from_cu_seqlens, collate, fit,
-                                                   pack_row)
+                                                   MultimodalDataset, TextDocuments)
+from megatron_omni.data.multimodal.packing import collate, fit, pack_row
 from megatron_omni.data.sample_format import TURN_END, TURN_START, sample_id
-from megatron_omni.models.positions import tmrope
 
 from ..synthetic_media import special_id
 from .conftest import CAPTIONS
@@ -29,7 +29,17 @@ CONFIG = LoaderConfig(image_size=SIZE, max_video_frames=2,
                       media_tokens=MediaTokens(image_grid=(2, 2), video_grid=(2, 2)))
 
 
+def attention_mask_from_cu_seqlens(cu_seqlens: torch.Tensor, seq_length: int) -> torch.Tensor:
+    """Boolean [L, L] mask, True where query i may attend key j: same segment and j <= i."""
+    segment = torch.zeros(seq_length, dtype=torch.long)
+    for b in cu_seqlens[1:-1].tolist():
+        segment[b:] += 1
+    same = segment[:, None] == segment[None, :]
+    return same & torch.ones(seq_length, seq_length, dtype=torch.bool).tril()
+
+
 # ----------------------------------------------------------------------------- round trips
+
 
 def _check_expanded(item, pieces, tokenizer):
     """`pieces`: (token ids, format mask) per unexpanded run, media runs given as
@@ -323,19 +333,19 @@ def test_packing_keeps_expanded_samples_apart(corpus, tokenizer):
     assert len(rows) < len(items), "several samples share a row"
     packed = [pack_row(r, seq_length, tokenizer.pad_id, tmrope=True) for r in rows]
     batch = collate(packed, SIZE, 80)
-    assert batch["tokens"].shape == (len(rows), seq_length)
-    assert batch["position_ids"].shape == (len(rows), 3, seq_length)
-    assert batch["sample_ids"] == [it["id"] for it in items]
+    assert batch.tokens.shape == (len(rows), seq_length)
+    assert batch.position_ids.shape == (len(rows), 3, seq_length)
+    assert batch.sample_ids == [it["id"] for it in items]
     placeholders = {k: special_id(tokenizer, k) for k in ("image", "video", "audio")}
     for kind, tokens_per_item in [("image", 4), ("audio", None)]:
-        n = int((batch["tokens"] == placeholders[kind]).sum())
+        n = int((batch.tokens == placeholders[kind]).sum())
         if kind == "image":
-            assert n == batch["images"].shape[0] * tokens_per_item
+            assert n == batch.images.shape[0] * tokens_per_item
         else:
             assert n == sum(CONFIG.media_tokens.audio_tokens(int(f))
-                            for f in batch["audio_frames"])
-    assert len(batch["videos"]) == 2 and batch["audio_mel"].shape[0] == 4
-    cu = batch["cu_seqlens"].tolist()
+                            for f in batch.audio_frames)
+    assert len(batch.videos) == 2 and batch.audio_mel.shape[0] == 4
+    cu = batch.cu_seqlens.tolist()
     at = 0
     for b, (row, seq) in enumerate(zip(rows, packed)):
         bounds = seq["cu_seqlens"].tolist()
@@ -346,17 +356,17 @@ def test_packing_keeps_expanded_samples_apart(corpus, tokenizer):
             assert not mask[a:e, :a].any() and not mask[a:e, e:].any()
             assert mask[a:e, a:e].equal(torch.ones(n, n, dtype=torch.bool).tril())
             # every label is its own sample's next token; the last one predicts nothing
-            assert batch["labels"][b, a:e - 1].tolist() == item["tokens"][1:].tolist()
-            assert batch["loss_mask"][b, a:e].tolist() == item["loss_mask"].tolist()
-            assert batch["loss_mask"][b, e - 1] == 0
-            assert torch.equal(batch["position_ids"][b, :, a:e], item["position_ids"])
-            assert (batch["sample_index"][b, a:e] == at).all()
+            assert batch.labels[b, a:e - 1].tolist() == item["tokens"][1:].tolist()
+            assert batch.loss_mask[b, a:e].tolist() == item["loss_mask"].tolist()
+            assert batch.loss_mask[b, e - 1] == 0
+            assert torch.equal(batch.position_ids[b, :, a:e], item["position_ids"])
+            assert (batch.sample_index[b, a:e] == at).all()
             at += 1
         tail = bounds[len(row)]
-        assert (batch["sample_index"][b, tail:] == -1).all()
-        assert (batch["loss_mask"][b, tail:] == 0).all()
+        assert (batch.sample_index[b, tail:] == -1).all()
+        assert (batch.loss_mask[b, tail:] == 0).all()
         assert cu[cu.index(b * seq_length):][:len(bounds)] == [x + b * seq_length for x in bounds]
-    assert batch["sample_modality"] == (["image"] * 4 + ["cross"] + ["audio"] * 2
+    assert batch.sample_modality == (["image"] * 4 + ["cross"] + ["audio"] * 2
                                         + ["video", "cross"])
 
 

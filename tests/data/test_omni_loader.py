@@ -5,6 +5,7 @@ the preprocessing tools, equal micro-batches per DP rank, exact resume, DataLoad
 fuzz run of >= 200 malformed samples per reason with exact counts in stats(), strict mode, and
 the config checks."""
 import collections
+import dataclasses
 import re
 
 import numpy as np
@@ -12,8 +13,9 @@ import pytest
 import torch
 
 from megatron_omni.config import ConfigError, load_config, validate
+from megatron_omni.contract.media import MediaTokens
 from megatron_omni.data.multimodal.dataset import (SKIP_REASONS, BadSampleError, LoaderConfig,
-                                                   MediaTokens, MultimodalDataset)
+                                                   MultimodalDataset)
 from megatron_omni.data.multimodal.loader import build_omni_loader, plan_steps
 from megatron_omni.data.multimodal.mixture import (PHASE_MIXES, PROGRESSIVE_SCHEDULE,
                                                    MixtureStream, Schedule)
@@ -116,14 +118,15 @@ def runs(corpus, tokenizer):
 
 
 def _same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
+    assert type(a) is type(b)
+    for k in (f.name for f in dataclasses.fields(a)):
+        x, y = getattr(a, k), getattr(b, k)
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), k
         elif k in ("videos", "video_timestamps"):
-            assert len(a[k]) == len(b[k]) and all(torch.equal(x, y) for x, y in zip(a[k], b[k]))
+            assert len(x) == len(y) and all(torch.equal(u, v) for u, v in zip(x, y))
         else:
-            assert a[k] == b[k], k
+            assert x == y, k
 
 
 def test_micro_batches_follow_the_contract(runs, tokenizer):
@@ -133,34 +136,34 @@ def test_micro_batches_follow_the_contract(runs, tokenizer):
     assert counts == [8, 8], "4 steps x 2 micro-batches on every rank"
     for batches, _ in results.values():
         for batch in batches:
-            b, s = batch["tokens"].shape
+            b, s = batch.tokens.shape
             assert (b, s) == (2, 128)
-            assert batch["tokens"].dtype == batch["labels"].dtype == torch.int64
-            assert batch["loss_mask"].dtype == torch.float32
-            assert batch["position_ids"].shape == (2, 3, 128)
-            assert batch["cu_seqlens"].dtype == torch.int32 and batch["cu_seqlens"][-1] == 256
-            assert batch["images"].shape[1:] == (3, SIZE, SIZE)
+            assert batch.tokens.dtype == batch.labels.dtype == torch.int64
+            assert batch.loss_mask.dtype == torch.float32
+            assert batch.position_ids.shape == (2, 3, 128)
+            assert batch.cu_seqlens.dtype == torch.int32 and batch.cu_seqlens[-1] == 256
+            assert batch.images.shape[1:] == (3, SIZE, SIZE)
             # the model's check: positions per kind == items x tokens per item
-            assert int((batch["tokens"] == ids["image"]).sum()) == 4 * batch["images"].shape[0]
-            assert int((batch["tokens"] == ids["video"]).sum()) == sum(
-                MEDIA_TOKENS.video_tokens(v.shape[0]) for v in batch["videos"])
-            assert int((batch["tokens"] == ids["audio"]).sum()) == sum(
-                MEDIA_TOKENS.audio_tokens(int(f)) for f in batch["audio_frames"])
-            assert len(batch["sample_ids"]) == len(batch["sample_modality"]) == int(
-                batch["sample_index"].max()) + 1
-            index, tokens, labels = batch["sample_index"], batch["tokens"], batch["labels"]
+            assert int((batch.tokens == ids["image"]).sum()) == 4 * batch.images.shape[0]
+            assert int((batch.tokens == ids["video"]).sum()) == sum(
+                MEDIA_TOKENS.video_tokens(v.shape[0]) for v in batch.videos)
+            assert int((batch.tokens == ids["audio"]).sum()) == sum(
+                MEDIA_TOKENS.audio_tokens(int(f)) for f in batch.audio_frames)
+            assert len(batch.sample_ids) == len(batch.sample_modality) == int(
+                batch.sample_index.max()) + 1
+            index, tokens, labels = batch.sample_index, batch.tokens, batch.labels
             for r in range(b):
                 same = index[r, 1:] == index[r, :-1]
                 inside = same & (index[r, :-1] >= 0)
                 # every label is its own sample's next token; a sample's last position and
                 # the padding are not scored; media positions are not scored
                 assert torch.equal(labels[r, :-1][inside], tokens[r, 1:][inside])
-                assert (batch["loss_mask"][r, :-1][~inside] == 0).all()
+                assert (batch.loss_mask[r, :-1][~inside] == 0).all()
                 media = torch.isin(tokens[r], torch.tensor(list(ids.values())))
-                assert (batch["loss_mask"][r][media] == 0).all()
-                assert (batch["loss_mask"][r][torch.isin(labels[r], torch.tensor(
+                assert (batch.loss_mask[r][media] == 0).all()
+                assert (batch.loss_mask[r][torch.isin(labels[r], torch.tensor(
                     list(ids.values())))] == 0).all()
-            assert set(batch["sample_modality"]) <= {"text", "image", "video", "audio", "cross"}
+            assert set(batch.sample_modality) <= {"text", "image", "video", "audio", "cross"}
 
 
 def test_stage_switch_and_stats(runs):
@@ -173,16 +176,16 @@ def test_stage_switch_and_stats(runs):
             assert abs(sum(v for k, v in s.items() if k.startswith("data/mix/")) - 1) < 1e-9
             if step < 2:
                 assert s["data/mix/video"] == s["data/mix/audio"] == 0
-        modalities = [set(b["sample_modality"]) for b in batches]
+        modalities = [set(b.sample_modality) for b in batches]
         assert set().union(*modalities[:4]) <= {"text", "image"}
-    later = set().union(*(set(b["sample_modality"]) for _, (bs, _) in results.items()
+    later = set().union(*(set(b.sample_modality) for _, (bs, _) in results.items()
                           for b in bs[4:]))
     assert later - {"text", "image"}, "video/audio/cross appear from step 2"
 
 
 def test_ranks_differ_and_resume_equals_uninterrupted(runs, tokenizer):
     cfg, results = runs
-    assert results[0][0][0]["sample_ids"] != results[1][0][0]["sample_ids"]
+    assert results[0][0][0].sample_ids != results[1][0][0].sample_ids
     for rank in range(2):
         resumed, _ = _run(cfg, tokenizer, consumed=3 * cfg.training.global_batch_size,
                           dp_rank=rank)
@@ -202,9 +205,9 @@ def test_workers_and_no_packing(runs, corpus, tokenizer):
     cfg = _omni_cfg(corpus, packing=False, tmrope=False)
     batches, _ = _run(cfg, tokenizer, dp_rank=0)
     for batch in batches:
-        assert "cu_seqlens" not in batch and batch["position_ids"].shape == (2, 128)
-        assert len(batch["sample_ids"]) <= 2
-        assert batch["position_ids"][0, :5].tolist() == [0, 1, 2, 3, 4]
+        assert batch.cu_seqlens is None and batch.position_ids.shape == (2, 128)
+        assert len(batch.sample_ids) <= 2
+        assert batch.position_ids[0, :5].tolist() == [0, 1, 2, 3, 4]
 
 
 # ----------------------------------------------------------------------------- bad samples
@@ -246,20 +249,20 @@ def test_fuzz_counts_every_reason_and_keeps_good_samples(fuzz_folders, tokenizer
         image_size=8, max_video_frames=4, pad_audio_to_30s=False, media_tokens=MEDIA_TOKENS))
     delivered = []
     for batch in loader:
-        for row, sid in enumerate(batch["sample_ids"]):
+        for row, sid in enumerate(batch.sample_ids):
             shard, doc = map(int, sid.split("-"))
             g = good_of[shard * 300 + doc]
             item = clean[g]
             n = item["expanded_length"]
-            assert batch["tokens"][row, :n].tolist() == item["tokens"].tolist()
-            assert batch["labels"][row, :n].tolist() == item["labels"].tolist()
-            assert batch["loss_mask"][row, :n].tolist() == item["loss_mask"].tolist()
-            assert torch.equal(batch["position_ids"][row, :, :n], item["position_ids"])
+            assert batch.tokens[row, :n].tolist() == item["tokens"].tolist()
+            assert batch.labels[row, :n].tolist() == item["labels"].tolist()
+            assert batch.loss_mask[row, :n].tolist() == item["loss_mask"].tolist()
+            assert torch.equal(batch.position_ids[row, :, :n], item["position_ids"])
             delivered.append(g)
-        if batch["sample_ids"]:
-            assert torch.equal(batch["images"], torch.cat([clean[good_of[
-                int(s[:5]) * 300 + int(s[6:])]]["images"] for s in batch["sample_ids"]]))
-        assert (batch["loss_mask"][batch["sample_index"] < 0] == 0).all()
+        if batch.sample_ids:
+            assert torch.equal(batch.images, torch.cat([clean[good_of[
+                int(s[:5]) * 300 + int(s[6:])]]["images"] for s in batch.sample_ids]))
+        assert (batch.loss_mask[batch.sample_index < 0] == 0).all()
     assert sorted(delivered) == list(range(len(good)))
     stats = loader.stats()
     assert {k: v for k, v in stats.items() if k.startswith("data/skipped/")} == {

@@ -43,11 +43,11 @@ def test_demo_feeds_the_loader(demo):
     loader = build_omni_loader(cfg, tokenizer, MediaTokens((2, 2), (2, 2)), 0, 0, 1)
     kinds, texts = collections.Counter(), []
     for batch in loader:
-        kinds.update(batch["sample_modality"])
+        kinds.update(batch.sample_modality)
         for r in range(2):
-            index = batch["sample_index"][r]
+            index = batch.sample_index[r]
             for s in index[index >= 0].unique().tolist():
-                texts.append(tokenizer.decode(batch["tokens"][r][index == s].tolist()))
+                texts.append(tokenizer.decode(batch.tokens[r][index == s].tolist()))
     assert set(kinds) == {"text", "image", "video", "audio", "cross"}
     assert any(t.startswith("a ") and t.split()[1] in ("red", "green", "blue", "yellow", "black")
                for t in texts)

@@ -2,6 +2,7 @@
 others untouched), the errors that name the sample, the text-only path and its anchor, TMRoPE ids
 reaching the attention, TP=2 == TP=1 forward and backward on a mixed micro-batch, and DP=2 under
 megatron's DDP with one rank text-only."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -31,39 +32,39 @@ def batch(modalities=MIXED, **kwargs) -> dict:
 
 
 def token_losses(model: OmniModel, b: dict) -> torch.Tensor:
-    return model(b["tokens"], b["position_ids"], None, labels=b["labels"], batch=b)
+    return model(b.tokens, b.position_ids, None, labels=b.labels, batch=b)
 
 
 def test_placeholder_positions_get_the_media_tokens_in_order_and_nothing_else_changes():
     model = build()
     b = batch()
-    word = model.llm.embedding.word_embeddings(b["tokens"])
-    merged, anchor, _ = model.merge_media(word, b["tokens"], b)
+    word = model.llm.embedding.word_embeddings(b.tokens)
+    merged, anchor, _ = model.merge_media(word, b.tokens, b)
     assert anchor.item() == 0
     enc_v, proj_v = model.vision_encoder, model.vision_projector
     expected = {
-        "image": proj_v(enc_v(b["images"])).flatten(0, -2),
-        "video": torch.cat([proj_v(enc_v(v)[None]).flatten(0, -2) for v in b["videos"]]),
-        "audio": torch.cat([model.audio_projector(model.audio_encoder(b["audio_mel"][i:i + 1, :, :n]))[0]
-                            for i, n in enumerate(b["audio_frames"].tolist())]),
+        "image": proj_v(enc_v(b.images)).flatten(0, -2),
+        "video": torch.cat([proj_v(enc_v(v)[None]).flatten(0, -2) for v in b.videos]),
+        "audio": torch.cat([model.audio_projector(model.audio_encoder(b.audio_mel[i:i + 1, :, :n]))[0]
+                            for i, n in enumerate(b.audio_frames.tolist())]),
     }
-    is_media = torch.zeros_like(b["tokens"], dtype=torch.bool)
+    is_media = torch.zeros_like(b.tokens, dtype=torch.bool)
     for kind, tokens in expected.items():
-        positions = b["tokens"] == PLACEHOLDER_IDS[kind]
+        positions = b.tokens == PLACEHOLDER_IDS[kind]
         assert positions.sum() == tokens.shape[0] > 0
         torch.testing.assert_close(merged[positions], tokens, atol=0, rtol=0)
         is_media |= positions
     assert torch.equal(merged[~is_media], word[~is_media])
     # the cross sample (row 4) interleaves its video and audio tokens chunk by chunk
-    row = b["tokens"][4]
+    row = b.tokens[4]
     assert (row == PLACEHOLDER_IDS["video"]).any() and (row == PLACEHOLDER_IDS["audio"]).any()
 
 
 def test_count_mismatch_names_the_sample_and_both_counts():
     model = build()
     b = batch(["text", "image"])
-    first = (b["tokens"][1] == PLACEHOLDER_IDS["image"]).nonzero()[0, 0]
-    b["tokens"][1, first] = 9
+    first = (b.tokens[1] == PLACEHOLDER_IDS["image"]).nonzero()[0, 0]
+    b.tokens[1, first] = 9
     with pytest.raises(ValueError, match=r"sample image-0-1: 3 <image> positions but its image embeddings "
                                          r"give 4 tokens"):
         token_losses(model, b)
@@ -72,7 +73,7 @@ def test_count_mismatch_names_the_sample_and_both_counts():
 def test_media_without_placeholder_is_refused():
     model = build()
     b = batch(["text", "audio"])
-    b["images"] = torch.randn(1, 3, 16, 16)
+    b.images = torch.randn(1, 3, 16, 16)
     with pytest.raises(ValueError, match=r"1 image item\(s\) of 4 tokens have no <image> positions "
                                          r"\(media without placeholder\) in the micro-batch with samples "
                                          r"\['text-0-0', 'audio-0-1'\]"):
@@ -88,7 +89,7 @@ def test_oversize_media_names_the_sample():
                                          r"takes 1 to 64"):
         token_losses(model, batch(["text", "audio"], audio_frames=80))
     b = batch(["image"])
-    b["images"] = torch.randn(1, 3, 20, 20)
+    b.images = torch.randn(1, 3, 20, 20)
     with pytest.raises(ValueError, match=r"sample image-0-0: images are \[3, 20, 20\]; the vision encoder "
                                          r"takes \[3, 16, 16\] \(model.omni.vision_overrides\)"):
         token_losses(model, b)
@@ -98,9 +99,9 @@ def test_text_only_batch_is_the_llm_and_anchors_every_encoder_parameter():
     model = build()
     b = batch(["text", "text"])
     losses = token_losses(model, b)
-    plain = model.llm(b["tokens"], b["position_ids"].transpose(0, 1), None, labels=b["labels"])
+    plain = model.llm(b.tokens, b.position_ids.transpose(0, 1), None, labels=b.labels)
     torch.testing.assert_close(losses, plain, atol=0, rtol=0)
-    (losses * b["loss_mask"]).sum().backward()
+    (losses * b.loss_mask).sum().backward()
     media_params = {n: p for n, p in model.named_parameters() if not n.startswith("llm.")}
     assert media_params and all(p.grad is not None for p in media_params.values())
     assert all(torch.count_nonzero(p.grad) == 0 for p in media_params.values())
@@ -111,36 +112,36 @@ def test_tmrope_ids_reach_the_attention():
     change the losses; with tmrope off the model is plain RoPE over 0..s-1."""
     model = build()
     b = batch(["image"])
-    one_d = b["position_ids"][:, 0]
-    flat = dict(b, position_ids=one_d[:, None].expand(-1, 3, -1).contiguous())
-    torch.testing.assert_close(token_losses(model, flat), token_losses(model, dict(b, position_ids=one_d)),
-                               atol=0, rtol=0)
+    one_d = b.position_ids[:, 0]
+    flat = dataclasses.replace(b, position_ids=one_d[:, None].expand(-1, 3, -1).contiguous())
+    one_d_batch = dataclasses.replace(b, position_ids=one_d)
+    torch.testing.assert_close(token_losses(model, flat), token_losses(model, one_d_batch), atol=0, rtol=0)
     assert not torch.allclose(token_losses(model, b), token_losses(model, flat))
     plain = build("model.omni.tmrope=false")
     plain.load_state_dict(model.state_dict())
     arange = torch.arange(SEQ).expand(1, 3, -1).contiguous()
-    torch.testing.assert_close(token_losses(plain, dict(b, position_ids=one_d)),
-                               token_losses(model, dict(b, position_ids=arange)), atol=0, rtol=0)
+    torch.testing.assert_close(token_losses(plain, one_d_batch),
+                               token_losses(model, dataclasses.replace(b, position_ids=arange)), atol=0, rtol=0)
 
 
 def test_contrastive_loss_adds_its_weighted_gradient_and_leaves_the_forward_alone():
     b = batch(["cross", "text", "cross"])
     weighted, plain = build("model.omni.contrastive_weight=0.5"), build()
     losses = token_losses(weighted, b)
-    (losses * b["loss_mask"]).sum().backward()
+    (losses * b.loss_mask).sum().backward()
     reference = token_losses(plain, b)
     torch.testing.assert_close(losses, reference, atol=0, rtol=0)
     pooled = {"video": [], "audio": []}
-    for row, frames in zip((0, 2), b["audio_frames"].tolist()):
-        video = plain.vision_projector(plain.vision_encoder(b["videos"][len(pooled["video"])])[None])
-        audio = plain.audio_projector(plain.audio_encoder(b["audio_mel"][len(pooled["audio"])][None, :, :frames]))
+    for row, frames in zip((0, 2), b.audio_frames.tolist()):
+        video = plain.vision_projector(plain.vision_encoder(b.videos[len(pooled["video"])])[None])
+        audio = plain.audio_projector(plain.audio_encoder(b.audio_mel[len(pooled["audio"])][None, :, :frames]))
         pooled["video"].append(torch.nn.functional.normalize(video.flatten(0, -2).mean(0), dim=0))
         pooled["audio"].append(torch.nn.functional.normalize(audio[0].mean(0), dim=0))
     logits = torch.stack(pooled["video"]) @ torch.stack(pooled["audio"]).t() / 0.07
     target = torch.arange(2)
     info_nce = (torch.nn.functional.cross_entropy(logits, target)
                 + torch.nn.functional.cross_entropy(logits.t(), target)) / 2
-    ((reference * b["loss_mask"]).sum() + 0.5 * b["loss_mask"].sum() * info_nce).backward()
+    ((reference * b.loss_mask).sum() + 0.5 * b.loss_mask.sum() * info_nce).backward()
     grads = dict(plain.named_parameters())
     assert torch.count_nonzero(grads["vision_projector.query"].grad) > 0
     for name, param in weighted.named_parameters():
@@ -164,7 +165,7 @@ def _shard(full: torch.Tensor, param: torch.Tensor, name: str) -> torch.Tensor:
 
 def _forward_backward(model: OmniModel, b: dict) -> torch.Tensor:
     losses = token_losses(model, b)
-    (losses * b["loss_mask"]).sum().backward()
+    (losses * b.loss_mask).sum().backward()
     return losses.detach()
 
 
@@ -210,8 +211,8 @@ def check_dp2_with_a_text_only_rank(folder: str) -> None:
     # launches and finish_grad_sync asserts while the other rank waits)
     for b in (batch(seed=2), batch() if rank == 0 else batch(["text", "text"], seed=1)):
         ddp.zero_grad_buffer()
-        losses = ddp(b["tokens"], b["position_ids"], None, labels=b["labels"], batch=b)
-        (losses * b["loss_mask"]).sum().backward()
+        losses = ddp(b.tokens, b.position_ids, None, labels=b.labels, batch=b)
+        (losses * b.loss_mask).sum().backward()
         ddp.finish_grad_sync()
     reference = torch.load(Path(folder) / "reference.pt")["grads"]
     media = [(n, p) for n, p in model.named_parameters() if not n.startswith("llm.")]
@@ -249,20 +250,20 @@ def test_packed_micro_batch_matches_one_sample_per_row():
     from megatron_omni.training.step import omni_forward_step
 
     b = batch()
-    lengths = (b["sample_index"] >= 0).sum(1).tolist()
+    lengths = (b.sample_index >= 0).sum(1).tolist()
     bounds = [0]
     for length in lengths:  # each row: its sample, then its padding as a segment of its own
         bounds += [bounds[-1] + length, bounds[-1] + SEQ]
-    packed = dict(b, cu_seqlens=torch.tensor(bounds, dtype=torch.int32))
+    packed = dataclasses.replace(b, cu_seqlens=torch.tensor(bounds, dtype=torch.int32))
     results = []
     for micro_batch_ in (b, packed):
         model = build()
         output, loss = omni_forward_step(micro_batch_, model)
         loss_sum, _, _ = loss(output)
         loss_sum.backward()
-        results.append((output.reshape(b["tokens"].shape), {n: p.grad for n, p in model.named_parameters()}))
+        results.append((output.reshape(b.tokens.shape), {n: p.grad for n, p in model.named_parameters()}))
     (rows, row_grads), (flat, flat_grads) = results
-    mask = b["loss_mask"].bool()
+    mask = b.loss_mask.bool()
     torch.testing.assert_close(flat[mask], rows[mask], atol=1e-5, rtol=0)
     for name, grad in row_grads.items():
         error = (flat_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12)
@@ -274,9 +275,9 @@ def test_mlp_projectors_emit_one_token_per_patch_and_per_encoder_frame():
     model = build(*overrides)
     omni = load_config(None, CONFIG + overrides).model.omni
     b = micro_batch(omni, MIXED, SEQ * 2, VOCAB, video_frames=2, audio_frames=10)
-    counts = {kind: int((b["tokens"] == PLACEHOLDER_IDS[kind]).sum()) for kind in PLACEHOLDER_IDS}
+    counts = {kind: int((b.tokens == PLACEHOLDER_IDS[kind]).sum()) for kind in PLACEHOLDER_IDS}
     # 16 patches per image / frame (2 videos x 2 frames); 10 mel frames -> 5 encoder tokens (2 clips)
     assert counts == {"image": 16, "video": 2 * 2 * 16, "audio": 2 * 5}
     losses = token_losses(model, b)
-    (losses * b["loss_mask"]).sum().backward()
+    (losses * b.loss_mask).sum().backward()
     assert all(p.grad is not None for p in model.parameters())

@@ -8,7 +8,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_omni.conversion.common import load_full_state_dict
-from megatron_omni.models.projectors.conv_gmlp import ConvGMLPProjector, conv_gmlp_output_length
+from megatron_omni.models.projectors.conv_gmlp import ConvGMLPProjector
 from megatron_omni.models.projectors.mlp import MLPProjector
 from megatron_omni.models.projectors.resampler import Resampler3D
 
@@ -92,7 +92,7 @@ def test_resampler_packages_and_positions():
 def test_conv_gmlp_downsamples_4x(length, expected):
     proj = ConvGMLPProjector(input_size=12, hidden_size=16, output_size=20)
     out = proj(torch.randn(2, length, 12))
-    assert out.shape == (2, expected, 20) and conv_gmlp_output_length(length) == expected
+    assert out.shape == (2, expected, 20) and ConvGMLPProjector.layouts[0].output_length(length) == expected
 
 
 def test_bad_inputs_name_the_expected_shape():

@@ -10,9 +10,10 @@ from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_e
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_omni.models.positions.tmrope import (AudioSpan, AudioVideoSpan, ImageSpan, TextSpan,
-                                                   TMRotaryEmbedding, VideoSpan, batch_position_ids,
-                                                   interleave_layout, tmrope_position_ids)
+from megatron_omni.contract.tmrope import (AudioSpan, AudioVideoSpan, ImageSpan, TextSpan, VideoSpan,
+                                           interleave_layout, tmrope_position_ids)
+from megatron_omni.models.positions.tmrope import TMRotaryEmbedding
+from tests.omni_batches import batch_position_ids
 
 # A 5-second clip: video at 1 fps as 2 × 2 token grids (frames at 0..4 s), audio at 25 tokens/s.
 CLIP = AudioVideoSpan(VideoSpan(2, 2, (0.0, 1.0, 2.0, 3.0, 4.0)), AudioSpan(125, seconds_per_token=0.04))

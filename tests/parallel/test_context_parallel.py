@@ -23,9 +23,8 @@ from megatron.core.packed_seq_params import PackedSeqParams
 
 from megatron_omni.config import load_config
 from megatron_omni.models.llm.model import build_llm
-from megatron_omni.parallel.context_parallel import (gather_sequence, lightning_cp,
-                                                     local_positions, split_for_cp,
-                                                     unshuffle_chunks)
+from megatron_omni.parallel.context_parallel import (gather_sequence, lightning_cp, local_chunks,
+                                                     split_for_cp, unshuffle_chunks)
 from tests.models.multirank import run_ranks
 from tests.parallel.test_hybrid_parity import _shard, _unshard_grad
 
@@ -51,6 +50,13 @@ def test_split_layout_and_unshuffle():
     assert torch.equal(split_for_cp(x, 1, cp_size=1, cp_rank=0), x)
     with pytest.raises(ValueError, match="divisible by 2\\*cp"):
         split_for_cp(x, 1, cp_size=3, cp_rank=0)
+
+
+def local_positions(local_len: int, group: dist.ProcessGroup) -> torch.Tensor:
+    """Global positions [local_len] of this rank's tokens (local_len = 2n), from local_chunks."""
+    n = local_len // 2
+    a, b = local_chunks(group.size(), group.rank())
+    return torch.cat([torch.arange(a * n, (a + 1) * n), torch.arange(b * n, (b + 1) * n)])
 
 
 def _gather_round_trip() -> None:

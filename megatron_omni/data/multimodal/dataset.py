@@ -3,23 +3,15 @@ consumes: `MultimodalDataset` over one preprocessed folder (sample_format.py; it
 sample i: shard order, then document order) and `TextDocuments` over a text indexed binary
 (data_prep/preprocess_text.py; item i is document i).
 
-Placeholders are expanded: each media item occupies as many consecutive positions as the model's
-encoder + projector emit LLM tokens for it (`MediaTokens`, from the model config), each holding
-its kind's placeholder id. A video followed by clips of its own audio track is one TMRoPE
-audio-video span: its video and audio positions interleave in 2-second chunks exactly as
-`tmrope.interleave_layout` orders them, so the model fills the positions of each kind in order
-and needs no layout knowledge. `planned_length(i)` gives an item's expanded length from the
-index files and `<shard>.media.json` alone (no media decoded), for packing.
+Placeholders are expanded (expand.py: each media item takes as many positions as the model's
+encoder + projector emit LLM tokens for it, contract/media.py MediaTokens). `planned_length(i)`
+gives an item's expanded length from the index files and `<shard>.media.json` alone (no media
+decoded), for packing.
 
-Item (a dict; `None` for a skipped bad sample when not strict), n = expanded length:
+Item (a dict; `None` for a skipped bad sample when not strict):
     id, kind                 sample id (= tar key; "<prefix>:<doc>" for text) and source kind
-    tokens      int64 [n]    the expanded token stream, ending in <eod>
-    labels      int64 [n]    labels[i] = tokens[i + 1] (next token); labels[n-1] = <eod>
-    loss_mask   float32 [n]  1 where labels[i] is a training target (format mask of token i+1)
-                             and token i is not a placeholder; 0 at media positions, before a
-                             media item, and at n-1 (nothing follows)
-    media_item  int64 [n]    per position, the media item (index in media_order) it belongs to,
-                             -1 for text
+    tokens, labels, loss_mask, media_item, spans, position_ids, expanded_length
+                             the expanded stream (expand.py)
     media_order list[(kind, j)]  placeholder order: the k-th placeholder is item j of its kind
     images      float32 [n_img, 3, S, S]        resized to image_size, normalised
     videos      list of float32 [T_v, 3, S, S]  frames sampled (at most max_video_frames)
@@ -28,9 +20,6 @@ Item (a dict; `None` for a skipped bad sample when not strict), n = expanded len
     audio_frames int64 [n_aud]                  mel frames that hold audio
     audio_video list[int | None]                per audio item: the video (index among videos)
                                                 whose track it is
-    spans       TMRoPE spans (positions/tmrope.py) of the expanded sequence
-    position_ids int64 [3, n]                   tmrope_position_ids(spans) (config flag)
-    expanded_length int                         n
 
 Bad samples are skipped: `__getitem__` returns None, adds one to `skip_counts[reason]` (reasons
 in `SKIP_REASONS`) and logs the first few with shard and key; with `strict=True` it raises
@@ -52,13 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_omni.contract import tmrope
+from megatron_omni.contract.media import PLACEHOLDERS, MediaTokens
 from megatron_omni.data.multimodal import features, images as image_io
+from megatron_omni.data.multimodal.expand import Expander, media_positions, sample_frame_indices
 from megatron_omni.data.sample_format import (AUDIO_SAMPLE_RATE, LOSS_MASK_SUFFIX,
-                                              MEDIA_SIZES_SUFFIX, PLACEHOLDERS, AudioInfo,
-                                              ImageInfo, Manifest, SampleMeta, VideoInfo,
-                                              media_field, read_media_sizes, sample_id,
-                                              unpack_frames)
-from megatron_omni.models.positions import tmrope
+                                              MEDIA_SIZES_SUFFIX, AudioInfo, ImageInfo, Manifest,
+                                              SampleMeta, VideoInfo, media_field,
+                                              read_media_sizes, sample_id, unpack_frames)
 
 log = logging.getLogger(__name__)
 
@@ -77,36 +67,6 @@ class _Skip(Exception):
         assert reason in SKIP_REASONS, reason
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class MediaTokens:
-    """How many LLM tokens each media item becomes, for the TMRoPE spans.
-
-    image_grid: (h, w) tokens per image (the resampler's 64 queries = 8 x 8).
-    video_grid: (h, w) tokens per temporal group of `video_frames_per_group` frames.
-    audio_seconds_per_token: 0.08 for Whisper (50/s) + Conv-GMLP (4x down).
-    """
-
-    image_grid: tuple[int, int] = (8, 8)
-    video_grid: tuple[int, int] = (8, 8)
-    video_frames_per_group: int = 1
-    audio_seconds_per_token: float = 0.08
-
-    @property
-    def image_tokens(self) -> int:
-        return self.image_grid[0] * self.image_grid[1]
-
-    def video_tokens(self, frames: int) -> int:
-        """Tokens of a video of `frames` (sampled) frames: one grid per temporal group."""
-        return -(-frames // self.video_frames_per_group) * self.video_grid[0] * self.video_grid[1]
-
-    def audio_tokens(self, mel_frames: int) -> int:
-        """Whisper encoder (stride 2) then Conv-GMLP (two stride-2 convs) on the valid frames."""
-        n = (mel_frames - 1) // 2 + 1
-        for _ in range(2):
-            n = (n - 1) // 2 + 1
-        return n
 
 
 @dataclass(frozen=True)
@@ -192,6 +152,8 @@ class MultimodalDataset(_SkippingDataset):
                                for kind, text in PLACEHOLDERS.items()}
         self.placeholder_kind = {i: kind for kind, i in self.placeholder_id.items()}
         self.eod_id = tokenizer.eod_id
+        self.expander = Expander(self.placeholder_id, self.eod_id, config.media_tokens,
+                                 config.compute_position_ids)
         self.kind = self.manifest.kind
         self.backend = image_io.resolve_backend(config.image_backend)
         self._dali = None
@@ -234,12 +196,8 @@ class MultimodalDataset(_SkippingDataset):
     def media_positions(self, kind: str, size: int) -> int:
         """Positions one media item takes in the expanded stream: `size` as in
         sample_format.media_sizes (1 for an image, stored frames, audio samples)."""
-        mt = self.config.media_tokens
-        if kind == "image":
-            return mt.image_tokens
-        if kind == "video":
-            return mt.video_tokens(len(sample_frame_indices(size, self.config.max_video_frames)))
-        return mt.audio_tokens(features.num_mel_frames(size, self.config.pad_audio_to_30s))
+        return media_positions(self.config.media_tokens, kind, size, self.config.max_video_frames,
+                               self.config.pad_audio_to_30s)
 
     # ------------------------------------------------------------------ reading
 
@@ -332,7 +290,7 @@ class MultimodalDataset(_SkippingDataset):
             "audio_frames": torch.tensor(frames, dtype=torch.long),
             "audio_video": audio_video,
         }
-        item = self._expand(tokens, mask, item)
+        item = self.expander.expand(tokens, mask, item)
         planned = int(self.planned_lengths()[index])
         if item["expanded_length"] != planned:
             raise _Skip("bad_metadata", f"{item['expanded_length']} positions, "
@@ -412,90 +370,6 @@ class MultimodalDataset(_SkippingDataset):
         return features.log_mel(wave, self.config.n_mels, pad), features.num_mel_frames(
             len(wave), pad)
 
-    # ------------------------------------------------------------------ expansion
-
-    def _expand(self, tokens: np.ndarray, mask: np.ndarray, item: dict) -> dict:
-        """`item` with the expanded stream (tokens, labels, loss_mask, media_item), its TMRoPE
-        spans and position ids: each placeholder replaced by its item's positions, a video and
-        the following clips of its own track as one interleaved audio-video span."""
-        mt = self.config.media_tokens
-        ids = {kind: self.placeholder_id[kind] for kind in PLACEHOLDERS}
-        spans, parts = [], []          # parts: (tokens, format mask, media item) arrays
-        order = item["media_order"]
-        k, i, n = 0, 0, len(tokens)
-        while i < n:
-            if int(tokens[i]) not in self.placeholder_kind:      # a text run
-                j = i
-                while j < n and int(tokens[j]) not in self.placeholder_kind:
-                    j += 1
-                spans.append(tmrope.TextSpan(j - i))
-                parts.append((tokens[i:j], mask[i:j], np.full(j - i, -1)))
-                i = j
-                continue
-            kind, j = order[k]
-            if kind == "image":
-                spans.append(tmrope.ImageSpan(*mt.image_grid))
-                parts.append(_media_part(ids[kind], mt.image_tokens, k))
-            elif kind == "audio":
-                count = mt.audio_tokens(int(item["audio_frames"][j]))
-                spans.append(tmrope.AudioSpan(count, mt.audio_seconds_per_token))
-                parts.append(_media_part(ids[kind], count, k))
-            else:
-                stamps = item["video_timestamps"][j][::mt.video_frames_per_group]
-                video = tmrope.VideoSpan(*mt.video_grid, tuple(float(t) for t in stamps))
-                clips = []   # (media item, tokens) of this video's own track right after it
-                while (i + 1 + len(clips) < n and k + 1 + len(clips) < len(order)
-                       and order[k + 1 + len(clips)][0] == "audio"
-                       and int(tokens[i + 1 + len(clips)]) == ids["audio"]
-                       and item["audio_video"][order[k + 1 + len(clips)][1]] == j):
-                    a = order[k + 1 + len(clips)][1]
-                    clips.append((k + 1 + len(clips),
-                                  mt.audio_tokens(int(item["audio_frames"][a]))))
-                if not clips:
-                    spans.append(video)
-                    parts.append(_media_part(ids[kind], video.num_tokens, k))
-                else:
-                    span = tmrope.AudioVideoSpan(video, tmrope.AudioSpan(
-                        sum(c for _, c in clips), mt.audio_seconds_per_token))
-                    spans.append(span)
-                    clip_of = np.repeat([m for m, _ in clips], [c for _, c in clips])
-                    for track, b, e in tmrope.interleave_layout(span):
-                        owner = np.full(e - b, k) if track == "video" else clip_of[b:e]
-                        parts.append((np.full(e - b, ids[track]), np.zeros(e - b, bool), owner))
-                    i += len(clips)
-                    k += len(clips)
-            i += 1
-            k += 1
-        return _finish_item(item, np.concatenate([p[0] for p in parts]),
-                            np.concatenate([p[1] for p in parts]),
-                            np.concatenate([p[2] for p in parts]), spans, self.eod_id,
-                            self.config.compute_position_ids)
-
-
-def _finish_item(item: dict, tokens: np.ndarray, target: np.ndarray, media_item: np.ndarray,
-                 spans: list, eod_id: int, position_ids: bool) -> dict:
-    """`item` with the per-position fields of an expanded stream (`tokens`, the format mask
-    `target`, `media_item`): labels, loss_mask, spans, expanded_length, position_ids."""
-    tokens, target = tokens.astype(np.int64), target.astype(bool)
-    media_item = media_item.astype(np.int64)
-    labels = np.empty_like(tokens)
-    labels[:-1] = tokens[1:]
-    labels[-1] = eod_id
-    loss_mask = np.zeros(len(tokens), np.float32)
-    loss_mask[:-1] = target[1:]
-    loss_mask[media_item >= 0] = 0
-    item.update(tokens=torch.from_numpy(tokens), labels=torch.from_numpy(labels),
-                loss_mask=torch.from_numpy(loss_mask), media_item=torch.from_numpy(media_item),
-                spans=spans, expanded_length=len(tokens))
-    if position_ids:
-        item["position_ids"] = tmrope.tmrope_position_ids(spans)
-    return item
-
-
-def _media_part(token_id: int, count: int, media_index: int) -> tuple:
-    return np.full(count, token_id), np.zeros(count, bool), np.full(count, media_index)
-
-
 class TextDocuments(_SkippingDataset):
     """The documents of a text indexed binary (data_prep/preprocess_text.py) as items of the
     same format: every token but the first is a target, no media. A document holding a
@@ -516,8 +390,11 @@ class TextDocuments(_SkippingDataset):
 
         self.prefix, self.config, self.strict = str(prefix), config, strict
         self.documents = IndexedDataset(self.prefix)
-        self.placeholders = np.array([tokenizer.special_ids[t] for t in PLACEHOLDERS.values()])
+        placeholder_id = {kind: tokenizer.special_ids[t] for kind, t in PLACEHOLDERS.items()}
+        self.placeholders = np.array(list(placeholder_id.values()))
         self.eod_id = tokenizer.eod_id
+        self.expander = Expander(placeholder_id, self.eod_id, config.media_tokens,
+                                 config.compute_position_ids)
         self.skip_counts: collections.Counter = collections.Counter()
 
     def __len__(self) -> int:
@@ -540,15 +417,8 @@ class TextDocuments(_SkippingDataset):
                 "images": torch.zeros(0, 3, size, size), "videos": [], "video_timestamps": [],
                 "audio_mel": torch.zeros(0, self.config.n_mels, features.N_FRAMES),
                 "audio_frames": torch.zeros(0, dtype=torch.long), "audio_video": []}
-        return _finish_item(item, tokens, np.ones(n, bool), np.full(n, -1),
-                            [tmrope.TextSpan(n)], self.eod_id, self.config.compute_position_ids)
-
-
-def sample_frame_indices(available: int, max_frames: int) -> list[int]:
-    """All frames when at most `max_frames`, else `max_frames` spread evenly (first kept)."""
-    if available <= max_frames:
-        return list(range(available))
-    return [int(i * available / max_frames) for i in range(max_frames)]
+        return self.expander.finish(item, tokens, np.ones(n, bool), np.full(n, -1),
+                                    [tmrope.TextSpan(n)])
 
 
 def _index_tar(path: Path) -> tuple[dict, int]:

@@ -1,6 +1,6 @@
 """The omni training data loader: `build_omni_loader` turns the data.multimodal config section
-into this data-parallel rank's micro-batches of the omni contract (/work/briefs/omni_batch.md,
-`packing.collate`).
+into this data-parallel rank's omni micro-batches (contract/batch.py OmniBatch,
+docs/omni_batch.md; built by `packing.collate`).
 
     loader = build_omni_loader(cfg, tokenizer, media_tokens, consumed_samples, dp_rank, dp)
     for step in ...:
@@ -37,8 +37,10 @@ import torch
 
 from megatron_omni.config.load import ConfigError
 from megatron_omni.config.schema import OmniConfig
+from megatron_omni.contract.batch import OmniBatch
+from megatron_omni.contract.media import MediaTokens
 from megatron_omni.data.multimodal.dataset import (SKIP_REASONS, BadSampleError, LoaderConfig,
-                                                   MediaTokens, MultimodalDataset, TextDocuments)
+                                                   MultimodalDataset, TextDocuments)
 from megatron_omni.data.multimodal.mixture import MixtureStream, Schedule
 from megatron_omni.data.multimodal.packing import collate, fit, pack_row
 from megatron_omni.data.sample_format import MANIFEST_NAME
@@ -150,13 +152,13 @@ class OmniLoader:
     def __iter__(self) -> OmniLoader:
         return self
 
-    def __next__(self) -> dict:
+    def __next__(self) -> OmniBatch:
         if self._iter is None:
             self._iter = iter(self._loader)
-        batch = next(self._iter)
+        batch, delivered, skips = next(self._iter)
         self.num_micro_batches -= 1
-        self._mix.update(batch.pop("delivered"))
-        self._skips.update(batch.pop("skips"))
+        self._mix.update(delivered)
+        self._skips.update(skips)
         return batch
 
     def counts(self) -> tuple[collections.Counter, collections.Counter]:
@@ -197,17 +199,16 @@ def _micro_batch_rows(plan: Iterator[list[list[Ref]]], first_step: int, last_ste
 
 
 class _Collate:
-    """collate() of rows plus their delivered modalities and skip counts (picklable for
-    DataLoader workers)."""
+    """(collate() of rows, their delivered modalities, their skip counts); picklable for
+    DataLoader workers."""
 
     def __init__(self, image_size: int, n_mels: int, packed: bool):
         self.image_size, self.n_mels, self.packed = image_size, n_mels, packed
 
-    def __call__(self, rows: list[dict]) -> dict:
-        out = collate(rows, self.image_size, self.n_mels, self.packed)
-        out["delivered"] = [m for r in rows for m in r["delivered"]]
-        out["skips"] = sum((collections.Counter(r["skips"]) for r in rows), collections.Counter())
-        return out
+    def __call__(self, rows: list[dict]) -> tuple[OmniBatch, list[str], collections.Counter]:
+        delivered = [m for r in rows for m in r["delivered"]]
+        skips = sum((collections.Counter(r["skips"]) for r in rows), collections.Counter())
+        return collate(rows, self.image_size, self.n_mels, self.packed), delivered, skips
 
 
 def open_sources(cfg: OmniConfig, tokenizer, config: LoaderConfig, modalities: Sequence[str]

@@ -1,6 +1,6 @@
 """Sequence packing: dataset items (dataset.py: expanded streams) laid into rows of a fixed length
-L, several samples per row, each attending only to itself; and the micro-batch of the contract
-(docs of `collate`).
+L, several samples per row, each attending only to itself; and the omni micro-batch of those rows
+(`collate`: contract/batch.py OmniBatch, docs/omni_batch.md).
 
 A row holds samples s_1..s_k back to back, then padding:
     tokens       int64 [L]      the samples' expanded tokens, then pad_id
@@ -25,10 +25,11 @@ from collections.abc import Sequence
 
 import torch
 
+from megatron_omni.contract.batch import OmniBatch
+from megatron_omni.contract.media import KINDS
 from megatron_omni.data.multimodal.features import N_FRAMES
 
 PER_POSITION = ("tokens", "labels", "loss_mask", "position_ids", "media_item")
-_MEDIA_KINDS = ("image", "video", "audio")
 
 
 def fit(item: dict, seq_length: int) -> dict | None:
@@ -59,7 +60,7 @@ def fit(item: dict, seq_length: int) -> dict | None:
     out["loss_mask"][cut - 1:] = 0
     out["expanded_length"] = cut
     order = item["media_order"][:kept]
-    count = {kind: sum(1 for k, _ in order if k == kind) for kind in _MEDIA_KINDS}
+    count = {kind: sum(1 for k, _ in order if k == kind) for kind in KINDS}
     out["media_order"] = order
     out["images"] = item["images"][:count["image"]]
     out["videos"] = item["videos"][:count["video"]]
@@ -108,49 +109,37 @@ def sample_modality(sample: dict) -> str:
     return kinds.pop() if len(kinds) == 1 else "cross" if kinds else "text"
 
 
-def collate(rows: Sequence[dict], image_size: int, n_mels: int, packed: bool = True) -> dict:
-    """The micro-batch of the omni contract (/work/briefs/omni_batch.md) from rows:
-    tokens, labels, loss_mask, position_ids ([b, 3, s] or [b, s]), sample_index ([b, s], numbered
-    over the micro-batch, -1 = padding), cu_seqlens (int32, the rows as one varlen batch of b·s
-    tokens; only when `packed`), sample_modality, sample_ids, sample_kinds (source kind),
-    images [n_img, 3, S, S], videos, video_timestamps, audio_mel [n_aud, n_mels, F] (padded to
-    the longest F), audio_frames [n_aud]; media in order of appearance, row-major."""
-    out = {key: torch.stack([r[key] for r in rows])
-           for key in ("tokens", "labels", "loss_mask", "position_ids")}
+def collate(rows: Sequence[dict], image_size: int, n_mels: int, packed: bool = True) -> OmniBatch:
+    """The omni micro-batch (contract/batch.py OmniBatch, docs/omni_batch.md) of `rows`:
+    sample_index numbered over the micro-batch (-1 = padding), cu_seqlens (the rows as one
+    varlen batch of b·s tokens) only when `packed`, media in order of appearance, row-major,
+    audio_mel padded to the longest clip."""
+    stacked = {key: torch.stack([r[key] for r in rows])
+               for key in ("tokens", "labels", "loss_mask", "position_ids")}
     index, before = [], 0
     for r in rows:
         index.append(torch.where(r["sample_index"] >= 0, r["sample_index"] + before, -1))
         before += len(r["samples"])
-    out["sample_index"] = torch.stack(index)
+    cu_seqlens = None
     if packed:
         length = rows[0]["tokens"].shape[0]
         parts = [r["cu_seqlens"][(1 if i else 0):] + i * length for i, r in enumerate(rows)]
-        out["cu_seqlens"] = torch.cat(parts).to(torch.int32)
+        cu_seqlens = torch.cat(parts).to(torch.int32)
     samples = [s for r in rows for s in r["samples"]]
-    out["sample_modality"] = [sample_modality(s) for s in samples]
-    out["sample_ids"] = [s["id"] for s in samples]
-    out["sample_kinds"] = [s["kind"] for s in samples]
-    out["images"] = torch.cat([torch.zeros(0, 3, image_size, image_size)]
-                              + [s["images"] for s in samples])
-    out["videos"] = [v for s in samples for v in s["videos"]]
-    out["video_timestamps"] = [torch.as_tensor(t, dtype=torch.float64)
-                               for s in samples for t in s["video_timestamps"]]
     mels = [m for s in samples for m in s["audio_mel"]]
     if mels:
         frames = max(m.shape[-1] for m in mels)
-        out["audio_mel"] = torch.stack([torch.nn.functional.pad(m, (0, frames - m.shape[-1]))
-                                        for m in mels])
+        audio_mel = torch.stack([torch.nn.functional.pad(m, (0, frames - m.shape[-1])) for m in mels])
     else:
-        out["audio_mel"] = torch.zeros(0, n_mels, N_FRAMES)
-    out["audio_frames"] = torch.cat([torch.zeros(0, dtype=torch.long)]
-                                    + [s["audio_frames"] for s in samples])
-    return out
-
-
-def attention_mask_from_cu_seqlens(cu_seqlens: torch.Tensor, seq_length: int) -> torch.Tensor:
-    """Boolean [L, L] mask, True where query i may attend key j: same segment and j <= i."""
-    segment = torch.zeros(seq_length, dtype=torch.long)
-    for b in cu_seqlens[1:-1].tolist():
-        segment[b:] += 1
-    same = segment[:, None] == segment[None, :]
-    return same & torch.ones(seq_length, seq_length, dtype=torch.bool).tril()
+        audio_mel = torch.zeros(0, n_mels, N_FRAMES)
+    return OmniBatch(
+        **stacked, sample_index=torch.stack(index), cu_seqlens=cu_seqlens,
+        sample_ids=[s["id"] for s in samples],
+        sample_modality=[sample_modality(s) for s in samples],
+        sample_kinds=[s["kind"] for s in samples],
+        images=torch.cat([torch.zeros(0, 3, image_size, image_size)] + [s["images"] for s in samples]),
+        videos=[v for s in samples for v in s["videos"]],
+        video_timestamps=[torch.as_tensor(t, dtype=torch.float64)
+                          for s in samples for t in s["video_timestamps"]],
+        audio_mel=audio_mel,
+        audio_frames=torch.cat([torch.zeros(0, dtype=torch.long)] + [s["audio_frames"] for s in samples]))

@@ -1,10 +1,10 @@
 """Token counts of media items and their assignment to the placeholder positions of a micro-batch.
 
 The data path expands every media item into as many placeholder tokens as its encoder + projector
-emits (contract: /work/briefs/omni_batch.md, data/multimodal/dataset.py MediaTokens); the model
-fills the positions holding a kind's placeholder with that kind's items *in order*. This module
-computes the counts from the model config and checks a micro-batch against them, naming the
-sample when they disagree.
+emits (docs/omni_batch.md; both sides count with contract/media.py MediaTokens, built here from
+the model config by `media_tokens`); the model fills the positions holding a kind's placeholder
+with that kind's items *in order*. This module checks a micro-batch against the counts, naming
+the sample when they disagree.
 """
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ import dataclasses
 import torch
 
 from megatron_omni.config.schema import OmniModelConfig
-from megatron_omni.data.sample_format import PLACEHOLDERS
-from megatron_omni.models.encoders.audio import AUDIO_PRESETS, AudioEncoderConfig, audio_output_length
+from megatron_omni.contract import media as contract_media
+from megatron_omni.contract.batch import OmniBatch
+from megatron_omni.contract.media import KINDS, PLACEHOLDERS, MediaTokens
+from megatron_omni.models.encoders.audio import AUDIO_PRESETS, AudioEncoderConfig
 from megatron_omni.models.encoders.vision import VISION_PRESETS, VisionEncoderConfig
-from megatron_omni.models.projectors.conv_gmlp import conv_gmlp_output_length
-
-KINDS = ("image", "video", "audio")
 
 
 def vision_config(omni: OmniModelConfig) -> VisionEncoderConfig:
@@ -31,65 +30,33 @@ def audio_config(omni: OmniModelConfig) -> AudioEncoderConfig:
     return dataclasses.replace(AUDIO_PRESETS[omni.audio], **(omni.audio_overrides or {}))
 
 
-def image_tokens(omni: OmniModelConfig) -> int:
-    """LLM tokens per image: the resampler's queries, or one per patch with the mlp projector."""
-    return omni.image_tokens if omni.vision_projector == "resampler" else vision_config(omni).num_patches
+def media_tokens(omni: OmniModelConfig) -> MediaTokens:
+    """LLM tokens per media item of this model (its projectors' registry entries and the vision
+    encoder's patch grid): what the data path expands placeholders to."""
+    return contract_media.media_tokens(omni, vision_config(omni).grid_size)
 
 
-def frames_per_package(omni: OmniModelConfig) -> int:
-    """Video frames that become one group of image_tokens tokens (1 with the mlp projector)."""
-    return omni.frames_per_package if omni.vision_projector == "resampler" else 1
-
-
-def video_tokens(omni: OmniModelConfig, frames: int) -> int:
-    return -(-frames // frames_per_package(omni)) * image_tokens(omni)
-
-
-def audio_tokens(omni: OmniModelConfig, mel_frames: int) -> int:
-    """Whisper's stride-2 conv, then Conv-GMLP's 4x (or one token per encoder frame with mlp)."""
-    n = audio_output_length(mel_frames)
-    return conv_gmlp_output_length(n) if omni.audio_projector == "conv_gmlp" else n
-
-
-def audio_seconds_per_token(omni: OmniModelConfig) -> float:
-    return 0.08 if omni.audio_projector == "conv_gmlp" else 0.02
-
-
-def token_grid(omni: OmniModelConfig) -> tuple[int, int]:
-    """(h, w) layout of one image's / one video package's tokens for TMRoPE."""
-    if omni.vision_projector == "mlp":
-        g = vision_config(omni).grid_size
-        return g, g
-    side = int(round(omni.image_tokens ** 0.5))
-    return side, side
-
-
-def item_token_counts(omni: OmniModelConfig, batch: dict) -> dict[str, list[int]]:
-    """{kind: LLM tokens of each item, in order} for the media of a micro-batch."""
-    images = batch.get("images")
+def item_token_counts(tokens: MediaTokens, batch: OmniBatch | None) -> dict[str, list[int]]:
+    """{kind: LLM tokens of each item, in order} for the media of a micro-batch (none without
+    a batch)."""
+    if batch is None:
+        return {kind: [] for kind in KINDS}
     return {
-        "image": [image_tokens(omni)] * (0 if images is None else int(images.shape[0])),
-        "video": [video_tokens(omni, int(v.shape[0])) for v in batch.get("videos") or []],
-        "audio": [audio_tokens(omni, int(f)) for f in audio_frames(batch)],
+        "image": [tokens.image_tokens] * int(batch.images.shape[0]),
+        "video": [tokens.video_tokens(int(v.shape[0])) for v in batch.videos],
+        "audio": [tokens.audio_tokens(n) for n in batch.mel_frames()],
     }
 
 
-def audio_frames(batch: dict) -> list[int]:
-    """Valid mel frames of each audio clip of the micro-batch."""
-    frames = batch.get("audio_frames")
-    return [] if frames is None else [int(f) for f in frames.reshape(-1).tolist()]
-
-
-def sample_names(batch: dict, rows: int) -> list[str]:
-    ids = batch.get("sample_ids")
+def sample_names(batch: OmniBatch | None, rows: int) -> list[str]:
+    ids = batch.sample_ids if batch is not None else []
     return list(ids) if ids else [f"row {i}" for i in range(rows)]
 
 
-def sample_of_token(batch: dict, tokens: torch.Tensor) -> torch.Tensor:
+def sample_of_token(batch: OmniBatch | None, tokens: torch.Tensor) -> torch.Tensor:
     """[b, s] sample number of each token (the batch's sample_index; else one sample per row)."""
-    index = batch.get("sample_index")
-    if index is not None:
-        return index.to(tokens.device)
+    if batch is not None:
+        return batch.sample_index.to(tokens.device)
     return torch.arange(tokens.shape[0], device=tokens.device)[:, None].expand_as(tokens)
 
 

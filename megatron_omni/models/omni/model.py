@@ -30,15 +30,16 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.utils import sharded_state_dict_default
 
 from megatron_omni.config.schema import OmniConfig, OmniModelConfig
+from megatron_omni.contract.batch import OmniBatch
+from megatron_omni.contract.media import KINDS
+from megatron_omni.contract.projectors import projector_layouts
 from megatron_omni.models.encoders.audio import AudioEncoder, audio_transformer_config
 from megatron_omni.models.encoders.vision import VisionEncoder, vision_transformer_config
 from megatron_omni.models.llm.model import build_llm, params_dtype, rope_base
 from megatron_omni.models.omni import media
 from megatron_omni.models.omni.contrastive import attach, vision_audio_contrastive
 from megatron_omni.models.positions.tmrope import TMRotaryEmbedding, default_sections
-from megatron_omni.models.projectors.conv_gmlp import ConvGMLPProjector
-from megatron_omni.models.projectors.mlp import MLPProjector
-from megatron_omni.models.projectors.resampler import Resampler3D
+from megatron_omni.models.projectors import projector_class
 
 
 class GPTTMRotaryEmbedding(TMRotaryEmbedding):
@@ -59,7 +60,7 @@ class OmniModel(MegatronModule):
 
     ``forward(input_ids, position_ids, attention_mask, labels=None, batch=None)``: input_ids
     [b, s] (placeholders expanded), position_ids [b, 3, s] (TMRoPE) or [b, s], ``batch`` the
-    micro-batch dict of the omni contract (its media; read on stage 0 only). Returns what the
+    OmniBatch (docs/omni_batch.md; its media, read on stage 0 only; None: no media). Returns what the
     GPTModel returns (per-token losses [b, s] with labels on the last stage, hidden states
     elsewhere).
 
@@ -76,6 +77,8 @@ class OmniModel(MegatronModule):
         self.omni = omni
         self.llm = llm
         self.placeholder_ids = dict(placeholder_ids)
+        self.media_tokens = media.media_tokens(omni)
+        """LLM tokens per media item (the data path expands placeholders to the same counts)."""
         if sections is not None:
             llm.rotary_pos_emb = GPTTMRotaryEmbedding(cfg.model.head_dim, sections, rope_base(cfg.model))
         self.model_type = llm.model_type
@@ -90,16 +93,9 @@ class OmniModel(MegatronModule):
         vcfg, acfg = media.vision_config(omni), media.audio_config(omni)
         self.vision_encoder = VisionEncoder(vcfg, vision_transformer_config(vcfg, params_dtype=dtype))
         self.audio_encoder = AudioEncoder(acfg, audio_transformer_config(acfg, params_dtype=dtype))
-        hidden = omni.projector_hidden_size or h
-        if omni.vision_projector == "resampler":
-            self.vision_projector = Resampler3D(omni.image_tokens, h, omni.resampler_heads, vcfg.hidden_size,
-                                                h, omni.frames_per_package).to(dtype)
-        else:
-            self.vision_projector = MLPProjector(self.vision_encoder.config, vcfg.hidden_size, hidden, h)
-        if omni.audio_projector == "conv_gmlp":
-            self.audio_projector = ConvGMLPProjector(acfg.hidden_size, hidden, h).to(dtype)
-        else:
-            self.audio_projector = MLPProjector(self.audio_encoder.config, acfg.hidden_size, hidden, h)
+        vision, audio = projector_layouts(omni)
+        self.vision_projector = projector_class(vision).for_encoder(omni, self.vision_encoder, h, dtype)
+        self.audio_projector = projector_class(audio).for_encoder(omni, self.audio_encoder, h, dtype)
 
     # ------------------------------------------------------------------ megatron interface
 
@@ -129,14 +125,14 @@ class OmniModel(MegatronModule):
     # ------------------------------------------------------------------ forward
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask=None,
-                labels: torch.Tensor | None = None, batch: dict | None = None, packed_seq_params=None):
+                labels: torch.Tensor | None = None, batch: OmniBatch | None = None, packed_seq_params=None):
         if position_ids.dim() == 3:
             position_ids = position_ids.transpose(0, 1)  # [b, 3, s] -> megatron's mrope [3, b, s]
-        decoder_input = self.embed(input_ids, batch or {}) if self.pre_process else None
+        decoder_input = self.embed(input_ids, batch) if self.pre_process else None
         return self.llm(input_ids, position_ids, attention_mask, decoder_input=decoder_input, labels=labels,
                         packed_seq_params=packed_seq_params)
 
-    def embed(self, input_ids: torch.Tensor, batch: dict) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, batch: OmniBatch | None) -> torch.Tensor:
         """Word embeddings with the media tokens merged in: [s, b, h], scattered over the TP group
         under sequence parallelism (the decoder's input)."""
         word = self.llm.embedding.word_embeddings(input_ids)          # [b, s, h], full sequence
@@ -145,7 +141,7 @@ class OmniModel(MegatronModule):
         if aligned is not None:
             # the LM loss is a token sum that megatron divides by the global token count: scaling by
             # this micro-batch's tokens makes the weight relative to the per-token LM loss
-            scale = self.omni.contrastive_weight * batch["loss_mask"].sum()
+            scale = self.omni.contrastive_weight * batch.loss_mask.sum()
             embeddings = attach(embeddings, scale * aligned)
             self.contrastive_losses.append(aligned.detach().float())
         # (a context-parallel split of the merged sequence goes here, see the module docstring)
@@ -158,7 +154,7 @@ class OmniModel(MegatronModule):
                 return dropout(embeddings)
         return dropout(embeddings)
 
-    def merge_media(self, word: torch.Tensor, input_ids: torch.Tensor, batch: dict):
+    def merge_media(self, word: torch.Tensor, input_ids: torch.Tensor, batch: OmniBatch | None):
         """(word embeddings with every placeholder position overwritten, anchor scalar, the
         vision-audio contrastive loss or None)."""
         features, anchor, samples = self.encode_media(input_ids, batch)
@@ -169,30 +165,30 @@ class OmniModel(MegatronModule):
             flat = flat.index_copy(0, index, tokens.to(flat.dtype))
         aligned = None
         if self.omni.contrastive_weight > 0 and "video" in features and "audio" in features:
-            counts = media.item_token_counts(self.omni, batch)
+            counts = media.item_token_counts(self.media_tokens, batch)
             owner = {k: torch.tensor(samples[k]).repeat_interleave(torch.tensor(counts[k])).to(flat.device)
                      for k in ("video", "audio")}
             aligned = vision_audio_contrastive(features["video"], owner["video"], features["audio"],
                                                owner["audio"], self.omni.contrastive_temperature)
         return flat.view(b, s, h), anchor, aligned
 
-    def encode_media(self, input_ids: torch.Tensor, batch: dict):
+    def encode_media(self, input_ids: torch.Tensor, batch: OmniBatch | None):
         """({kind: [positions of that kind, h] tokens in order}, anchor, {kind: sample number of
         each item}): the micro-batch's media through encoders and projectors, after the checks of
         media.assign_items and the size limits."""
-        counts = media.item_token_counts(self.omni, batch)
+        counts = media.item_token_counts(self.media_tokens, batch)
         names = media.sample_names(batch, input_ids.shape[0])
         owner = media.sample_of_token(batch, input_ids)
         samples = {}
-        for kind in media.KINDS:
+        for kind in KINDS:
             positions = input_ids == self.placeholder_ids[kind]
             samples[kind] = media.assign_items(kind, positions, owner, counts[kind], names)
         self._check_sizes(batch, samples, names)
         device = self.llm.embedding.word_embeddings.weight.device
         features, anchor = {}, torch.zeros((), device=device)
-        images, videos = batch.get("images"), list(batch.get("videos") or [])
+        videos = batch.videos if batch is not None else []
         if counts["image"]:
-            features["image"] = self.vision_projector(self.vision_encoder(images.to(device))).flatten(0, -2)
+            features["image"] = self.vision_projector(self.vision_encoder(batch.images.to(device))).flatten(0, -2)
         if videos:
             frames = self.vision_encoder(torch.cat([v.to(device) for v in videos]))       # [ΣT, N, hv]
             per_video = frames.split([v.shape[0] for v in videos])
@@ -200,8 +196,8 @@ class OmniModel(MegatronModule):
         if not counts["image"] and not videos:
             anchor = anchor + self._vision_dummy(device)
         if counts["audio"]:
-            mel = batch["audio_mel"].to(device)
-            frames = media.audio_frames(batch)
+            mel = batch.audio_mel.to(device)
+            frames = batch.mel_frames()
             features["audio"] = torch.cat([self.audio_projector(self.audio_encoder(mel[i:i + 1, :, :n]))[0]
                                            for i, n in enumerate(frames)])
         else:
@@ -217,16 +213,18 @@ class OmniModel(MegatronModule):
         mel = torch.zeros(1, self.audio_encoder.cfg.num_mel_bins, 1, device=device)
         return 0.0 * self.audio_projector(self.audio_encoder(mel)).sum()
 
-    def _check_sizes(self, batch: dict, samples: dict[str, list[int]], names: list[str]) -> None:
+    def _check_sizes(self, batch: OmniBatch | None, samples: dict[str, list[int]], names: list[str]) -> None:
         """Media the encoders cannot take: ValueError naming the sample and the limit."""
+        if batch is None:
+            return
         v, a, omni = self.vision_encoder.cfg, self.audio_encoder.cfg, self.omni
         frame = (v.num_channels, v.image_size, v.image_size)
-        images = batch.get("images")
+        images = batch.images
         for i in range(len(samples["image"])):
             if tuple(images.shape[1:]) != frame:
                 raise ValueError(f"sample {names[samples['image'][i]]}: images are {list(images.shape[1:])}; "
                                  f"the vision encoder takes {list(frame)} (model.omni.vision_overrides)")
-        for i, video in enumerate(batch.get("videos") or []):
+        for i, video in enumerate(batch.videos):
             name = names[samples["video"][i]]
             if video.shape[0] > omni.max_video_frames:
                 raise ValueError(f"sample {name}: video of {video.shape[0]} frames exceeds "
@@ -234,8 +232,8 @@ class OmniModel(MegatronModule):
             if tuple(video.shape[1:]) != frame:
                 raise ValueError(f"sample {name}: video frames are {list(video.shape[1:])}; the vision "
                                  f"encoder takes {list(frame)} (model.omni.vision_overrides)")
-        mel = batch.get("audio_mel")
-        for i, n in enumerate(media.audio_frames(batch)):
+        mel = batch.audio_mel
+        for i, n in enumerate(batch.mel_frames()):
             name = names[samples["audio"][i]]
             if mel.shape[1] != a.num_mel_bins:
                 raise ValueError(f"sample {name}: audio has {mel.shape[1]} mel bins; the audio encoder "

@@ -7,27 +7,31 @@ MLP to the LLM width.
       -> LayerNorm -> down(GELU(gate(x)) * up(x))                      gated MLP, hidden_size wide
     -> [b, L2, output_size]              (≈ L / 4: 12.5 tokens per second, each covering 80 ms)
 
-So 30 s of audio (1500 Whisper tokens) becomes 375 LLM tokens. Parameters are replicated over
-tensor-parallel ranks.
+So 30 s of audio (1500 Whisper tokens) becomes 375 LLM tokens (its registry entry,
+contract/projectors.py AUDIO_PROJECTORS["conv_gmlp"], counts them for the data path). Parameters
+are replicated over tensor-parallel ranks.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-
-def conv_gmlp_output_length(length: int) -> int:
-    """Output tokens for ``length`` input tokens: two stride-2 convs, ``ceil(ceil(L / 2) / 2)``."""
-    for _ in range(2):
-        length = (length - 1) // 2 + 1
-    return length
+from megatron_omni.contract.projectors import AUDIO_PROJECTORS
 
 
 class ConvGMLPProjector(torch.nn.Module):
-    """``[b, L, input_size]`` → ``[b, conv_gmlp_output_length(L), output_size]``."""
+    """``[b, L, input_size]`` → ``[b, layouts[0].output_length(L), output_size]``."""
 
     trainable_group = "projectors"
     """Parameter group for training.trainable (training/freeze.py)."""
+    layouts = (AUDIO_PROJECTORS["conv_gmlp"],)
+    """Its registry entry: two stride-2 convolutions, 80 ms per token."""
+
+    @classmethod
+    def for_encoder(cls, omni, encoder, output_size: int, dtype: torch.dtype) -> ConvGMLPProjector:
+        """The projector of model.omni (projector_hidden_size) after `encoder`."""
+        hidden = omni.projector_hidden_size or output_size
+        return cls(encoder.cfg.hidden_size, hidden, output_size).to(dtype)
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, layer_norm_eps: float = 1e-5):
         super().__init__()

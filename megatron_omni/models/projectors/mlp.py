@@ -14,6 +14,8 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_omni.contract.projectors import AUDIO_PROJECTORS, VISION_PROJECTORS
+
 
 class MLPProjector(MegatronModule):
     """``[..., input_size]`` → ``[..., output_size]`` through a GELU hidden layer of ``hidden_size``.
@@ -25,6 +27,15 @@ class MLPProjector(MegatronModule):
 
     trainable_group = "projectors"
     """Parameter group for training.trainable (training/freeze.py)."""
+    layouts = (VISION_PROJECTORS["mlp"], AUDIO_PROJECTORS["mlp"])
+    """Its registry entries: one token per patch / per audio encoder token."""
+
+    @classmethod
+    def for_encoder(cls, omni, encoder, output_size: int, dtype: torch.dtype) -> MLPProjector:
+        """The projector of model.omni (projector_hidden_size) after `encoder`; its dtype comes
+        with the encoder's TransformerConfig (`dtype` is the same)."""
+        hidden = omni.projector_hidden_size or output_size
+        return cls(encoder.config, encoder.cfg.hidden_size, hidden, output_size)
 
     def __init__(self, config: TransformerConfig, input_size: int, hidden_size: int, output_size: int):
         if config.sequence_parallel:

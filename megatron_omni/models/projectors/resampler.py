@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from megatron_omni.contract.projectors import VISION_PROJECTORS
+
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """``[len(positions), dim]`` table ``[sin(p·ω) | cos(p·ω)]`` with ω_i = 10000^(-i / (dim/2))."""
@@ -59,6 +61,15 @@ class Resampler3D(torch.nn.Module):
 
     trainable_group = "projectors"
     """Parameter group for training.trainable (training/freeze.py)."""
+    layouts = (VISION_PROJECTORS["resampler"],)
+    """Its registry entry: num_queries tokens on a square grid per package of frames."""
+
+    @classmethod
+    def for_encoder(cls, omni, encoder, output_size: int, dtype: torch.dtype) -> Resampler3D:
+        """The resampler of model.omni (image_tokens queries, resampler_heads, frames_per_package)
+        after `encoder`, output_size wide."""
+        return cls(omni.image_tokens, output_size, omni.resampler_heads, encoder.cfg.hidden_size,
+                   output_size, omni.frames_per_package).to(dtype)
 
     def __init__(self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int, output_size: int,
                  frames_per_package: int = 6, layer_norm_eps: float = 1e-6):
