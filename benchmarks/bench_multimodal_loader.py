@@ -33,7 +33,8 @@ from PIL import Image
 from benchmarks.common import write_results
 from megatron_omni.config import load_config
 from megatron_omni.config.schema import MultimodalDataConfig
-from megatron_omni.data.multimodal.dataset import LoaderConfig, MediaTokens, MultimodalDataset
+from megatron_omni.contract.media import MediaTokens
+from megatron_omni.data.multimodal.dataset import LoaderConfig, MultimodalDataset
 from megatron_omni.data.multimodal.loader import build_omni_loader
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.data.multimodal.images import dali_available

@@ -21,8 +21,8 @@ from megatron.core.transformer.module import Float16Module
 
 from megatron_omni import platform
 from megatron_omni.config import ConfigError, OmniConfig, config_to_dict, validate
+from megatron_omni.contract.media import PLACEHOLDERS
 from megatron_omni.data.multimodal.loader import build_omni_loader
-from megatron_omni.data.sample_format import PLACEHOLDERS
 from megatron_omni.data.text import build_text_datasets, micro_batches
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config

@@ -7,7 +7,7 @@ import pytest
 
 from megatron_omni.config import load_config, validate
 from megatron_omni.config.schema import MultimodalDataConfig
-from megatron_omni.data.multimodal.dataset import MediaTokens
+from megatron_omni.contract.media import MediaTokens
 from megatron_omni.data.multimodal.loader import build_omni_loader
 from megatron_omni.data.sample_format import Manifest
 from megatron_omni.data.tokenizer import load_tokenizer
