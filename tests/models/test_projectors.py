@@ -1,13 +1,17 @@
 """Projectors: output shapes and compression ratios (16× image / 96× video for the 3D-Resampler at
 the plan's token counts, 4× for Conv-GMLP), the MLP projector at TP=2 against a plain reference
-(forward and gradients), and the error messages."""
+(forward and gradients), the error messages, and one projector class per registry entry."""
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_omni.contract.projectors import AUDIO_PROJECTORS, VISION_PROJECTORS, projector_layouts
 from megatron_omni.conversion.common import load_full_state_dict
+from megatron_omni.models.projectors import projector_class
 from megatron_omni.models.projectors.conv_gmlp import ConvGMLPProjector
 from megatron_omni.models.projectors.mlp import MLPProjector
 from megatron_omni.models.projectors.resampler import Resampler3D
@@ -111,3 +115,12 @@ def test_bad_inputs_name_the_expected_shape():
     with pytest.raises(ValueError, match="sequence_parallel=False"):
         MLPProjector(projector_config(sequence_parallel=True, tensor_model_parallel_size=2),
                      input_size=23, hidden_size=30, output_size=40)
+
+
+def test_every_registry_entry_has_its_projector_class():
+    for layout in [*VISION_PROJECTORS.values(), *AUDIO_PROJECTORS.values()]:
+        assert layout in projector_class(layout).layouts, layout
+    assert [projector_class(x) for x in projector_layouts(types.SimpleNamespace(
+        vision_projector="resampler", audio_projector="conv_gmlp"))] == [Resampler3D, ConvGMLPProjector]
+    with pytest.raises(ValueError, match=r"model.omni.audio_projector='conv'; use one of \['conv_gmlp', 'mlp'\]"):
+        projector_layouts(types.SimpleNamespace(vision_projector="mlp", audio_projector="conv"))

@@ -13,9 +13,8 @@ import dataclasses
 import torch
 
 from megatron_omni.config.schema import OmniModelConfig
-from megatron_omni.contract import media as contract_media
 from megatron_omni.contract.batch import OmniBatch
-from megatron_omni.contract.media import KINDS, PLACEHOLDERS, MediaTokens
+from megatron_omni.contract.media import KINDS, PLACEHOLDERS, MediaTokens, media_tokens as count_tokens
 from megatron_omni.models.encoders.audio import AUDIO_PRESETS, AudioEncoderConfig
 from megatron_omni.models.encoders.vision import VISION_PRESETS, VisionEncoderConfig
 
@@ -33,7 +32,7 @@ def audio_config(omni: OmniModelConfig) -> AudioEncoderConfig:
 def media_tokens(omni: OmniModelConfig) -> MediaTokens:
     """LLM tokens per media item of this model (its projectors' registry entries and the vision
     encoder's patch grid): what the data path expands placeholders to."""
-    return contract_media.media_tokens(omni, vision_config(omni).grid_size)
+    return count_tokens(omni, vision_config(omni).grid_size)
 
 
 def item_token_counts(tokens: MediaTokens, batch: OmniBatch | None) -> dict[str, list[int]]:
