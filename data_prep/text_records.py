@@ -2,7 +2,8 @@
 
 The reader (`read_chunks`) runs in the main process and only splits files into chunks of raw
 records; parsing, validation and tokenization happen in `ChunkEncoder`, which the worker processes
-of data_prep/preprocess_text.py run. Bad records are reported by reason, one of `SKIP_REASONS`.
+of data_prep/preprocess_text.py run. Bad records are reported by reason, one of
+megatron_omni/data/bad_samples.py `TEXT_SKIP_REASONS`.
 """
 from __future__ import annotations
 
@@ -17,13 +18,8 @@ import numpy as np
 
 from megatron_omni.data.tokenizer import load_tokenizer
 
-SKIP_REASONS = ("malformed_json", "missing_key", "empty_text", "invalid_utf8", "non_string")
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
-
-
-class BadRecordError(ValueError):
-    """A record that cannot be used, raised in strict mode; the message names file and line."""
 
 
 @dataclass
@@ -109,7 +105,8 @@ def _parquet_chunks(path: Path, key: str, chunk_size: int) -> Iterator[Chunk]:
 
 
 def parse_record(raw: object, is_jsonl: bool, key: str) -> tuple[str | None, str, str]:
-    """(text, "", "") for a good record, else (None, reason, detail) with reason in SKIP_REASONS.
+    """(text, "", "") for a good record, else (None, reason, detail), the reason one of
+    bad_samples.TEXT_SKIP_REASONS.
 
     `raw` is a jsonl line (bytes) when `is_jsonl`, else the parquet cell value itself.
     """

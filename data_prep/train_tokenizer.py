@@ -22,6 +22,7 @@ from pathlib import Path
 import sentencepiece
 
 from megatron_omni.data.tokenizer import EOD_TOKEN, PAD_TOKEN
+from omni_data_prep import cli_io
 from omni_data_prep.text_records import (JSONL_SUFFIXES, PARQUET_SUFFIXES, expand_inputs,
                                          iter_texts)
 
@@ -75,11 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m omni_data_prep.train_tokenizer",
         description="Train a SentencePiece tokenizer with <pad>, <eod>, <image>, <video> and "
                     "<audio> reserved; writes <prefix>.model and <prefix>.vocab.")
-    parser.add_argument("--input", nargs="+", required=True, metavar="GLOB",
-                        help="text (.txt, one sentence per line), jsonl (.jsonl/.json) or "
-                             "parquet (.parquet) files or glob patterns (quote them)")
-    parser.add_argument("--json-key", default="text",
-                        help="jsonl field / parquet column holding the text (default: text)")
+    cli_io.add_input(parser, "text (.txt, one sentence per line), jsonl (.jsonl/.json) or "
+                             "parquet (.parquet) files")
+    cli_io.add_json_key(parser)
     parser.add_argument("--model-prefix", required=True,
                         help="writes <prefix>.model and <prefix>.vocab")
     parser.add_argument("--vocab-size", type=int, default=32000,
@@ -99,10 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the CLI; returns the path of the trained .model."""
     args = build_parser().parse_args(argv)
-    model = train_tokenizer(args.input, args.model_prefix, vocab_size=args.vocab_size,
-                            model_type=args.model_type, json_key=args.json_key,
-                            max_sentences=args.max_sentences, seed=args.seed,
-                            threads=args.threads)
+    with cli_io.user_errors():
+        model = train_tokenizer(args.input, args.model_prefix, vocab_size=args.vocab_size,
+                                model_type=args.model_type, json_key=args.json_key,
+                                max_sentences=args.max_sentences, seed=args.seed,
+                                threads=args.threads)
     print(f"wrote {model} and {model.with_suffix('.vocab')}")
     return model
 

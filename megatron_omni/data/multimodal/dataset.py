@@ -32,51 +32,30 @@ Item (a dict; `None` for a skipped bad sample when not strict), n = expanded len
     position_ids int64 [3, n]                   tmrope_position_ids(spans) (config flag)
     expanded_length int                         n
 
-Bad samples are skipped: `__getitem__` returns None, adds one to `skip_counts[reason]` (reasons
-in `SKIP_REASONS`) and logs the first few with shard and key; with `strict=True` it raises
-`BadSampleError` naming shard and key instead. `skip_counts` counts reads in this process (a
-DataLoader worker has its own): the mixture wraps the counts of every item it passed over into
-the item it returns, so the training loop can sum them.
+Bad samples are skipped (data/bad_samples.py): `__getitem__` returns None, adds one to
+`skip_counts[reason]` (reasons in `READ_SKIP_REASONS`) and logs the first few with shard and
+key; with `strict=True` it raises `BadSampleError` naming shard and key instead. `skip_counts`
+counts reads in this process (a DataLoader worker has its own): the mixture wraps the counts of
+every item it passed over into the item it returns, so the training loop can sum them. Reading
+the stored parts of a sample is data/sample_reader.py's `SampleReader`.
 """
 from __future__ import annotations
 
-import bisect
-import collections
 import io
-import json
-import logging
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from megatron_omni.data.bad_samples import SkipCounter, SkippingDataset
+from megatron_omni.data.bad_samples import SkipSample as _Skip
+from megatron_omni.data.media_items import (AUDIO_SAMPLE_RATE, AudioInfo, ImageInfo, VideoInfo,
+                                            read_media_sizes, unpack_frames)
 from megatron_omni.data.multimodal import features, images as image_io
-from megatron_omni.data.sample_format import (AUDIO_SAMPLE_RATE, LOSS_MASK_SUFFIX,
-                                              MEDIA_SIZES_SUFFIX, PLACEHOLDERS, AudioInfo,
-                                              ImageInfo, Manifest, SampleMeta, VideoInfo,
-                                              media_field, read_media_sizes, sample_id,
-                                              unpack_frames)
+from megatron_omni.data.sample_format import MEDIA_SIZES_SUFFIX, PLACEHOLDERS
+from megatron_omni.data.sample_reader import SampleReader
 from megatron_omni.models.positions import tmrope
-
-log = logging.getLogger(__name__)
-
-SKIP_REASONS = ("missing_member", "bad_metadata", "empty_text", "placeholder_mismatch",
-                "corrupt_image", "corrupt_video", "corrupt_audio", "truncated_audio",
-                "wrong_sample_rate")
-_LOGGED_PER_REASON = 5
-
-
-class BadSampleError(ValueError):
-    """A sample that cannot be used, under strict=True."""
-
-
-class _Skip(Exception):
-    def __init__(self, reason: str, detail: str):
-        assert reason in SKIP_REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -133,44 +112,7 @@ class LoaderConfig:
     compute_position_ids: bool = True
 
 
-class _SkippingDataset(torch.utils.data.Dataset):
-    """Bad-sample handling shared by the datasets: `_item` raises _Skip, `__getitem__` counts
-    it (or raises BadSampleError under strict) naming `where(index)`."""
-
-    strict: bool
-    skip_counts: collections.Counter
-
-    def where(self, index: int) -> str:
-        raise NotImplementedError
-
-    def _item(self, index: int) -> dict:
-        raise NotImplementedError
-
-    def __getitem__(self, index: int) -> dict | None:
-        try:
-            return self._item(index)
-        except _Skip as err:
-            message = f"{self.where(index)}: {err}"
-            if self.strict:
-                raise BadSampleError(message) from None
-            self.skip_counts[err.reason] += 1
-            if self.skip_counts[err.reason] <= _LOGGED_PER_REASON:
-                log.warning("skipping bad sample %s", message)
-            return None
-
-
-@dataclass
-class _Shard:
-    name: str
-    index: int
-    samples: int
-    tokens: object = None        # IndexedDataset, opened on first use (per process)
-    masks: object = None
-    members: dict | None = None  # key -> {field: (offset, size)}
-    tar_size: int = 0
-
-
-class MultimodalDataset(_SkippingDataset):
+class MultimodalDataset(SkippingDataset):
     """Samples of one preprocessed folder (see module docstring).
 
     Args:
@@ -182,12 +124,12 @@ class MultimodalDataset(_SkippingDataset):
 
     def __init__(self, folder: str | Path, tokenizer=None, config: LoaderConfig = LoaderConfig(),
                  strict: bool = False):
-        self.folder = Path(folder)
-        self.manifest = Manifest.load(self.folder)
+        self.reader = SampleReader(folder)
+        self.folder, self.manifest = self.reader.folder, self.reader.manifest
         if tokenizer is None:
             from megatron_omni.data.tokenizer import load_tokenizer
             tokenizer = load_tokenizer(self.manifest.tokenizer["path"])
-        self.config, self.strict = config, strict
+        self.config, self.skips = config, SkipCounter(strict)
         self.placeholder_id = {kind: tokenizer.special_ids[text]
                                for kind, text in PLACEHOLDERS.items()}
         self.placeholder_kind = {i: kind for kind, i in self.placeholder_id.items()}
@@ -195,20 +137,13 @@ class MultimodalDataset(_SkippingDataset):
         self.kind = self.manifest.kind
         self.backend = image_io.resolve_backend(config.image_backend)
         self._dali = None
-        self.shards = [_Shard(s.name, s.index, s.samples) for s in self.manifest.shards
-                       if s.samples > 0]
-        self._starts = np.cumsum([0] + [s.samples for s in self.shards]).tolist()
-        self.skip_counts: collections.Counter = collections.Counter()
         self._planned: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return self._starts[-1]
+        return len(self.reader)
 
-    def locate(self, index: int) -> tuple[_Shard, int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} of {len(self)}")
-        position = bisect.bisect_right(self._starts, index) - 1
-        return self.shards[position], index - self._starts[position]
+    def where(self, index: int) -> str:
+        return self.reader.where(index)
 
     def planned_lengths(self) -> np.ndarray:
         if self._planned is None:
@@ -220,8 +155,8 @@ class MultimodalDataset(_SkippingDataset):
         per token) from the .idx files and `<shard>.media.json` alone: what packing plans with.
         A bad sample gets the length its index and media sizes claim (it reads as nothing)."""
         out = []
-        for shard in self.shards:
-            self._open(shard, tar=False)
+        for shard in self.reader.shards:
+            self.reader.open(shard, tar=False)
             lengths = np.asarray(shard.tokens.sequence_lengths[:shard.samples], np.int64)
             sizes = read_media_sizes(self.folder / f"{shard.name}{MEDIA_SIZES_SUFFIX}")
             if len(sizes) != shard.samples:
@@ -241,56 +176,10 @@ class MultimodalDataset(_SkippingDataset):
             return mt.video_tokens(len(sample_frame_indices(size, self.config.max_video_frames)))
         return mt.audio_tokens(features.num_mel_frames(size, self.config.pad_audio_to_30s))
 
-    # ------------------------------------------------------------------ reading
-
-    def _open(self, shard: _Shard, tar: bool = True) -> None:
-        """Open the shard's indexed datasets and, with `tar`, index its tar (headers only)."""
-        if shard.tokens is None:
-            from megatron.core.datasets.indexed_dataset import IndexedDataset
-            prefix = str(self.folder / shard.name)
-            shard.tokens = IndexedDataset(prefix)
-            shard.masks = IndexedDataset(prefix + LOSS_MASK_SUFFIX)
-        if tar and shard.members is None:
-            shard.members, shard.tar_size = _index_tar(self.folder / f"{shard.name}.tar")
-
-    def _read_member(self, shard: _Shard, key: str, field: str) -> bytes:
-        where = shard.members.get(key, {}).get(field)
-        if where is None:
-            raise _Skip("missing_member", f"no member {key}.{field}")
-        offset, size = where
-        with open(self.folder / f"{shard.name}.tar", "rb") as f:
-            f.seek(offset)
-            data = f.read(size)
-        return data  # may be short for a truncated tar: the decoder then fails
-
-    def raw(self, index: int) -> tuple[str, str, np.ndarray, np.ndarray, SampleMeta, list[bytes]]:
-        """(shard name, key, tokens, format loss mask, metadata, stored media bytes) of sample
-        `index`; raises _Skip."""
-        shard, doc = self.locate(index)
-        self._open(shard)
-        key = sample_id(shard.index, doc)
-        tokens = np.array(shard.tokens[doc], dtype=np.int64)
-        mask = np.array(shard.masks[doc], dtype=bool)
-        data = self._read_member(shard, key, "json")
-        try:
-            meta = SampleMeta.from_json(json.loads(data))
-        except Exception as err:  # noqa: BLE001 - any damage to the JSON means unusable metadata
-            raise _Skip("bad_metadata", f"{type(err).__name__}: {err}") from None
-        if meta.id != key or len(tokens) != len(mask):
-            raise _Skip("bad_metadata", f"metadata id {meta.id!r}, {len(tokens)} tokens, "
-                                        f"{len(mask)} mask values")
-        media = [self._read_member(shard, key, media_field(i, info))
-                 for i, info in enumerate(meta.media)]
-        return shard.name, key, tokens, mask, meta, media
-
-    def where(self, index: int) -> str:
-        shard, doc = self.locate(index)
-        return f"{self.folder}/{shard.name}.tar key {sample_id(shard.index, doc)}"
-
     # ------------------------------------------------------------------ decoding
 
     def _item(self, index: int) -> dict:
-        shard_name, key, tokens, mask, meta, media = self.raw(index)
+        shard_name, key, tokens, mask, meta, media = self.reader.raw(index)
         found = [self.placeholder_kind[t] for t in tokens.tolist() if t in self.placeholder_kind]
         stored = [m.kind for m in meta.media]
         if found != stored:
@@ -496,7 +385,7 @@ def _media_part(token_id: int, count: int, media_index: int) -> tuple:
     return np.full(count, token_id), np.zeros(count, bool), np.full(count, media_index)
 
 
-class TextDocuments(_SkippingDataset):
+class TextDocuments(SkippingDataset):
     """The documents of a text indexed binary (data_prep/preprocess_text.py) as items of the
     same format: every token but the first is a target, no media. A document holding a
     placeholder id is skipped (placeholder_mismatch), an empty one (empty_text).
@@ -514,11 +403,10 @@ class TextDocuments(_SkippingDataset):
                  strict: bool = False):
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        self.prefix, self.config, self.strict = str(prefix), config, strict
+        self.prefix, self.config, self.skips = str(prefix), config, SkipCounter(strict)
         self.documents = IndexedDataset(self.prefix)
         self.placeholders = np.array([tokenizer.special_ids[t] for t in PLACEHOLDERS.values()])
         self.eod_id = tokenizer.eod_id
-        self.skip_counts: collections.Counter = collections.Counter()
 
     def __len__(self) -> int:
         return len(self.documents)
@@ -550,24 +438,3 @@ def sample_frame_indices(available: int, max_frames: int) -> list[int]:
         return list(range(available))
     return [int(i * available / max_frames) for i in range(max_frames)]
 
-
-def _index_tar(path: Path) -> tuple[dict, int]:
-    """{key: {field: (data offset, size)}} of a webdataset tar, from its headers. A tar cut
-    short keeps the members whose headers were read (their data may be short)."""
-    members: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
-    size = path.stat().st_size if path.exists() else 0
-    try:
-        with tarfile.open(path) as tar:
-            while True:
-                try:
-                    member = tar.next()
-                except tarfile.ReadError:
-                    break
-                if member is None:
-                    break
-                if member.isfile():
-                    key, _, field = member.name.partition(".")
-                    members[key][field] = (member.offset_data, member.size)
-    except (OSError, tarfile.TarError) as err:
-        log.warning("cannot read %s: %s", path, err)
-    return dict(members), size
