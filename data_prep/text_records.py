@@ -77,17 +77,23 @@ def read_chunks(paths: Iterable[Path], key: str, chunk_size: int) -> Iterator[Ch
             yield from _jsonl_chunks(path, chunk_size)
 
 
+def chunked(path: Path, is_jsonl: bool, records: Iterable[tuple[int | str, object]],
+            chunk_size: int) -> Iterator[Chunk]:
+    """The (location, raw record) pairs of file `path` in chunks of up to `chunk_size`."""
+    chunk = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == chunk_size:
+            yield Chunk(str(path), is_jsonl, chunk)
+            chunk = []
+    if chunk:
+        yield Chunk(str(path), is_jsonl, chunk)
+
+
 def _jsonl_chunks(path: Path, chunk_size: int) -> Iterator[Chunk]:
-    records = []
     with open(path, "rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                records.append((line_no, line))
-            if len(records) == chunk_size:
-                yield Chunk(str(path), True, records)
-                records = []
-    if records:
-        yield Chunk(str(path), True, records)
+        yield from chunked(path, True, ((line_no, line) for line_no, line in
+                                        enumerate(f, start=1) if line.strip()), chunk_size)
 
 
 def _parquet_chunks(path: Path, key: str, chunk_size: int) -> Iterator[Chunk]:

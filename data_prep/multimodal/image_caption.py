@@ -21,7 +21,7 @@ from omni_data_prep.multimodal import cli
 from omni_data_prep.multimodal.media import load_image, read_bytes
 from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
                                               option, text_of)
-from omni_data_prep.text_records import Chunk, read_chunks
+from omni_data_prep.text_records import Chunk, chunked, read_chunks
 
 _TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _TAR_IMAGE = "__image_bytes__"
@@ -42,7 +42,7 @@ class ImageCaptionSource(SampleSource):
     def chunks(self, paths: Sequence[Path], samples_per_shard: int) -> Iterator[Chunk]:
         for path in paths:
             if path.suffix == ".tar":
-                yield from _tar_chunks(path, samples_per_shard)
+                yield from chunked(path, False, iter_tar_groups(path), samples_per_shard)
             else:
                 yield from read_chunks([path], "", samples_per_shard)
 
@@ -72,17 +72,6 @@ class ImageCaptionSource(SampleSource):
             data, where = read_bytes(path), str(path)
         image = load_image(data, where)
         return Prepared([Placeholder("image"), *split_placeholders(caption, loss=True)], [image])
-
-
-def _tar_chunks(path: Path, samples_per_shard: int) -> Iterator[Chunk]:
-    records = []
-    for key, fields in iter_tar_groups(path):
-        records.append((key, fields))
-        if len(records) == samples_per_shard:
-            yield Chunk(str(path), False, records)
-            records = []
-    if records:
-        yield Chunk(str(path), False, records)
 
 
 def main(argv: Sequence[str] | None = None) -> Manifest:

@@ -15,7 +15,7 @@ from megatron_omni.data.media_items import AUDIO_SAMPLE_RATE, AudioInfo, VideoIn
 from megatron_omni.data.sample_format import (LOSS_MASK_SUFFIX, TURN_END, TURN_START, Manifest,
                                               locate)
 from megatron_omni.data.sample_reader import iter_samples, read_sample
-from omni_data_prep.multimodal import (audio_transcript, conversations, image_caption,
+from omni_data_prep.multimodal import (audio_transcript, cli, conversations, image_caption,
                                        interleaved, runner, video_caption)
 from omni_data_prep.multimodal.media import resample
 
@@ -364,6 +364,24 @@ def test_strict_names_file_and_line(tmp_path, spm_path, capsys):
     assert f"{jsonl}:4: missing_file: " in err and "img/missing.png" in err
     assert not (tmp_path / "o" / "manifest.json").exists()
     assert image_caption.main(args).totals()["skipped"] == {"missing_file": 1}
+
+
+def test_one_command_per_kind_and_user_errors(tmp_path, spm_path, capsys):
+    for kind in cli.KINDS:
+        assert f"python -m omni_data_prep.multimodal.{kind}" in cli.build_parser(kind).format_help()
+    jsonl, _ = _captions(tmp_path, n=3)
+    args = ["--tokenizer", str(spm_path), "--output-dir", str(tmp_path / "o")]
+    manifest = cli.dispatch(["image_caption", "--input", jsonl, *args, "--caption-key", "caption"])
+    assert manifest.totals()["counts"]["samples"] == 3
+    capsys.readouterr()
+    missing = str(tmp_path / "none-*.jsonl")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.dispatch(["interleaved", "--input", missing, *args])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"error: input {missing!r} matches no file\n"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.dispatch(["no_such_kind", "--input", jsonl, *args])
+    assert exit_info.value.code == 2 and "sample kind" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- atomic and resume
