@@ -61,8 +61,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
 def main(kind: str, argv: Sequence[str] | None = None) -> Manifest:
     """Run command `kind` on `argv` (default: the process arguments); returns the Manifest."""
     args = build_parser(kind).parse_args(argv)
-    source = source_class(kind)(**{f.name: getattr(args, f.name)
-                                   for f in dataclasses.fields(source_class(kind))})
+    source_cls = source_class(kind)
+    source = source_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(source_cls)})
     start = time.perf_counter()
     with cli_io.user_errors():
         manifest = run(source, args.input, args.tokenizer, args.output_dir,
