@@ -39,8 +39,9 @@ from megatron_omni.data.multimodal.loader import build_omni_loader
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.data.multimodal.images import dali_available
 from omni_data_prep.make_demo_corpus import make_demo_corpus
-from omni_data_prep.multimodal.audio_transcript import prepare_audio_transcripts
-from omni_data_prep.multimodal.image_caption import prepare_image_captions
+from omni_data_prep.multimodal.audio_transcript import AudioTranscriptSource
+from omni_data_prep.multimodal.image_caption import ImageCaptionSource
+from omni_data_prep.multimodal.runner import run
 from omni_data_prep.train_tokenizer import train_tokenizer
 
 
@@ -58,7 +59,7 @@ def make_corpus(work: Path, n_images: int, n_audio: int, width: int, height: int
         Image.fromarray(pixels).save(work / "img" / f"{i}.jpg", quality=90)
         records.append({"image_path": f"img/{i}.jpg", "caption": f"picture number {i}"})
     (work / "cap.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    prepare_image_captions([str(work / "cap.jsonl")], tok, work / "images", progress=False)
+    run(ImageCaptionSource(), [str(work / "cap.jsonl")], tok, work / "images", progress=False)
     (work / "wav").mkdir()
     t = np.arange(round(audio_seconds * 16000)) / 16000
     records = []
@@ -68,7 +69,7 @@ def make_corpus(work: Path, n_images: int, n_audio: int, width: int, height: int
         soundfile.write(work / "wav" / f"{i}.flac", wave, 16000)
         records.append({"audio_path": f"wav/{i}.flac", "transcript": f"clip {i}"})
     (work / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    prepare_audio_transcripts([str(work / "asr.jsonl")], tok, work / "audio", progress=False)
+    run(AudioTranscriptSource(), [str(work / "asr.jsonl")], tok, work / "audio", progress=False)
     return tok, work / "images", work / "audio"
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from omni_data_prep.text_records import BadRecordError
+from megatron_omni.data.bad_samples import SkipCounter, SkipSample
+from omni_data_prep import cli_io
 
 LEVELS = ("low", "medium", "high")
 LEVEL_RATIO = (3, 4, 3)
@@ -171,7 +170,7 @@ def _clip_box(box: Sequence[int], shape: tuple[int, ...]) -> tuple[int, int, int
 
 # ----------------------------------------------------------------------------- command line
 
-def _read_documents(path: Path, strict: bool, skipped: dict[str, int]
+def _read_documents(path: Path, skips: SkipCounter
                     ) -> Iterator[tuple[str, np.ndarray, list[TextRegion]]]:
     from PIL import Image
 
@@ -199,9 +198,7 @@ def _read_documents(path: Path, strict: bool, skipped: dict[str, int]
                     reason, detail = "missing_file", str(image_path)
                 except Exception as err:  # noqa: BLE001 - PIL's many errors mean "corrupt"
                     reason, detail = "corrupt_image", f"{image_path}: {err}"
-            if strict:
-                raise BadRecordError(f"{path}:{line_no}: {reason}: {detail}")
-            skipped[reason] = skipped.get(reason, 0) + 1
+            skips.skip(SkipSample(reason, detail), f"{path}:{line_no}")
 
 
 def generate(input_path: str | Path, output_dir: str | Path, seed: int = 0,
@@ -210,14 +207,14 @@ def generate(input_path: str | Path, output_dir: str | Path, seed: int = 0,
     """Write the corrupted images of every region of the documents in `input_path` to
     `output_dir/images/` and their records to `output_dir/ocr.jsonl` (written last, under a
     temporary name until complete). Bad records are skipped and counted per reason
-    (bad_record, missing_file, corrupt_image); `strict` raises BadRecordError at the first.
+    (bad_samples.OCR_SKIP_REASONS); `strict` raises BadSampleError at the first.
     Returns {"samples", "levels": count per level, "skipped": count per reason, "jsonl"}."""
     from PIL import Image
 
     input_path, out = Path(input_path), Path(output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    skipped: dict[str, int] = {}
-    docs = _read_documents(input_path, strict, skipped)
+    skips = SkipCounter(strict, log_first=0)
+    docs = _read_documents(input_path, skips)
     originals: list[str] = []
 
     def pixels_and_regions():
@@ -227,27 +224,20 @@ def generate(input_path: str | Path, output_dir: str | Path, seed: int = 0,
 
     levels = dict.fromkeys(LEVELS, 0)
     jsonl = out / "ocr.jsonl"
-    tmp_jsonl = jsonl.with_name(f"ocr.jsonl.tmp-{os.getpid()}")
-    try:
-        with (open(tmp_jsonl, "w") as f,
-              tqdm(unit="sample", disable=None if progress else True) as bar):
-            for i, sample in enumerate(corrupt_documents(pixels_and_regions(), seed, config)):
-                name = out / "images" / f"{i:08d}.png"
-                tmp = name.with_name(f"{name.name}.tmp-{os.getpid()}")
+    with (cli_io.atomic_file(jsonl) as tmp_jsonl, open(tmp_jsonl, "w") as f,
+          tqdm(unit="sample", disable=None if progress else True) as bar):
+        for i, sample in enumerate(corrupt_documents(pixels_and_regions(), seed, config)):
+            name = out / "images" / f"{i:08d}.png"
+            with cli_io.atomic_file(name) as tmp:
                 Image.fromarray(sample.image).save(tmp, "PNG")
-                os.replace(tmp, name)
-                f.write(json.dumps({"original_image": originals[i],
-                                    "corrupted_image": str(name.relative_to(out)),
-                                    "damage_level": sample.level,
-                                    "target_text": sample.target_text,
-                                    "bbox": list(sample.box)}) + "\n")
-                levels[sample.level] += 1
-                bar.update()
-    except BaseException:
-        tmp_jsonl.unlink(missing_ok=True)
-        raise
-    os.replace(tmp_jsonl, jsonl)
-    return {"samples": sum(levels.values()), "levels": levels, "skipped": skipped,
+            f.write(json.dumps({"original_image": originals[i],
+                                "corrupted_image": str(name.relative_to(out)),
+                                "damage_level": sample.level,
+                                "target_text": sample.target_text,
+                                "bbox": list(sample.box)}) + "\n")
+            levels[sample.level] += 1
+            bar.update()
+    return {"samples": sum(levels.values()), "levels": levels, "skipped": dict(skips.counts),
             "jsonl": str(jsonl)}
 
 
@@ -260,16 +250,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--input", required=True, help="jsonl of {image, regions}")
     parser.add_argument("--output-dir", required=True, help="receives images/ and ocr.jsonl")
     parser.add_argument("--seed", type=int, default=0, help="fixes levels and noise (default: 0)")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop at the first bad record, naming file and line")
+    cli_io.add_strict(parser)
     args = parser.parse_args(argv)
-    try:
+    with cli_io.user_errors():
         summary = generate(args.input, args.output_dir, args.seed, strict=args.strict)
-    except BadRecordError as err:
-        print(f"error: {err} (--strict)", file=sys.stderr)
-        sys.exit(1)
-    print(f"samples {summary['samples']}, levels {summary['levels']}, "
-          f"skipped {summary['skipped'] or 'none'}; wrote {summary['jsonl']}")
+    print(f"samples {summary['samples']}, levels {summary['levels']}\n"
+          f"{cli_io.skipped_line(summary['skipped'])}\nwrote {summary['jsonl']}")
     return summary
 
 

@@ -2,7 +2,8 @@
 
 The reader (`read_chunks`) runs in the main process and only splits files into chunks of raw
 records; parsing, validation and tokenization happen in `ChunkEncoder`, which the worker processes
-of data_prep/preprocess_text.py run. Bad records are reported by reason, one of `SKIP_REASONS`.
+of data_prep/preprocess_text.py run. Bad records are reported by reason, one of
+megatron_omni/data/bad_samples.py `TEXT_SKIP_REASONS`.
 """
 from __future__ import annotations
 
@@ -17,13 +18,8 @@ import numpy as np
 
 from megatron_omni.data.tokenizer import load_tokenizer
 
-SKIP_REASONS = ("malformed_json", "missing_key", "empty_text", "invalid_utf8", "non_string")
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
-
-
-class BadRecordError(ValueError):
-    """A record that cannot be used, raised in strict mode; the message names file and line."""
 
 
 @dataclass
@@ -81,17 +77,23 @@ def read_chunks(paths: Iterable[Path], key: str, chunk_size: int) -> Iterator[Ch
             yield from _jsonl_chunks(path, chunk_size)
 
 
+def chunked(path: Path, is_jsonl: bool, records: Iterable[tuple[int | str, object]],
+            chunk_size: int) -> Iterator[Chunk]:
+    """The (location, raw record) pairs of file `path` in chunks of up to `chunk_size`."""
+    chunk = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == chunk_size:
+            yield Chunk(str(path), is_jsonl, chunk)
+            chunk = []
+    if chunk:
+        yield Chunk(str(path), is_jsonl, chunk)
+
+
 def _jsonl_chunks(path: Path, chunk_size: int) -> Iterator[Chunk]:
-    records = []
     with open(path, "rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                records.append((line_no, line))
-            if len(records) == chunk_size:
-                yield Chunk(str(path), True, records)
-                records = []
-    if records:
-        yield Chunk(str(path), True, records)
+        yield from chunked(path, True, ((line_no, line) for line_no, line in
+                                        enumerate(f, start=1) if line.strip()), chunk_size)
 
 
 def _parquet_chunks(path: Path, key: str, chunk_size: int) -> Iterator[Chunk]:
@@ -109,7 +111,8 @@ def _parquet_chunks(path: Path, key: str, chunk_size: int) -> Iterator[Chunk]:
 
 
 def parse_record(raw: object, is_jsonl: bool, key: str) -> tuple[str | None, str, str]:
-    """(text, "", "") for a good record, else (None, reason, detail) with reason in SKIP_REASONS.
+    """(text, "", "") for a good record, else (None, reason, detail), the reason one of
+    bad_samples.TEXT_SKIP_REASONS.
 
     `raw` is a jsonl line (bytes) when `is_jsonl`, else the parquet cell value itself.
     """

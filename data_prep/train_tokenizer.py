@@ -22,6 +22,7 @@ from pathlib import Path
 import sentencepiece
 
 from megatron_omni.data.tokenizer import EOD_TOKEN, PAD_TOKEN
+from omni_data_prep import cli_io
 from omni_data_prep.text_records import (JSONL_SUFFIXES, PARQUET_SUFFIXES, expand_inputs,
                                          iter_texts)
 
@@ -39,23 +40,27 @@ def train_tokenizer(inputs: Sequence[str], model_prefix: str, vocab_size: int = 
     record's `json_key` text, is one training sentence; at most `max_sentences` of them are
     sampled (seeded by `seed`). `model_type` is "bpe" or "unigram". The vocabulary must hold
     the 6 reserved tokens, the 256 byte pieces and the corpus characters: a `vocab_size` too
-    small (or too large for the corpus) fails with SentencePiece's message giving the bound.
+    small (or too large for the corpus) raises ValueError with SentencePiece's message giving
+    the bound.
     """
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
     paths = expand_inputs(inputs, TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)
     Path(model_prefix).parent.mkdir(parents=True, exist_ok=True)
     sentencepiece.set_random_generator_seed(seed)
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=_sentences(paths, json_key),
-        model_prefix=model_prefix, model_type=model_type, vocab_size=vocab_size,
-        pad_id=0, pad_piece=PAD_TOKEN, unk_id=1, unk_piece="<unk>", eos_id=2, eos_piece=EOD_TOKEN,
-        bos_id=-1, user_defined_symbols=list(MEDIA_TOKENS),
-        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-        split_digits=True,
-        byte_fallback=True, max_sentence_length=16384,
-        input_sentence_size=max_sentences, shuffle_input_sentence=True,
-        num_threads=threads, minloglevel=1)
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=_sentences(paths, json_key),
+            model_prefix=model_prefix, model_type=model_type, vocab_size=vocab_size,
+            pad_id=0, pad_piece=PAD_TOKEN, unk_id=1, unk_piece="<unk>", eos_id=2,
+            eos_piece=EOD_TOKEN, bos_id=-1, user_defined_symbols=list(MEDIA_TOKENS),
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            add_dummy_prefix=False, split_digits=True,
+            byte_fallback=True, max_sentence_length=16384,
+            input_sentence_size=max_sentences, shuffle_input_sentence=True,
+            num_threads=threads, minloglevel=1)
+    except RuntimeError as err:  # how SentencePiece reports a bad setting, e.g. the vocab size
+        raise ValueError(f"SentencePiece: {err}") from None
     return Path(f"{model_prefix}.model")
 
 
@@ -75,11 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m omni_data_prep.train_tokenizer",
         description="Train a SentencePiece tokenizer with <pad>, <eod>, <image>, <video> and "
                     "<audio> reserved; writes <prefix>.model and <prefix>.vocab.")
-    parser.add_argument("--input", nargs="+", required=True, metavar="GLOB",
-                        help="text (.txt, one sentence per line), jsonl (.jsonl/.json) or "
-                             "parquet (.parquet) files or glob patterns (quote them)")
-    parser.add_argument("--json-key", default="text",
-                        help="jsonl field / parquet column holding the text (default: text)")
+    cli_io.add_input(parser, "text (.txt, one sentence per line), jsonl (.jsonl/.json) or "
+                             "parquet (.parquet) files")
+    cli_io.add_json_key(parser)
     parser.add_argument("--model-prefix", required=True,
                         help="writes <prefix>.model and <prefix>.vocab")
     parser.add_argument("--vocab-size", type=int, default=32000,
@@ -99,10 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the CLI; returns the path of the trained .model."""
     args = build_parser().parse_args(argv)
-    model = train_tokenizer(args.input, args.model_prefix, vocab_size=args.vocab_size,
-                            model_type=args.model_type, json_key=args.json_key,
-                            max_sentences=args.max_sentences, seed=args.seed,
-                            threads=args.threads)
+    with cli_io.user_errors():
+        model = train_tokenizer(args.input, args.model_prefix, vocab_size=args.vocab_size,
+                                model_type=args.model_type, json_key=args.json_key,
+                                max_sentences=args.max_sentences, seed=args.seed,
+                                threads=args.threads)
     print(f"wrote {model} and {model.with_suffix('.vocab')}")
     return model
 

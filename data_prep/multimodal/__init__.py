@@ -2,7 +2,8 @@
 megatron_omni/data/sample_format.py: token streams with media placeholders and loss masks in
 Megatron indexed binaries, media in webdataset tar shards, and a manifest.
 
-One CLI per source shape, each `python -m omni_data_prep.multimodal.<name> --help`:
+One command per source shape, each `python -m omni_data_prep.multimodal <name> --help` (or
+`python -m omni_data_prep.multimodal.<name> --help`), all built by `cli`:
     image_caption     jsonl of image path + caption, or webdataset tars of image + caption
     interleaved       documents of texts and images in reading order (OmniCorpus/OBELICS)
     audio_transcript  jsonl manifests of audio path + transcript (16 kHz, clips <= 30 s)
@@ -10,5 +11,5 @@ One CLI per source shape, each `python -m omni_data_prep.multimodal.<name> --hel
     conversations     the unified SFT conversation format (loss on assistant turns only)
     demo              a synthetic omni corpus for the trainer made with all of the above
 The shared machinery (shards, workers, resume, skip accounting) is in `runner`, media decoding
-in `media`.
+in `media`; the demo has its own command.
 """

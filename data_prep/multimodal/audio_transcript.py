@@ -14,25 +14,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from megatron_omni.data.sample_format import (MAX_AUDIO_SECONDS, Manifest, Placeholder,
-                                              split_placeholders)
+from megatron_omni.data.bad_samples import SkipSample
+from megatron_omni.data.media_items import MAX_AUDIO_SECONDS
+from megatron_omni.data.sample_format import Manifest, Placeholder, split_placeholders
+from omni_data_prep.multimodal import cli
 from omni_data_prep.multimodal.media import audio_items, load_audio
-from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, SkipSample,
-                                              common_parser, field_of, run, run_cli, text_of)
+from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
+                                              option, text_of)
 
 
 @dataclass
 class AudioTranscriptSource(SampleSource):
     """Options: record keys, the longest clip in seconds, the lowest accepted sample rate."""
 
-    audio_key: str = "audio_path"
-    text_key: str = "transcript"
-    max_seconds: float = MAX_AUDIO_SECONDS
-    min_sample_rate: int = 8000
+    audio_key: str = option("audio_path", "key of the audio path")
+    text_key: str = option("transcript", "key of the transcript")
+    max_seconds: float = option(MAX_AUDIO_SECONDS, "longest audio clip; longer audio is cut "
+                                                   "into equal clips")
+    min_sample_rate: int = option(8000, "skip audio recorded below this rate")
 
     kind = "audio_transcript"
+    description = "Audio–transcript manifests -> multimodal shards (16 kHz FLAC)."
 
     def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
         text = text_of(record, self.text_key)
@@ -50,35 +53,9 @@ class AudioTranscriptSource(SampleSource):
         return Prepared(pieces, clips)
 
 
-def prepare_audio_transcripts(inputs: Sequence[str], tokenizer: str | Path,
-                              output_dir: str | Path, audio_key: str = "audio_path",
-                              text_key: str = "transcript",
-                              max_seconds: float = MAX_AUDIO_SECONDS,
-                              min_sample_rate: int = 8000, **run_options) -> Manifest:
-    """Preprocess audio–transcript jsonl manifests (glob patterns `inputs`) into `output_dir`;
-    `run_options` (workers, samples_per_shard, strict, media_root, progress) go to
-    `runner.run`. Returns the Manifest."""
-    source = AudioTranscriptSource(audio_key, text_key, max_seconds, min_sample_rate)
-    return run(source, inputs, tokenizer, output_dir, **run_options)
-
-
 def main(argv: Sequence[str] | None = None) -> Manifest:
-    """Run the CLI; returns the Manifest."""
-    parser = common_parser("python -m omni_data_prep.multimodal.audio_transcript",
-                           "Audio–transcript manifests -> multimodal shards (16 kHz FLAC).")
-    parser.add_argument("--audio-key", default="audio_path",
-                        help="key of the audio path (default: audio_path)")
-    parser.add_argument("--text-key", default="transcript",
-                        help="key of the transcript (default: transcript)")
-    parser.add_argument("--max-seconds", type=float, default=MAX_AUDIO_SECONDS,
-                        help="longest audio clip; longer audio is cut into equal clips "
-                             "(default: 30)")
-    parser.add_argument("--min-sample-rate", type=int, default=8000,
-                        help="skip audio recorded below this rate (default: 8000)")
-    args = parser.parse_args(argv)
-    source = AudioTranscriptSource(args.audio_key, args.text_key, args.max_seconds,
-                                   args.min_sample_rate)
-    return run_cli(source, args)
+    """The `audio_transcript` command (cli); returns the Manifest."""
+    return cli.main("audio_transcript", argv)
 
 
 if __name__ == "__main__":

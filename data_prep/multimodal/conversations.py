@@ -19,13 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_omni.data.sample_format import (MAX_AUDIO_SECONDS, PLACEHOLDERS, ROLES, Manifest,
-                                              Placeholder, placeholder_kinds,
-                                              render_conversation, split_placeholders)
+from megatron_omni.data.bad_samples import SkipSample
+from megatron_omni.data.media_items import MAX_AUDIO_SECONDS
+from megatron_omni.data.sample_format import (PLACEHOLDERS, ROLES, Manifest, Placeholder,
+                                              placeholder_kinds, render_conversation,
+                                              split_placeholders)
+from omni_data_prep.multimodal import cli
 from omni_data_prep.multimodal.media import (audio_items, load_audio, load_image, load_video,
                                              read_bytes)
-from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, SkipSample,
-                                              common_parser, field_of, run, run_cli)
+from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
+                                              option)
 
 
 @dataclass
@@ -33,12 +36,14 @@ class ConversationSource(SampleSource):
     """Options: the longest audio clip, the lowest accepted sample rate, video frame
     sampling."""
 
-    max_audio_seconds: float = MAX_AUDIO_SECONDS
-    min_sample_rate: int = 8000
-    fps: float = 1.0
-    max_frames: int = 64
+    max_audio_seconds: float = option(MAX_AUDIO_SECONDS, "longest audio clip")
+    min_sample_rate: int = option(8000, "skip audio recorded below this rate")
+    fps: float = option(1.0, "video frames sampled per second")
+    max_frames: int = option(64, "most frames per video")
 
     kind = "conversation"
+    description = ("SFT conversations (images/audio/videos + turns) -> multimodal shards with "
+                   "loss on assistant turns only.")
 
     def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
         turns = _turns(field_of(record, "conversations", list))
@@ -117,33 +122,9 @@ def _audio_segments(record: dict, ctx: RecordContext) -> list[tuple[Path, float,
     return items
 
 
-def prepare_conversations(inputs: Sequence[str], tokenizer: str | Path, output_dir: str | Path,
-                          max_audio_seconds: float = MAX_AUDIO_SECONDS,
-                          **run_options) -> Manifest:
-    """Preprocess SFT conversation jsonl files (glob patterns `inputs`) into `output_dir`;
-    `run_options` (workers, samples_per_shard, strict, media_root, progress) go to
-    `runner.run`. Returns the Manifest."""
-    return run(ConversationSource(max_audio_seconds), inputs, tokenizer, output_dir,
-               **run_options)
-
-
 def main(argv: Sequence[str] | None = None) -> Manifest:
-    """Run the CLI; returns the Manifest."""
-    parser = common_parser("python -m omni_data_prep.multimodal.conversations",
-                           "SFT conversations (images/audio/videos + turns) -> multimodal "
-                           "shards with loss on assistant turns only.")
-    parser.add_argument("--max-audio-seconds", type=float, default=MAX_AUDIO_SECONDS,
-                        help="longest audio clip (default: 30)")
-    parser.add_argument("--min-sample-rate", type=int, default=8000,
-                        help="skip audio recorded below this rate (default: 8000)")
-    parser.add_argument("--fps", type=float, default=1.0,
-                        help="video frames sampled per second (default: 1)")
-    parser.add_argument("--max-frames", type=int, default=64,
-                        help="most frames per video (default: 64)")
-    args = parser.parse_args(argv)
-    source = ConversationSource(args.max_audio_seconds, args.min_sample_rate, args.fps,
-                                args.max_frames)
-    return run_cli(source, args)
+    """The `conversations` command (cli); returns the Manifest."""
+    return cli.main("conversations", argv)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from omni_data_prep.make_demo_corpus import make_demo_corpus
-from omni_data_prep.multimodal.audio_transcript import prepare_audio_transcripts
-from omni_data_prep.multimodal.conversations import prepare_conversations
-from omni_data_prep.multimodal.image_caption import prepare_image_captions
-from omni_data_prep.multimodal.video_caption import prepare_video_captions
+from omni_data_prep.multimodal.audio_transcript import AudioTranscriptSource
+from omni_data_prep.multimodal.conversations import ConversationSource
+from omni_data_prep.multimodal.image_caption import ImageCaptionSource
+from omni_data_prep.multimodal.runner import run
+from omni_data_prep.multimodal.video_caption import VideoCaptionSource
 from omni_data_prep.preprocess_text import preprocess
 from omni_data_prep.train_tokenizer import train_tokenizer
 
@@ -121,6 +122,26 @@ def _jsonl(path: Path, records: Sequence[dict]) -> str:
     return str(path)
 
 
+def _chats(captions: list[dict], transcripts: list[dict], n: int) -> list[dict]:
+    """`n` conversations, alternately about an image and a sound of the corpus."""
+    chats = []
+    for i in range(n):
+        if i % 2 == 0:
+            cap = captions[i % len(captions)]
+            colour, shape = cap["caption"].split()[1:]
+            chats.append({"images": [cap["image_path"]], "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+                {"from": "gpt", "value": f"It is {colour}."},
+                {"from": "human", "value": "And its form?"},
+                {"from": "gpt", "value": f"A {shape}."}]})
+        else:
+            rec = transcripts[i % len(transcripts)]
+            chats.append({"audio": rec["audio_path"], "conversations": [
+                {"from": "human", "value": "<audio>\nWhat do you hear?"},
+                {"from": "gpt", "value": rec["transcript"].capitalize() + "."}]})
+    return chats
+
+
 def prepare_omni_demo(out_dir: str | Path, num_images: int = 48, num_audio: int = 16,
                       num_videos: int = 8, num_conversations: int = 16, num_docs: int = 300,
                       vocab_size: int = 400, seed: int = 0) -> dict:
@@ -143,21 +164,7 @@ def prepare_omni_demo(out_dir: str | Path, num_images: int = 48, num_audio: int 
     voiced = [{"video_path": f"av{i}.mp4",
                "caption": _video(media / f"av{i}.mp4", rng, rng.choice(TONES))}
               for i in range(num_videos)]
-    chats = []
-    for i in range(num_conversations):
-        if i % 2 == 0:
-            cap = captions[i % len(captions)]
-            colour, shape = cap["caption"].split()[1:]
-            chats.append({"images": [cap["image_path"]], "conversations": [
-                {"from": "human", "value": "<image>\nWhat colour is the shape?"},
-                {"from": "gpt", "value": f"It is {colour}."},
-                {"from": "human", "value": "And its form?"},
-                {"from": "gpt", "value": f"A {shape}."}]})
-        else:
-            rec = transcripts[i % len(transcripts)]
-            chats.append({"audio": rec["audio_path"], "conversations": [
-                {"from": "human", "value": "<audio>\nWhat do you hear?"},
-                {"from": "gpt", "value": rec["transcript"].capitalize() + "."}]})
+    chats = _chats(captions, transcripts, num_conversations)
 
     texts = ([c["caption"] for c in captions] + [t["transcript"] for t in transcripts]
              + [v["caption"] for v in silent + voiced]
@@ -169,17 +176,13 @@ def prepare_omni_demo(out_dir: str | Path, num_images: int = 48, num_audio: int 
     tokenizer = train_tokenizer([str(corpus)], str(out / "tok"), vocab_size=vocab_size,
                                 seed=seed, threads=1)
     preprocess([str(corpus)], tokenizer, out / "text_document", progress=False)
-    run = dict(progress=False, media_root=media)
-    prepare_image_captions([_jsonl(out / "images.jsonl", captions)], tokenizer, out / "images",
-                           **run)
-    prepare_audio_transcripts([_jsonl(out / "audio.jsonl", transcripts)], tokenizer,
-                              out / "audio", **run)
-    prepare_video_captions([_jsonl(out / "videos.jsonl", silent)], tokenizer, out / "videos",
-                           **run)
-    prepare_video_captions([_jsonl(out / "videos_audio.jsonl", voiced)], tokenizer,
-                           out / "videos_audio", **run)
-    prepare_conversations([_jsonl(out / "conversations.jsonl", chats)], tokenizer,
-                          out / "conversations", **run)
+    for source, name, records in [(ImageCaptionSource(), "images", captions),
+                                  (AudioTranscriptSource(), "audio", transcripts),
+                                  (VideoCaptionSource(), "videos", silent),
+                                  (VideoCaptionSource(), "videos_audio", voiced),
+                                  (ConversationSource(), "conversations", chats)]:
+        run(source, [_jsonl(out / f"{name}.jsonl", records)], tokenizer, out / name,
+            progress=False, media_root=media)
     return {"tokenizer": str(tokenizer),
             "multimodal": {"text": [str(out / "text_document")],
                            "image_text": [str(out / "images")], "video": [str(out / "videos")],

@@ -14,12 +14,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_omni.data.sample_format import (Manifest, Placeholder, iter_tar_groups,
-                                              split_placeholders)
+from megatron_omni.data.bad_samples import SkipSample
+from megatron_omni.data.sample_format import Manifest, Placeholder, split_placeholders
+from megatron_omni.data.sample_reader import iter_tar_groups
+from omni_data_prep.multimodal import cli
 from omni_data_prep.multimodal.media import load_image, read_bytes
-from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, SkipSample,
-                                              common_parser, field_of, run, run_cli, text_of)
-from omni_data_prep.text_records import Chunk, read_chunks
+from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
+                                              option, text_of)
+from omni_data_prep.text_records import Chunk, chunked, read_chunks
 
 _TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _TAR_IMAGE = "__image_bytes__"
@@ -30,16 +32,17 @@ class ImageCaptionSource(SampleSource):
     """Options: the record keys of the image path and the caption (jsonl; for tars the
     caption key is looked up in the sample's .json when it has no .txt)."""
 
-    image_key: str = "image_path"
-    caption_key: str = "caption"
+    image_key: str = option("image_path", "jsonl key of the image path")
+    caption_key: str = option("caption", "key of the caption")
 
     kind = "image_caption"
+    description = "Image–caption pairs (jsonl or webdataset tars) -> multimodal shards."
     input_suffixes = (".jsonl", ".json", ".tar")
 
     def chunks(self, paths: Sequence[Path], samples_per_shard: int) -> Iterator[Chunk]:
         for path in paths:
             if path.suffix == ".tar":
-                yield from _tar_chunks(path, samples_per_shard)
+                yield from chunked(path, False, iter_tar_groups(path), samples_per_shard)
             else:
                 yield from read_chunks([path], "", samples_per_shard)
 
@@ -71,37 +74,9 @@ class ImageCaptionSource(SampleSource):
         return Prepared([Placeholder("image"), *split_placeholders(caption, loss=True)], [image])
 
 
-def _tar_chunks(path: Path, samples_per_shard: int) -> Iterator[Chunk]:
-    records = []
-    for key, fields in iter_tar_groups(path):
-        records.append((key, fields))
-        if len(records) == samples_per_shard:
-            yield Chunk(str(path), False, records)
-            records = []
-    if records:
-        yield Chunk(str(path), False, records)
-
-
-def prepare_image_captions(inputs: Sequence[str], tokenizer: str | Path, output_dir: str | Path,
-                           image_key: str = "image_path", caption_key: str = "caption",
-                           **run_options) -> Manifest:
-    """Preprocess image–caption jsonl files and/or webdataset tars (glob patterns `inputs`)
-    into `output_dir`; `run_options` (workers, samples_per_shard, strict, media_root, progress)
-    go to `runner.run`. Returns the Manifest."""
-    return run(ImageCaptionSource(image_key, caption_key), inputs, tokenizer, output_dir,
-               **run_options)
-
-
 def main(argv: Sequence[str] | None = None) -> Manifest:
-    """Run the CLI; returns the Manifest."""
-    parser = common_parser("python -m omni_data_prep.multimodal.image_caption",
-                           "Image–caption pairs (jsonl or webdataset tars) -> multimodal shards.")
-    parser.add_argument("--image-key", default="image_path",
-                        help="jsonl key of the image path (default: image_path)")
-    parser.add_argument("--caption-key", default="caption",
-                        help="key of the caption (default: caption)")
-    args = parser.parse_args(argv)
-    return run_cli(ImageCaptionSource(args.image_key, args.caption_key), args)
+    """The `image_caption` command (cli); returns the Manifest."""
+    return cli.main("image_caption", argv)
 
 
 if __name__ == "__main__":

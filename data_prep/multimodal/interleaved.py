@@ -13,22 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from megatron_omni.data.bad_samples import SkipSample
 from megatron_omni.data.sample_format import Manifest, Placeholder, Text, split_placeholders
+from omni_data_prep.multimodal import cli
 from omni_data_prep.multimodal.media import load_image, read_bytes
-from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, SkipSample,
-                                              common_parser, field_of, run, run_cli)
+from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
+                                              option)
 
 
 @dataclass
 class InterleavedSource(SampleSource):
     """Options: the record keys of the aligned text and image lists."""
 
-    texts_key: str = "texts"
-    images_key: str = "images"
+    texts_key: str = option("texts", "key of the list of texts")
+    images_key: str = option("images", "key of the list of image paths")
 
     kind = "interleaved"
+    description = "Interleaved image–text documents -> multimodal shards."
 
     def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
         texts = field_of(record, self.texts_key, list)
@@ -55,26 +57,9 @@ class InterleavedSource(SampleSource):
         return Prepared(pieces, media)
 
 
-def prepare_interleaved(inputs: Sequence[str], tokenizer: str | Path, output_dir: str | Path,
-                        texts_key: str = "texts", images_key: str = "images",
-                        **run_options) -> Manifest:
-    """Preprocess interleaved-document jsonl files (glob patterns `inputs`) into `output_dir`;
-    `run_options` (workers, samples_per_shard, strict, media_root, progress) go to
-    `runner.run`. Returns the Manifest."""
-    return run(InterleavedSource(texts_key, images_key), inputs, tokenizer, output_dir,
-               **run_options)
-
-
 def main(argv: Sequence[str] | None = None) -> Manifest:
-    """Run the CLI; returns the Manifest."""
-    parser = common_parser("python -m omni_data_prep.multimodal.interleaved",
-                           "Interleaved image–text documents -> multimodal shards.")
-    parser.add_argument("--texts-key", default="texts",
-                        help="key of the list of texts (default: texts)")
-    parser.add_argument("--images-key", default="images",
-                        help="key of the list of image paths (default: images)")
-    args = parser.parse_args(argv)
-    return run_cli(InterleavedSource(args.texts_key, args.images_key), args)
+    """The `interleaved` command (cli); returns the Manifest."""
+    return cli.main("interleaved", argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Reading, checking and encoding media for the multimodal preprocessing CLIs.
 
-Every loader raises `SkipSample` with a reason from `SKIP_REASONS` for input it cannot use, so
+Every loader raises `SkipSample` (megatron_omni/data/bad_samples.py) for input it cannot use, so
 the caller skips and counts the record (or stops under --strict). Images keep their encoded
 bytes; audio becomes 16 kHz mono FLAC clips of at most 30 s; videos become JPEG frames sampled
 at a fixed rate (PyAV) plus, optionally, their audio track as audio clips.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_omni.data.sample_format import (AUDIO_SAMPLE_RATE, AudioInfo, ImageInfo,
-                                              VideoInfo, pack_frames)
-from omni_data_prep.multimodal.runner import SkipSample
+from megatron_omni.data.bad_samples import SkipSample
+from megatron_omni.data.media_items import (AUDIO_SAMPLE_RATE, AudioInfo, ImageInfo, VideoInfo,
+                                            pack_frames)
 
 _IMAGE_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 _JPEG_QUALITY = 95

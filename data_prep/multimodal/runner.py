@@ -4,8 +4,9 @@ Input records (jsonl lines, or samples of webdataset tars) are cut into shards o
 `samples_per_shard` consecutive records of one file. A worker turns each record into a sample
 with its `SampleSource` (the kind-specific part: image captions, conversations, ...), tokenizes
 it (`build_token_stream`) and writes the shard's files as megatron_omni/data/sample_format.py
-defines them. Bad records are skipped and counted per reason (`SKIP_REASONS`); under `strict`
-the first one stops the run with a `BadRecordError` naming file and line (or tar key).
+defines them. Bad records are skipped and counted per reason (megatron_omni/data/bad_samples.py
+`PREPARE_SKIP_REASONS`); under `strict` the first one stops the run with a `BadSampleError`
+naming file and line (or tar key). The command line is in `cli`.
 
 Atomic and resumable: a shard's files are written under temporary names and renamed into place
 when complete, then a marker `<shard>.done.json` records its `ShardInfo` and a fingerprint of
@@ -16,7 +17,6 @@ unchanged record is not noticed: delete the shard's marker to redo it.)
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import dataclasses
@@ -25,10 +25,7 @@ import io
 import json
 import multiprocessing
 import os
-import sys
 import tarfile
-import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,30 +36,23 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tqdm import tqdm
 
+from megatron_omni.data.bad_samples import PREPARE_SKIP_REASONS, SkipCounter, SkipSample
+from megatron_omni.data.media_items import MediaInfo, media_field, write_media_sizes
 from megatron_omni.data.sample_format import (FORMAT_VERSION, LOSS_MASK_SUFFIX, MANIFEST_NAME,
-                                              MEDIA_SIZES_SUFFIX, Manifest, MediaInfo, Piece,
-                                              SampleMeta, ShardInfo, build_token_stream,
-                                              media_field, placeholder_kinds, sample_id,
-                                              shard_name, write_media_sizes)
+                                              MEDIA_SIZES_SUFFIX, Manifest, Piece, SampleMeta,
+                                              ShardInfo, build_token_stream, placeholder_kinds,
+                                              sample_id, shard_name)
 from megatron_omni.data.tokenizer import load_tokenizer
-from omni_data_prep.preprocess_text import _atomic_output
-from omni_data_prep.text_records import BadRecordError, Chunk, expand_inputs, read_chunks
+from omni_data_prep.cli_io import TMP_TAG, atomic_file, atomic_output
+from omni_data_prep.text_records import Chunk, expand_inputs, read_chunks
 
-SKIP_REASONS = ("malformed_json", "invalid_utf8", "missing_key", "bad_field", "empty_text",
-                "missing_file", "corrupt_image", "corrupt_audio", "truncated_audio",
-                "wrong_sample_rate", "corrupt_video", "placeholder_mismatch")
 MARKER_SUFFIX = ".done.json"
-_TMP_TAG = ".tmp-"
 
 
-class SkipSample(Exception):
-    """A record that cannot become a sample; `reason` is one of SKIP_REASONS."""
-
-    def __init__(self, reason: str, detail: str):
-        if reason not in SKIP_REASONS:
-            raise ValueError(f"unknown skip reason {reason!r}")
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+def option(default, doc: str):
+    """A SampleSource field that is also the command-line option `--<name>` (see cli), with
+    `doc` as its help."""
+    return field(default=default, metadata={"help": doc})
 
 
 @dataclass
@@ -116,10 +106,12 @@ class SampleSource(ABC):
     """The kind-specific part of a CLI: turns one record into a `Prepared` sample.
 
     Subclasses are dataclasses of their options (they travel to worker processes and into the
-    manifest and shard fingerprints).
+    manifest and shard fingerprints), each declared with `option` so that the command line
+    offers it; `description` is the command's one-line help.
     """
 
     kind: ClassVar[str]
+    description: ClassVar[str]
     input_suffixes: ClassVar[tuple[str, ...]] = (".jsonl", ".json")
 
     def parse(self, raw: object, chunk: Chunk) -> dict:
@@ -183,7 +175,7 @@ def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
             by an earlier run with the same options, tokenizer and records are reused.
         workers: processes writing shards; 1 writes them in this process.
         samples_per_shard: input records per shard (a shard never spans two input files).
-        strict: raise BadRecordError at the first bad record (in input order) instead of
+        strict: raise BadSampleError at the first bad record (in input order) instead of
             skipping it; the manifest is not written then.
         media_root: folder that relative media paths are relative to (default: the folder of
             the input file holding the record).
@@ -202,7 +194,7 @@ def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for stale in out.glob(f"shard-*{_TMP_TAG}*"):
+    for stale in out.glob(f"shard-*{TMP_TAG}*"):
         stale.unlink()
 
     config = json.dumps({"kind": source.kind, "options": source.options(),
@@ -222,7 +214,7 @@ def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
                             skipped=sum(sum(s.skipped.values()) for s in shards), refresh=False)
     manifest = Manifest(source.kind, [str(p) for p in paths], tok_info,
                         np.dtype(dtype).name, source.options(), shards)
-    with _atomic_file(out / MANIFEST_NAME) as tmp:
+    with atomic_file(out / MANIFEST_NAME) as tmp:
         tmp.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
     return manifest
 
@@ -289,18 +281,18 @@ def _write_in_worker(task: _ShardTask) -> ShardInfo:
 
 def write_shard(state: _WorkerState, task: _ShardTask) -> ShardInfo:
     """Turn the task's records into samples and write the shard's files atomically, then its
-    marker. Raises BadRecordError at the first bad record under strict."""
+    marker. Raises BadSampleError at the first bad record under strict."""
     chunk, name = task.chunk, shard_name(task.index)
     prefix = state.output_dir / name
     ctx = RecordContext(Path(chunk.path).parent, state.media_root)
-    skipped = dict.fromkeys(SKIP_REASONS, 0)
+    skips = SkipCounter(state.strict, log_first=0)  # the manifest has the counts
     media_counts = {"image": 0, "video": 0, "audio": 0}
     samples = tokens = loss_tokens = 0
     sample_media: list[list[MediaInfo]] = []
-    with (_atomic_output(prefix) as (bin_tmp, idx_tmp),
-          _atomic_output(Path(f"{prefix}{LOSS_MASK_SUFFIX}")) as (mask_bin_tmp, mask_idx_tmp),
-          _atomic_file(Path(f"{prefix}.tar")) as tar_tmp,
-          _atomic_file(Path(f"{prefix}{MEDIA_SIZES_SUFFIX}")) as sizes_tmp,
+    with (atomic_output(prefix) as (bin_tmp, idx_tmp),
+          atomic_output(Path(f"{prefix}{LOSS_MASK_SUFFIX}")) as (mask_bin_tmp, mask_idx_tmp),
+          atomic_file(Path(f"{prefix}.tar")) as tar_tmp,
+          atomic_file(Path(f"{prefix}{MEDIA_SIZES_SUFFIX}")) as sizes_tmp,
           tarfile.open(tar_tmp, "w", format=tarfile.PAX_FORMAT) as tar):
         token_builder = IndexedDatasetBuilder(bin_tmp, dtype=state.dtype)
         mask_builder = IndexedDatasetBuilder(mask_bin_tmp, dtype=np.uint8)
@@ -312,9 +304,7 @@ def write_shard(state: _WorkerState, task: _ShardTask) -> ShardInfo:
                 ids, mask = build_token_stream(prepared.pieces, state.tokenizer,
                                                prepared.eod_loss)
             except SkipSample as err:
-                if state.strict:
-                    raise BadRecordError(f"{chunk.path}:{location}: {err}") from None
-                skipped[err.reason] += 1
+                skips.skip(err, f"{chunk.path}:{location}")
                 continue
             key = sample_id(task.index, samples)
             meta = SampleMeta(key, state.source.kind, [info for info, _ in prepared.media],
@@ -338,8 +328,9 @@ def write_shard(state: _WorkerState, task: _ShardTask) -> ShardInfo:
                  "tar": os.path.getsize(tar_tmp)}
     info = ShardInfo(name, chunk.path, chunk.records[0][0], chunk.records[-1][0],
                      len(chunk.records), samples, tokens, loss_tokens, media_counts, sizes,
-                     {r: n for r, n in skipped.items() if n}, task.fingerprint)
-    with _atomic_file(state.output_dir / f"{name}{MARKER_SUFFIX}") as tmp:
+                     {r: n for r, n in skips.table(PREPARE_SKIP_REASONS).items() if n},
+                     task.fingerprint)
+    with atomic_file(state.output_dir / f"{name}{MARKER_SUFFIX}") as tmp:
         tmp.write_text(json.dumps(dataclasses.asdict(info), indent=1) + "\n")
     return info
 
@@ -363,19 +354,6 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(member, io.BytesIO(data))
 
 
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it onto `path` on success, delete it on
-    failure."""
-    tmp = path.with_name(f"{path.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
 def _fingerprint(config: str, chunk: Chunk) -> str:
     digest = hashlib.sha256(config.encode())
     digest.update(chunk.path.encode())
@@ -396,54 +374,3 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-# ----------------------------------------------------------------------------- command line
-
-def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A parser with the options every multimodal CLI takes (`run`'s arguments)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--input", nargs="+", required=True, metavar="GLOB",
-                        help="input files or glob patterns (quote them), read in the order given")
-    parser.add_argument("--tokenizer", required=True,
-                        help="SentencePiece .model or Hugging Face tokenizer.json")
-    parser.add_argument("--output-dir", required=True,
-                        help="folder for the shards and manifest.json; a rerun resumes there")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes writing shards (default: 1, in this process)")
-    parser.add_argument("--samples-per-shard", type=int, default=1000,
-                        help="input records per shard (default: 1000)")
-    parser.add_argument("--media-root", default=None,
-                        help="folder relative media paths start from (default: the folder of "
-                             "the input file)")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop with an error naming file and line (or tar key) at the first "
-                             "bad record instead of skipping it")
-    return parser
-
-
-def run_cli(source: SampleSource, args: argparse.Namespace) -> Manifest:
-    """Run `run` for parsed common options, print a summary; exit 1 on a bad record under
-    --strict."""
-    start = time.perf_counter()
-    try:
-        manifest = run(source, args.input, args.tokenizer, args.output_dir,
-                       workers=args.workers, samples_per_shard=args.samples_per_shard,
-                       strict=args.strict, media_root=args.media_root)
-    except BadRecordError as err:
-        print(f"error: {err} (--strict)", file=sys.stderr)
-        sys.exit(1)
-    print(format_summary(manifest, time.perf_counter() - start))
-    print(f"wrote {len(manifest.shards)} shards and {MANIFEST_NAME} to {args.output_dir}")
-    return manifest
-
-
-def format_summary(manifest: Manifest, seconds: float) -> str:
-    """Two lines: totals, and skipped records per reason."""
-    totals = manifest.totals()
-    counts = totals["counts"]
-    media = ", ".join(f"{kind} {n:,}" for kind, n in counts["media"].items())
-    skipped = ", ".join(f"{r} {n}" for r, n in totals["skipped"].items()) or "none"
-    return (f"records {counts['records']:,}, samples {counts['samples']:,}, "
-            f"tokens {counts['tokens']:,}, media: {media}, seconds {seconds:.2f}\n"
-            f"skipped: {skipped}")

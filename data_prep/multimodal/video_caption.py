@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from megatron_omni.data.sample_format import (MAX_AUDIO_SECONDS, Manifest, Placeholder,
-                                              split_placeholders)
+from megatron_omni.data.bad_samples import SkipSample
+from megatron_omni.data.media_items import MAX_AUDIO_SECONDS
+from megatron_omni.data.sample_format import Manifest, Placeholder, split_placeholders
+from omni_data_prep.multimodal import cli
 from omni_data_prep.multimodal.media import audio_items, load_video
-from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, SkipSample,
-                                              common_parser, field_of, run, run_cli)
+from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
+                                              option)
 
 
 @dataclass
@@ -30,15 +31,17 @@ class VideoCaptionSource(SampleSource):
     """Options: record keys, frame sampling rate and cap, whether to keep the audio track,
     the longest audio clip in seconds."""
 
-    video_key: str = "video_path"
-    caption_key: str = "caption"
-    subtitles_key: str = "subtitles"
-    fps: float = 1.0
-    max_frames: int = 64
-    with_audio: bool = True
-    max_audio_seconds: float = MAX_AUDIO_SECONDS
+    video_key: str = option("video_path", "key of the video path")
+    caption_key: str = option("caption", "key of the caption")
+    subtitles_key: str = option("subtitles", "key of the subtitles")
+    fps: float = option(1.0, "frames sampled per second")
+    max_frames: int = option(64, "most frames per video; longer videos are sampled evenly over "
+                                 "their length")
+    with_audio: bool = option(True, "drop the audio track")
+    max_audio_seconds: float = option(MAX_AUDIO_SECONDS, "longest audio clip")
 
     kind = "video_caption"
+    description = "Videos with captions/subtitles -> multimodal shards."
 
     def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
         caption = field_of(record, self.caption_key, str, required=False)
@@ -70,37 +73,9 @@ def _subtitles(value: list | None) -> list[dict] | None:
     return [{"start": s["start"], "end": s["end"], "text": s["text"]} for s in value]
 
 
-def prepare_video_captions(inputs: Sequence[str], tokenizer: str | Path, output_dir: str | Path,
-                           fps: float = 1.0, max_frames: int = 64, with_audio: bool = True,
-                           **run_options) -> Manifest:
-    """Preprocess video jsonl files (glob patterns `inputs`) into `output_dir` with the
-    default record keys; `run_options` (workers, samples_per_shard, strict, media_root,
-    progress) go to `runner.run`. Returns the Manifest."""
-    source = VideoCaptionSource(fps=fps, max_frames=max_frames, with_audio=with_audio)
-    return run(source, inputs, tokenizer, output_dir, **run_options)
-
-
 def main(argv: Sequence[str] | None = None) -> Manifest:
-    """Run the CLI; returns the Manifest."""
-    parser = common_parser("python -m omni_data_prep.multimodal.video_caption",
-                           "Videos with captions/subtitles -> multimodal shards.")
-    parser.add_argument("--video-key", default="video_path",
-                        help="key of the video path (default: video_path)")
-    parser.add_argument("--caption-key", default="caption", help="(default: caption)")
-    parser.add_argument("--subtitles-key", default="subtitles", help="(default: subtitles)")
-    parser.add_argument("--fps", type=float, default=1.0,
-                        help="frames sampled per second (default: 1)")
-    parser.add_argument("--max-frames", type=int, default=64,
-                        help="most frames per video; longer videos are sampled evenly over "
-                             "their length (default: 64)")
-    parser.add_argument("--no-audio", dest="with_audio", action="store_false",
-                        help="drop the audio track")
-    parser.add_argument("--max-audio-seconds", type=float, default=MAX_AUDIO_SECONDS,
-                        help="longest audio clip (default: 30)")
-    args = parser.parse_args(argv)
-    source = VideoCaptionSource(args.video_key, args.caption_key, args.subtitles_key, args.fps,
-                                args.max_frames, args.with_audio, args.max_audio_seconds)
-    return run_cli(source, args)
+    """The `video_caption` command (cli); returns the Manifest."""
+    return cli.main("video_caption", argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The multimodal sample format: what offline preprocessing (data_prep/multimodal/) writes and the
-training loaders read. This module is its one definition.
+training loaders read. This module is its one definition: the folder, manifest, ids and token
+streams here; each media item's metadata, sizes and stored encoding in media_items.py; reading
+samples back (`SampleReader`, `iter_samples`, `read_sample`) in sample_reader.py.
 
 A preprocessed corpus is one folder:
 
@@ -23,7 +25,7 @@ Tokens. Text is tokenized piece by piece (`build_token_stream`); each media item
 placeholder token (`<image>`, `<video>` or `<audio>` from the tokenizer's special ids) at the place
 it is read or heard. The model replaces every placeholder by that item's encoder tokens, so the
 number of placeholders equals the number of media items and their kinds match the media list in
-order; `Sample.check` verifies this. Every sample ends with `<eod>`.
+order; `sample_reader.Sample.check` verifies this. Every sample ends with `<eod>`.
 
 Loss mask. `loss_mask[i] == 1` means token `i` is a training target (the prediction made at
 position `i - 1` is scored). Placeholders are never targets. Pretraining kinds (captions,
@@ -38,8 +40,8 @@ no longer read as one document per sample. A second indexed dataset keeps one se
 in both files, costs one byte per token (the media dwarf it), and reads with the same
 `IndexedDataset` class.
 
-Media in the tar, field `<index>.<ext>` for media item `index` (`media_field`), next to
-`<key>.json` (`SampleMeta`):
+Media in the tar (media_items.py), field `<index>.<ext>` for media item `index` (`media_field`),
+next to `<key>.json` (`SampleMeta`):
     image  original JPEG/PNG/WebP bytes (anything else re-encoded as PNG): `<i>.jpg|png|webp`
     audio  16 kHz mono FLAC (16-bit), at most 30 s each (longer audio becomes consecutive
            items): `<i>.flac`
@@ -52,25 +54,19 @@ Webdataset groups members by the name before the first dot, so keys contain no d
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
-import tarfile
-import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
-import numpy as np
+from megatron_omni.data.media_items import MediaInfo, media_from_json, media_to_json
 
 FORMAT_NAME = "megatron-omni-multimodal"
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 LOSS_MASK_SUFFIX = "_loss_mask"
 MEDIA_SIZES_SUFFIX = ".media.json"
-AUDIO_SAMPLE_RATE = 16000
-MAX_AUDIO_SECONDS = 30.0
 
 from megatron_omni.contract.media import PLACEHOLDERS  # noqa: E402 - defined in the contract
 _PLACEHOLDER_RE = re.compile("(" + "|".join(map(re.escape, PLACEHOLDERS.values())) + ")")
@@ -80,102 +76,6 @@ TURN_START = "<|im_start|>"
 TURN_END = "<|im_end|>\n"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "system": "system"}
-
-
-# ----------------------------------------------------------------------------- media metadata
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """An image stored as its encoded bytes; `ext` is "jpg", "png" or "webp"."""
-
-    ext: str
-    width: int
-    height: int
-    kind: ClassVar[str] = "image"
-
-
-@dataclass(frozen=True)
-class AudioInfo:
-    """A mono 16-bit FLAC clip of `num_samples` samples at `sample_rate` (always 16 kHz).
-
-    Attributes:
-        start: where the clip begins in its source recording (or video), in seconds.
-        source_sample_rate: the rate of the source before resampling.
-        video_index: for a clip of a video's audio track, the media index of that video (its
-            frame timestamps and `start` share one clock: TMRoPE's audio-video span); None for
-            standalone audio.
-    """
-
-    num_samples: int
-    start: float
-    source_sample_rate: int
-    video_index: int | None = None
-    sample_rate: int = AUDIO_SAMPLE_RATE
-    ext: str = "flac"
-    kind: ClassVar[str] = "audio"
-
-    @property
-    def duration(self) -> float:
-        return self.num_samples / self.sample_rate
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """Frames of a video (`pack_frames`): `num_frames` RGB frames of `height` x `width`.
-
-    Attributes:
-        fps: the sampling rate used: the requested fps, or lower when the clip was longer than
-            max_frames / fps and the frames were spread over all of it.
-        timestamps: presentation time of each frame in the source, seconds.
-        duration: the source clip's duration, seconds.
-    """
-
-    num_frames: int
-    width: int
-    height: int
-    fps: float
-    timestamps: tuple[float, ...]
-    duration: float
-    ext: str = "frames.npz"
-    kind: ClassVar[str] = "video"
-
-
-MediaInfo = ImageInfo | AudioInfo | VideoInfo
-_MEDIA_CLASSES = {cls.kind: cls for cls in (ImageInfo, AudioInfo, VideoInfo)}
-
-
-def media_field(index: int, info: MediaInfo) -> str:
-    """The tar field (member name after `<key>.`) of media item `index`."""
-    return f"{index}.{info.ext}"
-
-
-def media_to_json(info: MediaInfo) -> dict:
-    return {"kind": info.kind, **dataclasses.asdict(info)}
-
-
-def media_sizes(media: Sequence[MediaInfo]) -> list[list]:
-    """A sample's entry of `<shard>.media.json`: [kind, size] per item, size = 1 for an image,
-    the stored frames of a video, the samples (at 16 kHz) of an audio clip."""
-    return [[m.kind, 1 if isinstance(m, ImageInfo) else
-             m.num_frames if isinstance(m, VideoInfo) else m.num_samples] for m in media]
-
-
-def write_media_sizes(path: str | Path, samples: Sequence[Sequence[MediaInfo]]) -> None:
-    """`<shard>.media.json`: {"samples": [media_sizes(sample media) per sample]}."""
-    Path(path).write_text(json.dumps({"samples": [media_sizes(m) for m in samples]}))
-
-
-def read_media_sizes(path: str | Path) -> list[list[list]]:
-    """The per-sample [kind, size] lists of a `<shard>.media.json`."""
-    return json.loads(Path(path).read_text())["samples"]
-
-
-def media_from_json(obj: dict) -> MediaInfo:
-    obj = dict(obj)
-    cls = _MEDIA_CLASSES[obj.pop("kind")]
-    if cls is VideoInfo:
-        obj["timestamps"] = tuple(obj["timestamps"])
-    return cls(**obj)
 
 
 @dataclass
@@ -424,135 +324,3 @@ def build_token_stream(pieces: Sequence[Piece], tokenizer, eod_loss: bool
     tokens.append(tokenizer.eod_id)
     mask.append(int(eod_loss))
     return tokens, mask
-
-
-# ----------------------------------------------------------------------------- media codecs
-
-def pack_frames(jpegs: Sequence[bytes], timestamps: Sequence[float]) -> bytes:
-    """An npz (stored, deterministic bytes) of JPEG-encoded frames: `jpeg` (uint8, all frames
-    concatenated), `offsets` (int64, frame i is jpeg[offsets[i]:offsets[i + 1]]) and
-    `timestamps` (float64 seconds)."""
-    offsets = np.zeros(len(jpegs) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(j) for j in jpegs])
-    arrays = {"jpeg": np.frombuffer(b"".join(jpegs), np.uint8), "offsets": offsets,
-              "timestamps": np.asarray(timestamps, np.float64)}
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, array in arrays.items():
-            npy = io.BytesIO()
-            np.lib.format.write_array(npy, array, allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                        npy.getvalue())
-    return buf.getvalue()
-
-
-def unpack_frames(data: bytes) -> tuple[list[bytes], np.ndarray]:
-    """(JPEG bytes per frame, timestamps) of a `pack_frames` npz."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        jpeg, offsets, timestamps = npz["jpeg"], npz["offsets"], npz["timestamps"]
-    return [jpeg[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])], timestamps
-
-
-def decode_media(info: MediaInfo, data: bytes) -> np.ndarray:
-    """Decode one stored item: image -> uint8 [H, W, 3]; audio -> float32 [num_samples] at
-    16 kHz; video -> uint8 [T, H, W, 3]."""
-    from PIL import Image
-
-    if isinstance(info, ImageInfo):
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
-    if isinstance(info, AudioInfo):
-        import soundfile
-
-        wave, rate = soundfile.read(io.BytesIO(data), dtype="float32")
-        if rate != info.sample_rate:
-            raise ValueError(f"audio item stored at {rate} Hz, metadata says {info.sample_rate}")
-        return wave
-    jpegs, _ = unpack_frames(data)
-    frames = []
-    for jpeg in jpegs:
-        with Image.open(io.BytesIO(jpeg)) as img:
-            frames.append(np.asarray(img.convert("RGB")))
-    return np.stack(frames)
-
-
-# ----------------------------------------------------------------------------- reading
-
-@dataclass
-class Sample:
-    """One sample read back: tokens and loss mask (same length), metadata, and its media in
-    placeholder order (decoded arrays, or raw bytes when read with decode=False)."""
-
-    id: str
-    tokens: np.ndarray
-    loss_mask: np.ndarray
-    meta: SampleMeta
-    media: list
-
-    def check(self, tokenizer) -> None:
-        """Raise ValueError unless the placeholders match the media list in number and kind."""
-        by_id = {tokenizer.special_ids[text]: kind for kind, text in PLACEHOLDERS.items()}
-        found = [by_id[t] for t in self.tokens.tolist() if t in by_id]
-        stored = [m.kind for m in self.meta.media]
-        if found != stored:
-            raise ValueError(f"sample {self.id}: placeholders {found} but media {stored}")
-
-
-def iter_tar_groups(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {field: bytes}) per sample of a webdataset tar, in member order: the key is a
-    member name up to its first dot, the field the rest; consecutive members share a key."""
-    key, fields = None, {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name_key, _, name_field = member.name.partition(".")
-            if name_key != key and key is not None:
-                yield key, fields
-                fields = {}
-            key = name_key
-            fields[name_field] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, fields
-
-
-def iter_samples(folder: str | Path, decode: bool = True) -> Iterator[Sample]:
-    """All samples of a preprocessed folder, shard by shard, in order."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    folder = Path(folder)
-    for shard in Manifest.load(folder).shards:
-        if shard.samples == 0:
-            continue
-        tokens = IndexedDataset(str(folder / shard.name))
-        masks = IndexedDataset(str(folder / shard.name) + LOSS_MASK_SUFFIX)
-        groups = iter_tar_groups(folder / f"{shard.name}.tar")
-        for doc, (key, fields) in zip(range(shard.samples), groups, strict=True):
-            yield _sample(key, tokens[doc], masks[doc], fields, decode)
-
-
-def read_sample(folder: str | Path, sid: str, decode: bool = True) -> Sample:
-    """The sample with id `sid` (`locate`), read directly."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    loc = locate(folder, Manifest.load(folder), sid)
-    with tarfile.open(loc.tar) as tar:
-        fields = {m.name.partition(".")[2]: tar.extractfile(m).read()
-                  for m in tar.getmembers() if m.name.partition(".")[0] == loc.key}
-    tokens = IndexedDataset(str(loc.prefix))
-    masks = IndexedDataset(str(loc.prefix) + LOSS_MASK_SUFFIX)
-    return _sample(loc.key, tokens[loc.doc_index], masks[loc.doc_index], fields, decode)
-
-
-def _sample(key: str, tokens: np.ndarray, mask: np.ndarray, fields: dict[str, bytes],
-            decode: bool) -> Sample:
-    # `tokens` and `mask` view an IndexedDataset's memory map, which closes with the dataset:
-    # the caller keeps the datasets alive until the copies below are made.
-    meta = SampleMeta.from_json(json.loads(fields["json"]))
-    if meta.id != key or len(tokens) != len(mask):
-        raise ValueError(f"sample {key}: metadata id {meta.id!r}, {len(tokens)} tokens and "
-                         f"{len(mask)} mask values (files out of step)")
-    media = [fields[media_field(i, info)] for i, info in enumerate(meta.media)]
-    if decode:
-        media = [decode_media(info, data) for info, data in zip(meta.media, media)]
-    return Sample(key, np.array(tokens), np.array(mask, dtype=bool), meta, media)

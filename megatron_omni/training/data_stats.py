@@ -17,7 +17,8 @@ from megatron.core import parallel_state as ps
 
 from megatron_omni import platform
 from megatron_omni.config.schema import OmniConfig
-from megatron_omni.data.multimodal.loader import LOADER_SKIP_REASONS, OmniLoader, loader_stats
+from megatron_omni.data.bad_samples import LOADER_SKIP_REASONS
+from megatron_omni.data.multimodal.loader import OmniLoader, loader_stats
 
 
 class DataStats:

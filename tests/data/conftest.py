@@ -4,8 +4,11 @@ import pytest
 
 from megatron_omni.data.tokenizer import load_tokenizer
 from omni_data_prep.make_demo_corpus import make_demo_corpus
-from omni_data_prep.multimodal import (audio_transcript, conversations, image_caption,
-                                       video_caption)
+from omni_data_prep.multimodal.audio_transcript import AudioTranscriptSource
+from omni_data_prep.multimodal.conversations import ConversationSource
+from omni_data_prep.multimodal.image_caption import ImageCaptionSource
+from omni_data_prep.multimodal.runner import run
+from omni_data_prep.multimodal.video_caption import VideoCaptionSource
 from omni_data_prep.preprocess_text import preprocess
 from omni_data_prep.train_tokenizer import train_tokenizer
 
@@ -33,18 +36,18 @@ def corpus(tmp_path_factory, spm_path):
     pixels = [make_image(root / f"{i}.{('png', 'jpg')[i % 2]}", 20 + 3 * i, 40, 30 * i,
                          y_step=4, x_step=3)
               for i in range(len(CAPTIONS))]
-    image_caption.prepare_image_captions(
+    run(ImageCaptionSource(),
         [write_jsonl(root / "cap.jsonl", [{"image_path": f"{i}.{('png', 'jpg')[i % 2]}",
                                       "caption": c} for i, c in enumerate(CAPTIONS)])],
         spm_path, root / "captions", samples_per_shard=3, progress=False)
     make_tone(root / "a.wav", 2.0, 16000)
     make_tone(root / "b.wav", 3.0, 44100, chirp=True)
-    audio_transcript.prepare_audio_transcripts(
+    run(AudioTranscriptSource(),
         [write_jsonl(root / "asr.jsonl", [{"audio_path": "a.wav", "transcript": "a plain tone"},
                                      {"audio_path": "b.wav", "transcript": "a chirp"}])],
         spm_path, root / "audio", progress=False)
     make_video(root / "v.mp4", 3.0, fps=5, size=(24, 32), audio_rate=16000, shade_step=40)
-    video_caption.prepare_video_captions(
+    run(VideoCaptionSource(),
         [write_jsonl(root / "v.jsonl", [{"video_path": "v.mp4", "caption": "gray shades"}])],
         spm_path, root / "video", progress=False)
     record = {"images": ["0.png"], "audio": "a.wav", "conversations": [
@@ -53,10 +56,10 @@ def corpus(tmp_path_factory, spm_path):
         {"from": "gpt", "value": "A square and a tone."},
         {"from": "human", "value": "Sure?"},
         {"from": "gpt", "value": "Yes."}]}
-    conversations.prepare_conversations([write_jsonl(root / "sft.jsonl", [record])], spm_path,
-                                        root / "sft", progress=False)
+    run(ConversationSource(), [write_jsonl(root / "sft.jsonl", [record])], spm_path,
+        root / "sft", progress=False)
     make_video(root / "silent.mp4", 2.0, fps=5, size=(24, 32), shade_step=60)
-    video_caption.prepare_video_captions(
+    run(VideoCaptionSource(),
         [write_jsonl(root / "s.jsonl", [{"video_path": "silent.mp4", "caption": "no sound"},
                                         {"video_path": "v.mp4", "caption": "with sound"}])],
         spm_path, root / "videos", progress=False)

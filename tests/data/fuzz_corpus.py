@@ -10,11 +10,10 @@ import soundfile
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from PIL import Image
 
-from megatron_omni.data.sample_format import (LOSS_MASK_SUFFIX, MEDIA_SIZES_SUFFIX, AudioInfo,
-                                              ImageInfo, Manifest, SampleMeta, ShardInfo,
-                                              VideoInfo, media_field, media_from_json,
-                                              pack_frames, sample_id, shard_name,
-                                              write_media_sizes)
+from megatron_omni.data.media_items import (AudioInfo, ImageInfo, VideoInfo, media_field,
+                                            media_from_json, pack_frames, write_media_sizes)
+from megatron_omni.data.sample_format import (LOSS_MASK_SUFFIX, MEDIA_SIZES_SUFFIX, Manifest,
+                                              SampleMeta, ShardInfo, sample_id, shard_name)
 
 from ..synthetic_media import special_id
 

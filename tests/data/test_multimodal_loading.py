@@ -14,9 +14,9 @@ from PIL import Image
 
 from megatron_omni.contract import tmrope
 from megatron_omni.contract.media import MediaTokens
+from megatron_omni.data.bad_samples import READ_SKIP_REASONS, BadSampleError
 from megatron_omni.data.multimodal import features, images as image_io
-from megatron_omni.data.multimodal.dataset import (SKIP_REASONS, BadSampleError, LoaderConfig,
-                                                   MultimodalDataset, TextDocuments)
+from megatron_omni.data.multimodal.dataset import LoaderConfig, MultimodalDataset, TextDocuments
 from megatron_omni.data.multimodal.packing import collate, fit, pack_row
 from megatron_omni.data.sample_format import TURN_END, TURN_START, sample_id
 
@@ -96,7 +96,7 @@ def test_audio_roundtrip_matches_whisper_features(corpus, tokenizer):
                         tokenizer)
         assert item["audio_mel"].shape == (1, 80, 3000)
         assert int(item["audio_frames"][0]) == round(seconds * 100)
-        _, _, _, _, meta, media = ds.raw(i)
+        _, _, _, _, meta, media = ds.reader.raw(i)
         wave, _ = soundfile.read(io.BytesIO(media[0]), dtype="float32")
         ref = extractor(wave, sampling_rate=16000, return_tensors="np").input_features[0]
         np.testing.assert_allclose(item["audio_mel"][0].numpy(), ref, atol=1e-4, rtol=0)
@@ -262,7 +262,7 @@ def _assert_same(a, b):
 
 def test_fuzz_bad_samples_are_counted_and_good_ones_unchanged(tmp_path, tokenizer):
     good, bad = fuzz_samples(tokenizer)
-    assert set(bad) == set(SKIP_REASONS) and all(len(v) >= 200 for v in bad.values())
+    assert set(bad) == set(READ_SKIP_REASONS) and all(len(v) >= 200 for v in bad.values())
     mixed = [(s, None) for s in good]
     mixed += [(s, reason) for reason, samples in bad.items() for s in samples]
     order = np.random.default_rng(1).permutation(len(mixed))

@@ -14,8 +14,8 @@ import torch
 
 from megatron_omni.config import ConfigError, load_config, validate
 from megatron_omni.contract.media import MediaTokens
-from megatron_omni.data.multimodal.dataset import (SKIP_REASONS, BadSampleError, LoaderConfig,
-                                                   MultimodalDataset)
+from megatron_omni.data.bad_samples import READ_SKIP_REASONS, BadSampleError
+from megatron_omni.data.multimodal.dataset import LoaderConfig, MultimodalDataset
 from megatron_omni.data.multimodal.loader import build_omni_loader, plan_steps
 from megatron_omni.data.multimodal.mixture import (PHASE_MIXES, PROGRESSIVE_SCHEDULE,
                                                    MixtureStream, Schedule)
@@ -241,7 +241,7 @@ def _fuzz_cfg(root, **mm):
 
 def test_fuzz_counts_every_reason_and_keeps_good_samples(fuzz_folders, tokenizer):
     root, good, bad, mixed, good_of = fuzz_folders
-    assert set(bad) == set(SKIP_REASONS) and all(len(v) >= 200 for v in bad.values())
+    assert set(bad) == set(READ_SKIP_REASONS) and all(len(v) >= 200 for v in bad.values())
     cfg = _fuzz_cfg(root, num_workers=2)
     cfg.training.train_steps = len(mixed) // 2       # one epoch: every sample read once
     loader = build_omni_loader(cfg, tokenizer, MEDIA_TOKENS, 0, 0, 1)

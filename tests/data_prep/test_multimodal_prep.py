@@ -10,13 +10,14 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from PIL import Image
 
-from megatron_omni.data.sample_format import (AUDIO_SAMPLE_RATE, LOSS_MASK_SUFFIX, TURN_END,
-                                              TURN_START, AudioInfo, Manifest, VideoInfo,
-                                              iter_samples, locate, read_sample)
-from omni_data_prep.multimodal import (audio_transcript, conversations, image_caption,
+from megatron_omni.data.bad_samples import BadSampleError
+from megatron_omni.data.media_items import AUDIO_SAMPLE_RATE, AudioInfo, VideoInfo
+from megatron_omni.data.sample_format import (LOSS_MASK_SUFFIX, TURN_END, TURN_START, Manifest,
+                                              locate)
+from megatron_omni.data.sample_reader import iter_samples, read_sample
+from omni_data_prep.multimodal import (audio_transcript, cli, conversations, image_caption,
                                        interleaved, runner, video_caption)
 from omni_data_prep.multimodal.media import resample
-from omni_data_prep.text_records import BadRecordError
 
 from ..synthetic_media import make_image, make_tone, make_video, special_id, write_jsonl
 
@@ -59,8 +60,8 @@ def test_resample_matches_scipy_and_keeps_frequency():
 def test_image_caption_roundtrip(tmp_path, spm_path, tokenizer, workers):
     jsonl, pixels = _captions(tmp_path)
     out = tmp_path / "out"
-    manifest = image_caption.prepare_image_captions([jsonl], spm_path, out, workers=workers,
-                                                    samples_per_shard=3, progress=False)
+    manifest = runner.run(image_caption.ImageCaptionSource(), [jsonl], spm_path, out,
+                          workers=workers, samples_per_shard=3, progress=False)
     samples = list(iter_samples(out))
     assert [s.id for s in samples] == ["00000-000000", "00000-000001", "00000-000002",
                                        "00001-000000", "00001-000001", "00001-000002",
@@ -129,9 +130,9 @@ def test_webdataset_tars_in_and_out(tmp_path, spm_path, tokenizer):
         info = tarfile.TarInfo("src3.txt")
         info.size = 4
         tar.addfile(info, io.BytesIO(b"lost"))
-    with pytest.raises(BadRecordError, match=f"{src}:src3: missing_file: no image member"):
-        image_caption.prepare_image_captions([str(src)], spm_path, out, strict=True,
-                                             progress=False)
+    with pytest.raises(BadSampleError, match=f"{src}:src3: missing_file: no image member"):
+        runner.run(image_caption.ImageCaptionSource(), [str(src)], spm_path, out, strict=True,
+                   progress=False)
 
 
 def test_interleaved_roundtrip(tmp_path, spm_path, tokenizer):
@@ -197,7 +198,7 @@ def test_video_roundtrip(tmp_path, spm_path, tokenizer):
                {"video_path": "silent.mp4", "caption": "no sound here"}]
     jsonl = write_jsonl(tmp_path / "videos.jsonl", records)
     out = tmp_path / "out"
-    video_caption.prepare_video_captions([jsonl], spm_path, out, progress=False)
+    runner.run(video_caption.VideoCaptionSource(), [jsonl], spm_path, out, progress=False)
     noisy, silent = iter_samples(out)
     video, audio = special_id(tokenizer, "video"), special_id(tokenizer, "audio")
     assert noisy.tokens.tolist() == [video, audio] + tokenizer.encode("shades of gray\nhello") + [
@@ -217,8 +218,8 @@ def test_video_roundtrip(tmp_path, spm_path, tokenizer):
 
     # Capped at 2 frames, the 3.5 s clip is sampled evenly: every 1.75 s.
     capped = tmp_path / "capped"
-    video_caption.prepare_video_captions([jsonl], spm_path, capped, max_frames=2,
-                                         with_audio=False, progress=False)
+    runner.run(video_caption.VideoCaptionSource(max_frames=2, with_audio=False), [jsonl],
+               spm_path, capped, progress=False)
     first = next(iter_samples(capped))
     assert first.meta.media[0].timestamps == (0.0, 1.8) and len(first.meta.media) == 1
     assert first.meta.media[0].fps == pytest.approx(2 / 3.5, rel=0.02)
@@ -365,6 +366,24 @@ def test_strict_names_file_and_line(tmp_path, spm_path, capsys):
     assert image_caption.main(args).totals()["skipped"] == {"missing_file": 1}
 
 
+def test_one_command_per_kind_and_user_errors(tmp_path, spm_path, capsys):
+    for kind in cli.KINDS:
+        assert f"python -m omni_data_prep.multimodal.{kind}" in cli.build_parser(kind).format_help()
+    jsonl, _ = _captions(tmp_path, n=3)
+    args = ["--tokenizer", str(spm_path), "--output-dir", str(tmp_path / "o")]
+    manifest = cli.dispatch(["image_caption", "--input", jsonl, *args, "--caption-key", "caption"])
+    assert manifest.totals()["counts"]["samples"] == 3
+    capsys.readouterr()
+    missing = str(tmp_path / "none-*.jsonl")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.dispatch(["interleaved", "--input", missing, *args])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"error: input {missing!r} matches no file\n"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.dispatch(["no_such_kind", "--input", jsonl, *args])
+    assert exit_info.value.code == 2 and "sample kind" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- atomic and resume
 
 def _tree(folder):
@@ -374,7 +393,8 @@ def _tree(folder):
 def test_interrupted_run_resumes_to_identical_output(tmp_path, spm_path, monkeypatch):
     jsonl, _ = _captions(tmp_path)
     options = dict(samples_per_shard=2, progress=False)
-    image_caption.prepare_image_captions([jsonl], spm_path, tmp_path / "whole", **options)
+    runner.run(image_caption.ImageCaptionSource(), [jsonl], spm_path, tmp_path / "whole",
+               **options)
     expected = _tree(tmp_path / "whole")
 
     real_write = runner.write_shard
@@ -389,7 +409,7 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, spm_path, monkeyp
     monkeypatch.setattr(runner, "write_shard", crash_after_two)
     out = tmp_path / "resumed"
     with pytest.raises(RuntimeError, match="killed"):
-        image_caption.prepare_image_captions([jsonl], spm_path, out, **options)
+        runner.run(image_caption.ImageCaptionSource(), [jsonl], spm_path, out, **options)
     names = sorted(p.name for p in out.iterdir())
     assert "manifest.json" not in names and not [n for n in names if ".tmp-" in n]
     assert [n for n in names if n.endswith(".done.json")] == ["shard-00000.done.json",
@@ -398,7 +418,7 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, spm_path, monkeyp
     calls.clear()
     monkeypatch.setattr(runner, "write_shard", lambda s, t: calls.append(t.index)
                         or real_write(s, t))
-    image_caption.prepare_image_captions([jsonl], spm_path, out, **options)
+    runner.run(image_caption.ImageCaptionSource(), [jsonl], spm_path, out, **options)
     assert calls == [2, 3], "finished shards are reused, the rest written"
     assert _tree(out) == expected
 
@@ -407,15 +427,14 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, spm_path, monkeyp
     records[6] = records[6].replace("seven", "SEVEN")
     (tmp_path / "captions.jsonl").write_text("\n".join(records) + "\n")
     calls.clear()
-    image_caption.prepare_image_captions([jsonl], spm_path, out, **options)
+    runner.run(image_caption.ImageCaptionSource(), [jsonl], spm_path, out, **options)
     assert calls == [3]
 
 
 def test_parallel_output_equals_serial(tmp_path, spm_path):
     jsonl, _ = _captions(tmp_path)
     for workers in (1, 2):
-        image_caption.prepare_image_captions([jsonl], spm_path, tmp_path / f"w{workers}",
-                                             workers=workers, samples_per_shard=2,
-                                             progress=False)
+        runner.run(image_caption.ImageCaptionSource(), [jsonl], spm_path, tmp_path / f"w{workers}",
+                   workers=workers, samples_per_shard=2, progress=False)
     assert _tree(tmp_path / "w1") == _tree(tmp_path / "w2")
     assert math.ceil(len(CAPTIONS) / 2) == len(Manifest.load(tmp_path / "w2").shards)

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+from megatron_omni.data.bad_samples import BadSampleError
 from omni_data_prep import preprocess_text
 from omni_data_prep.preprocess_text import main, preprocess
-from omni_data_prep.text_records import BadRecordError
 
 
 def _write_parts(folder, docs, fmt, parts=3):
@@ -149,7 +149,7 @@ def test_failure_midway_leaves_no_output(tmp_path, documents, spm_path, monkeypa
     monkeypatch.setattr(preprocess_text, "IndexedDatasetBuilder", _CountingBuilder)
     for prefix in (tmp_path / "new" / "text", old):
         _CountingBuilder.documents_added = 0
-        with pytest.raises(BadRecordError, match=f"{bad}:{len(documents) + 1}: malformed_json"):
+        with pytest.raises(BadSampleError, match=f"{bad}:{len(documents) + 1}: malformed_json"):
             preprocess([str(bad)], str(spm_path), str(prefix), workers=2, chunk_size=8,
                        strict=True, progress=False)
         assert _CountingBuilder.documents_added > len(documents) - 8, "failed late in the run"

@@ -21,20 +21,16 @@ Item (a dict; `None` for a skipped bad sample when not strict):
     audio_video list[int | None]                per audio item: the video (index among videos)
                                                 whose track it is
 
-Bad samples are skipped: `__getitem__` returns None, adds one to `skip_counts[reason]` (reasons
-in `SKIP_REASONS`) and logs the first few with shard and key; with `strict=True` it raises
-`BadSampleError` naming shard and key instead. `skip_counts` counts reads in this process (a
-DataLoader worker has its own): the mixture wraps the counts of every item it passed over into
-the item it returns, so the training loop can sum them.
+Bad samples are skipped (data/bad_samples.py): `__getitem__` returns None, adds one to
+`skip_counts[reason]` (reasons in `READ_SKIP_REASONS`) and logs the first few with shard and
+key; with `strict=True` it raises `BadSampleError` naming shard and key instead. `skip_counts`
+counts reads in this process (a DataLoader worker has its own): the mixture wraps the counts of
+every item it passed over into the item it returns, so the training loop can sum them. Reading
+the stored parts of a sample is data/sample_reader.py's `SampleReader`.
 """
 from __future__ import annotations
 
-import bisect
-import collections
 import io
-import json
-import logging
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,30 +39,13 @@ import torch
 
 from megatron_omni.contract import tmrope
 from megatron_omni.contract.media import PLACEHOLDERS, MediaTokens
+from megatron_omni.data.bad_samples import SkipCounter, SkippingDataset, SkipSample
+from megatron_omni.data.media_items import (AUDIO_SAMPLE_RATE, AudioInfo, ImageInfo, VideoInfo,
+                                            read_media_sizes, unpack_frames)
 from megatron_omni.data.multimodal import features, images as image_io
 from megatron_omni.data.multimodal.expand import Expander, media_positions, sample_frame_indices
-from megatron_omni.data.sample_format import (AUDIO_SAMPLE_RATE, LOSS_MASK_SUFFIX,
-                                              MEDIA_SIZES_SUFFIX, AudioInfo, ImageInfo, Manifest,
-                                              SampleMeta, VideoInfo, media_field,
-                                              read_media_sizes, sample_id, unpack_frames)
-
-log = logging.getLogger(__name__)
-
-SKIP_REASONS = ("missing_member", "bad_metadata", "empty_text", "placeholder_mismatch",
-                "corrupt_image", "corrupt_video", "corrupt_audio", "truncated_audio",
-                "wrong_sample_rate")
-_LOGGED_PER_REASON = 5
-
-
-class BadSampleError(ValueError):
-    """A sample that cannot be used, under strict=True."""
-
-
-class _Skip(Exception):
-    def __init__(self, reason: str, detail: str):
-        assert reason in SKIP_REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+from megatron_omni.data.sample_format import MEDIA_SIZES_SUFFIX
+from megatron_omni.data.sample_reader import SampleReader
 
 
 @dataclass(frozen=True)
@@ -93,44 +72,7 @@ class LoaderConfig:
     compute_position_ids: bool = True
 
 
-class _SkippingDataset(torch.utils.data.Dataset):
-    """Bad-sample handling shared by the datasets: `_item` raises _Skip, `__getitem__` counts
-    it (or raises BadSampleError under strict) naming `where(index)`."""
-
-    strict: bool
-    skip_counts: collections.Counter
-
-    def where(self, index: int) -> str:
-        raise NotImplementedError
-
-    def _item(self, index: int) -> dict:
-        raise NotImplementedError
-
-    def __getitem__(self, index: int) -> dict | None:
-        try:
-            return self._item(index)
-        except _Skip as err:
-            message = f"{self.where(index)}: {err}"
-            if self.strict:
-                raise BadSampleError(message) from None
-            self.skip_counts[err.reason] += 1
-            if self.skip_counts[err.reason] <= _LOGGED_PER_REASON:
-                log.warning("skipping bad sample %s", message)
-            return None
-
-
-@dataclass
-class _Shard:
-    name: str
-    index: int
-    samples: int
-    tokens: object = None        # IndexedDataset, opened on first use (per process)
-    masks: object = None
-    members: dict | None = None  # key -> {field: (offset, size)}
-    tar_size: int = 0
-
-
-class MultimodalDataset(_SkippingDataset):
+class MultimodalDataset(SkippingDataset):
     """Samples of one preprocessed folder (see module docstring).
 
     Args:
@@ -142,12 +84,12 @@ class MultimodalDataset(_SkippingDataset):
 
     def __init__(self, folder: str | Path, tokenizer=None, config: LoaderConfig = LoaderConfig(),
                  strict: bool = False):
-        self.folder = Path(folder)
-        self.manifest = Manifest.load(self.folder)
+        self.reader = SampleReader(folder)
+        self.folder, self.manifest = self.reader.folder, self.reader.manifest
         if tokenizer is None:
             from megatron_omni.data.tokenizer import load_tokenizer
             tokenizer = load_tokenizer(self.manifest.tokenizer["path"])
-        self.config, self.strict = config, strict
+        self.config, self.skips = config, SkipCounter(strict)
         self.placeholder_id = {kind: tokenizer.special_ids[text]
                                for kind, text in PLACEHOLDERS.items()}
         self.placeholder_kind = {i: kind for kind, i in self.placeholder_id.items()}
@@ -157,20 +99,13 @@ class MultimodalDataset(_SkippingDataset):
         self.kind = self.manifest.kind
         self.backend = image_io.resolve_backend(config.image_backend)
         self._dali = None
-        self.shards = [_Shard(s.name, s.index, s.samples) for s in self.manifest.shards
-                       if s.samples > 0]
-        self._starts = np.cumsum([0] + [s.samples for s in self.shards]).tolist()
-        self.skip_counts: collections.Counter = collections.Counter()
         self._planned: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return self._starts[-1]
+        return len(self.reader)
 
-    def locate(self, index: int) -> tuple[_Shard, int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} of {len(self)}")
-        position = bisect.bisect_right(self._starts, index) - 1
-        return self.shards[position], index - self._starts[position]
+    def where(self, index: int) -> str:
+        return self.reader.where(index)
 
     def planned_lengths(self) -> np.ndarray:
         if self._planned is None:
@@ -182,8 +117,8 @@ class MultimodalDataset(_SkippingDataset):
         per token) from the .idx files and `<shard>.media.json` alone: what packing plans with.
         A bad sample gets the length its index and media sizes claim (it reads as nothing)."""
         out = []
-        for shard in self.shards:
-            self._open(shard, tar=False)
+        for shard in self.reader.shards:
+            self.reader.open(shard, tar=False)
             lengths = np.asarray(shard.tokens.sequence_lengths[:shard.samples], np.int64)
             sizes = read_media_sizes(self.folder / f"{shard.name}{MEDIA_SIZES_SUFFIX}")
             if len(sizes) != shard.samples:
@@ -199,63 +134,17 @@ class MultimodalDataset(_SkippingDataset):
         return media_positions(self.config.media_tokens, kind, size, self.config.max_video_frames,
                                self.config.pad_audio_to_30s)
 
-    # ------------------------------------------------------------------ reading
-
-    def _open(self, shard: _Shard, tar: bool = True) -> None:
-        """Open the shard's indexed datasets and, with `tar`, index its tar (headers only)."""
-        if shard.tokens is None:
-            from megatron.core.datasets.indexed_dataset import IndexedDataset
-            prefix = str(self.folder / shard.name)
-            shard.tokens = IndexedDataset(prefix)
-            shard.masks = IndexedDataset(prefix + LOSS_MASK_SUFFIX)
-        if tar and shard.members is None:
-            shard.members, shard.tar_size = _index_tar(self.folder / f"{shard.name}.tar")
-
-    def _read_member(self, shard: _Shard, key: str, field: str) -> bytes:
-        where = shard.members.get(key, {}).get(field)
-        if where is None:
-            raise _Skip("missing_member", f"no member {key}.{field}")
-        offset, size = where
-        with open(self.folder / f"{shard.name}.tar", "rb") as f:
-            f.seek(offset)
-            data = f.read(size)
-        return data  # may be short for a truncated tar: the decoder then fails
-
-    def raw(self, index: int) -> tuple[str, str, np.ndarray, np.ndarray, SampleMeta, list[bytes]]:
-        """(shard name, key, tokens, format loss mask, metadata, stored media bytes) of sample
-        `index`; raises _Skip."""
-        shard, doc = self.locate(index)
-        self._open(shard)
-        key = sample_id(shard.index, doc)
-        tokens = np.array(shard.tokens[doc], dtype=np.int64)
-        mask = np.array(shard.masks[doc], dtype=bool)
-        data = self._read_member(shard, key, "json")
-        try:
-            meta = SampleMeta.from_json(json.loads(data))
-        except Exception as err:  # noqa: BLE001 - any damage to the JSON means unusable metadata
-            raise _Skip("bad_metadata", f"{type(err).__name__}: {err}") from None
-        if meta.id != key or len(tokens) != len(mask):
-            raise _Skip("bad_metadata", f"metadata id {meta.id!r}, {len(tokens)} tokens, "
-                                        f"{len(mask)} mask values")
-        media = [self._read_member(shard, key, media_field(i, info))
-                 for i, info in enumerate(meta.media)]
-        return shard.name, key, tokens, mask, meta, media
-
-    def where(self, index: int) -> str:
-        shard, doc = self.locate(index)
-        return f"{self.folder}/{shard.name}.tar key {sample_id(shard.index, doc)}"
-
     # ------------------------------------------------------------------ decoding
 
     def _item(self, index: int) -> dict:
-        shard_name, key, tokens, mask, meta, media = self.raw(index)
+        shard_name, key, tokens, mask, meta, media = self.reader.raw(index)
         found = [self.placeholder_kind[t] for t in tokens.tolist() if t in self.placeholder_kind]
         stored = [m.kind for m in meta.media]
         if found != stored:
-            raise _Skip("placeholder_mismatch", f"placeholders {found} but media {stored}")
+            raise SkipSample("placeholder_mismatch", f"placeholders {found} but media {stored}")
         is_text = ~np.isin(tokens, list(self.placeholder_kind) + [self.eod_id])
         if len(tokens) == 0 or not (is_text & mask).any():
-            raise _Skip("empty_text", "no text token is a training target")
+            raise SkipSample("empty_text", "no text token is a training target")
 
         cfg = self.config
         images, videos, stamps, mels, frames, audio_video = [], [], [], [], [], []
@@ -293,7 +182,7 @@ class MultimodalDataset(_SkippingDataset):
         item = self.expander.expand(tokens, mask, item)
         planned = int(self.planned_lengths()[index])
         if item["expanded_length"] != planned:
-            raise _Skip("bad_metadata", f"{item['expanded_length']} positions, "
+            raise SkipSample("bad_metadata", f"{item['expanded_length']} positions, "
                                         f"{MEDIA_SIZES_SUFFIX} says {planned}")
         return item
 
@@ -308,9 +197,9 @@ class MultimodalDataset(_SkippingDataset):
                 try:
                     size = image_io.image_size(data)
                 except Exception as err:  # noqa: BLE001
-                    raise _Skip("corrupt_image", f"{type(err).__name__}: {err}") from None
+                    raise SkipSample("corrupt_image", f"{type(err).__name__}: {err}") from None
                 if size != (info.width, info.height):
-                    raise _Skip("corrupt_image", f"header {size}, metadata "
+                    raise SkipSample("corrupt_image", f"header {size}, metadata "
                                                  f"{(info.width, info.height)}")
             if self._dali is None:
                 self._dali = image_io.DaliImageDecoder(cfg.image_size, cfg.image_mean,
@@ -318,15 +207,15 @@ class MultimodalDataset(_SkippingDataset):
             try:
                 return self._dali([data for _, data in encoded])
             except RuntimeError as err:
-                raise _Skip("corrupt_image", f"DALI: {err}") from None
+                raise SkipSample("corrupt_image", f"DALI: {err}") from None
         decoded = []
         for info, data in encoded:  # a damaged image is skipped
             try:
                 img = image_io.decode_rgb(data)
             except Exception as err:  # noqa: BLE001 - PIL raises many types on damaged input
-                raise _Skip("corrupt_image", f"{type(err).__name__}: {err}") from None
+                raise SkipSample("corrupt_image", f"{type(err).__name__}: {err}") from None
             if img.size != (info.width, info.height):
-                raise _Skip("corrupt_image", f"decoded {img.size}, metadata "
+                raise SkipSample("corrupt_image", f"decoded {img.size}, metadata "
                                              f"{(info.width, info.height)}")
             decoded.append(img)
         return torch.stack([image_io.pil_to_tensor(img, cfg.image_size, cfg.image_mean,
@@ -337,16 +226,16 @@ class MultimodalDataset(_SkippingDataset):
         try:
             jpegs, stamps = unpack_frames(data)
         except Exception as err:  # noqa: BLE001
-            raise _Skip("corrupt_video", f"frames npz: {type(err).__name__}: {err}") from None
+            raise SkipSample("corrupt_video", f"frames npz: {type(err).__name__}: {err}") from None
         if len(jpegs) != info.num_frames or len(stamps) != len(jpegs) or not jpegs:
-            raise _Skip("corrupt_video", f"{len(jpegs)} frames, metadata {info.num_frames}")
+            raise SkipSample("corrupt_video", f"{len(jpegs)} frames, metadata {info.num_frames}")
         keep = sample_frame_indices(len(jpegs), cfg.max_video_frames)
         out = []
         for j in keep:
             try:
                 img = image_io.decode_rgb(jpegs[j])
             except Exception as err:  # noqa: BLE001
-                raise _Skip("corrupt_video", f"frame {j}: {type(err).__name__}: {err}") from None
+                raise SkipSample("corrupt_video", f"frame {j}: {type(err).__name__}: {err}") from None
             out.append(image_io.pil_to_tensor(img, cfg.image_size, cfg.image_mean, cfg.image_std))
         return torch.stack(out), np.asarray(stamps, np.float64)[keep]
 
@@ -354,23 +243,23 @@ class MultimodalDataset(_SkippingDataset):
         import soundfile
 
         if info.sample_rate != AUDIO_SAMPLE_RATE:
-            raise _Skip("wrong_sample_rate", f"metadata says {info.sample_rate} Hz")
+            raise SkipSample("wrong_sample_rate", f"metadata says {info.sample_rate} Hz")
         try:
             wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except Exception as err:  # noqa: BLE001 - libsndfile errors on damaged input
-            raise _Skip("corrupt_audio", f"{type(err).__name__}: {err}") from None
+            raise SkipSample("corrupt_audio", f"{type(err).__name__}: {err}") from None
         if rate != AUDIO_SAMPLE_RATE:
-            raise _Skip("wrong_sample_rate", f"stored at {rate} Hz, expected {AUDIO_SAMPLE_RATE}")
+            raise SkipSample("wrong_sample_rate", f"stored at {rate} Hz, expected {AUDIO_SAMPLE_RATE}")
         if wave.shape[1] != 1 or len(wave) > info.num_samples or not np.isfinite(wave).all():
-            raise _Skip("corrupt_audio", f"{wave.shape} samples, metadata {info.num_samples}")
+            raise SkipSample("corrupt_audio", f"{wave.shape} samples, metadata {info.num_samples}")
         if len(wave) < info.num_samples:
-            raise _Skip("truncated_audio", f"{len(wave)} of {info.num_samples} samples")
+            raise SkipSample("truncated_audio", f"{len(wave)} of {info.num_samples} samples")
         wave = wave[:, 0]
         pad = self.config.pad_audio_to_30s
         return features.log_mel(wave, self.config.n_mels, pad), features.num_mel_frames(
             len(wave), pad)
 
-class TextDocuments(_SkippingDataset):
+class TextDocuments(SkippingDataset):
     """The documents of a text indexed binary (data_prep/preprocess_text.py) as items of the
     same format: every token but the first is a target, no media. A document holding a
     placeholder id is skipped (placeholder_mismatch), an empty one (empty_text).
@@ -388,14 +277,13 @@ class TextDocuments(_SkippingDataset):
                  strict: bool = False):
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        self.prefix, self.config, self.strict = str(prefix), config, strict
+        self.prefix, self.config, self.skips = str(prefix), config, SkipCounter(strict)
         self.documents = IndexedDataset(self.prefix)
         placeholder_id = {kind: tokenizer.special_ids[t] for kind, t in PLACEHOLDERS.items()}
         self.placeholders = np.array(list(placeholder_id.values()))
         self.eod_id = tokenizer.eod_id
         self.expander = Expander(placeholder_id, self.eod_id, config.media_tokens,
                                  config.compute_position_ids)
-        self.skip_counts: collections.Counter = collections.Counter()
 
     def __len__(self) -> int:
         return len(self.documents)
@@ -409,9 +297,9 @@ class TextDocuments(_SkippingDataset):
     def _item(self, index: int) -> dict:
         tokens = np.array(self.documents[index], dtype=np.int64)
         if np.isin(tokens, self.placeholders).any():
-            raise _Skip("placeholder_mismatch", "placeholder ids in a text document")
+            raise SkipSample("placeholder_mismatch", "placeholder ids in a text document")
         if not (tokens != self.eod_id).any():
-            raise _Skip("empty_text", "no text token")
+            raise SkipSample("empty_text", "no text token")
         size, n = self.config.image_size, len(tokens)
         item = {"id": f"{Path(self.prefix).name}:{index}", "kind": self.kind, "media_order": [],
                 "images": torch.zeros(0, 3, size, size), "videos": [], "video_timestamps": [],
@@ -420,24 +308,3 @@ class TextDocuments(_SkippingDataset):
         return self.expander.finish(item, tokens, np.ones(n, bool), np.full(n, -1),
                                     [tmrope.TextSpan(n)])
 
-
-def _index_tar(path: Path) -> tuple[dict, int]:
-    """{key: {field: (data offset, size)}} of a webdataset tar, from its headers. A tar cut
-    short keeps the members whose headers were read (their data may be short)."""
-    members: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
-    size = path.stat().st_size if path.exists() else 0
-    try:
-        with tarfile.open(path) as tar:
-            while True:
-                try:
-                    member = tar.next()
-                except tarfile.ReadError:
-                    break
-                if member is None:
-                    break
-                if member.isfile():
-                    key, _, field = member.name.partition(".")
-                    members[key][field] = (member.offset_data, member.size)
-    except (OSError, tarfile.TarError) as err:
-        log.warning("cannot read %s: %s", path, err)
-    return dict(members), size

@@ -21,10 +21,11 @@ microseconds per sample).
 Rank r of dp takes rows [r·G/dp, (r+1)·G/dp) of every step (G = global batch), in micro-batches
 of training.micro_batch_size rows, up to training.train_steps: every rank yields the same number.
 
-Bad samples (dataset.SKIP_REASONS, plus "too_long": a sample that starts with a media item
-longer than a row) leave their place in the row as padding; they are counted per reason and the
-counts reach `stats()` from the DataLoader workers with the micro-batches. With
-data.multimodal.strict the first one raises BadSampleError naming shard and key.
+Bad samples (bad_samples.LOADER_SKIP_REASONS: the datasets' reasons, plus "too_long": a sample
+that starts with a media item longer than a row) leave their place in the row as padding; they
+are counted per reason and the counts reach `stats()` from the DataLoader workers with the
+micro-batches. With data.multimodal.strict the first one raises BadSampleError naming shard
+and key.
 """
 from __future__ import annotations
 
@@ -39,14 +40,11 @@ from megatron_omni.config.load import ConfigError
 from megatron_omni.config.schema import OmniConfig
 from megatron_omni.contract.batch import OmniBatch
 from megatron_omni.contract.media import MediaTokens
-from megatron_omni.data.multimodal.dataset import (SKIP_REASONS, BadSampleError, LoaderConfig,
-                                                   MultimodalDataset, TextDocuments)
+from megatron_omni.data.bad_samples import SkipSample
+from megatron_omni.data.multimodal.dataset import LoaderConfig, MultimodalDataset, TextDocuments
 from megatron_omni.data.multimodal.mixture import MixtureStream, Schedule
 from megatron_omni.data.multimodal.packing import collate, fit, pack_row
 from megatron_omni.data.sample_format import MANIFEST_NAME
-
-LOADER_SKIP_REASONS = SKIP_REASONS + ("too_long",)
-"""Every reason the loader skips a sample for."""
 
 Ref = tuple[str, int]
 """A sample of the plan: (mix modality, item index among that modality's sources)."""
@@ -106,9 +104,9 @@ class RowReader(torch.utils.data.Dataset):
     skipped: "delivered" (mix modality per sample), "skips" ({reason: n})."""
 
     def __init__(self, sources: dict[str, ModalitySources], seq_length: int, pad_id: int,
-                 tmrope: bool, strict: bool):
+                 tmrope: bool):
         self.sources, self.seq_length, self.pad_id = sources, seq_length, pad_id
-        self.tmrope, self.strict = tmrope, strict
+        self.tmrope = tmrope
 
     def __getitem__(self, row: Sequence[Ref]) -> dict:
         samples, delivered, skips = [], [], collections.Counter()
@@ -116,15 +114,14 @@ class RowReader(torch.utils.data.Dataset):
             dataset, local = self.sources[modality].locate(index)
             before = collections.Counter(dataset.skip_counts)
             item = dataset[local]
+            if item is not None:
+                item = fit(item, self.seq_length)
+                if item is None:  # the dataset's counter: its strict mode and logging
+                    dataset.skips.skip(SkipSample("too_long", f"its first media item does not "
+                                                  f"fit in {self.seq_length} positions"),
+                                       dataset.where(local))
             if item is None:
                 skips.update(collections.Counter(dataset.skip_counts) - before)
-                continue
-            item = fit(item, self.seq_length)
-            if item is None:
-                if self.strict:
-                    raise BadSampleError(f"{dataset.where(local)}: too_long: its first media "
-                                         f"item does not fit in {self.seq_length} positions")
-                skips["too_long"] += 1
                 continue
             item["modality"] = modality
             samples.append(item)
@@ -267,7 +264,7 @@ def build_omni_loader(cfg: OmniConfig, tokenizer, media_tokens: MediaTokens,
                       t.global_batch_size, mm.packing)
     first = consumed_samples // t.global_batch_size
     batches = _micro_batch_rows(plan, first, t.train_steps, dp_rank, dp, t.micro_batch_size)
-    reader = RowReader(sources, cfg.data.seq_length, tokenizer.pad_id, mm.tmrope, mm.strict)
+    reader = RowReader(sources, cfg.data.seq_length, tokenizer.pad_id, mm.tmrope)
     # Own generator: the workers' base seed must not come from (and shift) the global RNG.
     loader = torch.utils.data.DataLoader(
         reader, batch_sampler=batches, num_workers=mm.num_workers,
