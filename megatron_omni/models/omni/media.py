@@ -14,8 +14,8 @@ import torch
 
 from megatron_omni.config.schema import OmniModelConfig
 from megatron_omni.data.sample_format import PLACEHOLDERS
-from megatron_omni.models.encoders.audio import AUDIO_PRESETS, AudioEncoderConfig, audio_output_length
-from megatron_omni.models.encoders.vision import VISION_PRESETS, VisionEncoderConfig
+from megatron_omni.config.encoders import AUDIO_PRESETS, VISION_PRESETS, AudioEncoderConfig, VisionEncoderConfig
+from megatron_omni.models.encoders.audio import audio_output_length
 from megatron_omni.models.projectors.conv_gmlp import conv_gmlp_output_length
 
 KINDS = ("image", "video", "audio")

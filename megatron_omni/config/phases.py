@@ -1,4 +1,5 @@
-"""The six phases of the plan (seed sections 3 and 7.1) and what this build can run of them."""
+"""The six phases of the plan (seed sections 3 and 7.1), what this build can run of them, and the
+parameter groups that train in each (training/freeze.py freezes the rest)."""
 from __future__ import annotations
 
 from megatron_omni.config.load import ConfigError
@@ -11,6 +12,8 @@ PHASES = {
     5: ("SFT", "all parameters on conversations with loss masks"),
     6: ("preference", "all parameters on preference pairs (DPO)"),
 }
+GROUPS = ("llm", "linear_attention", "vision_encoder", "audio_encoder", "projectors")
+"""Every group a parameter can belong to (training/freeze.py: a module's `trainable_group`)."""
 TEXT_PHASES = {3, 4}
 """Phases that run on the text-only LLM: its pretraining and long-context continuation."""
 OMNI_PHASES = {1, 2, 3}
