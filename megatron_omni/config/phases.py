@@ -3,6 +3,7 @@ parameter groups that train in each (training/freeze.py freezes the rest)."""
 from __future__ import annotations
 
 from megatron_omni.config.load import ConfigError
+from megatron_omni.config.schema import ModelConfig
 
 PHASES = {
     1: ("adapter alignment", "projectors only (LLM and encoders frozen)"),
@@ -41,3 +42,14 @@ def check_phase_runnable(phase: int, omni: bool = False) -> str:
 def trainable_groups(phase: int, trainable: list[str] | None) -> list[str] | None:
     """The parameter groups that train: training.trainable, else the phase's default."""
     return trainable if trainable is not None else DEFAULT_TRAINABLE.get(phase)
+
+
+def model_groups(model: ModelConfig) -> set[str]:
+    """The groups a model of this config has parameters in: the LLM's, the Lightning layers'
+    ('L' in model.layer_pattern) and, with model.omni, the encoders' and the projectors'."""
+    groups = {"llm"}
+    if "L" in model.layer_types():
+        groups.add("linear_attention")
+    if model.omni is not None:
+        groups |= {"vision_encoder", "audio_encoder", "projectors"}
+    return groups

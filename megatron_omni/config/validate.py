@@ -5,7 +5,7 @@ fields (``Literal`` in schema.py) are checked when the config loads (load.py).""
 from __future__ import annotations
 
 from megatron_omni.config.load import ConfigError
-from megatron_omni.config.phases import GROUPS, PHASES, check_phase_runnable
+from megatron_omni.config.phases import GROUPS, PHASES, check_phase_runnable, model_groups
 from megatron_omni.config.schema import OmniConfig
 from megatron_omni.config.validate_inputs import validate_inputs
 from megatron_omni.config.validate_model import validate_model, validate_sizes
@@ -84,6 +84,11 @@ def _validate_groups(cfg: OmniConfig) -> None:
         if unknown or not t.trainable:
             raise ConfigError(f"training.trainable={t.trainable}: use a non-empty list of "
                               f"{', '.join(GROUPS)} (or null to train everything)")
+        have = model_groups(cfg.model)
+        missing = [g for g in t.trainable if g not in have]
+        if missing:
+            raise ConfigError(f"training.trainable={t.trainable}: this model has no parameters in "
+                              f"{missing}; list only parts it has: {', '.join(g for g in GROUPS if g in have)}")
     if t.group_lr is not None:
         bad = {g: v for g, v in t.group_lr.items()
                if g not in GROUPS or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}

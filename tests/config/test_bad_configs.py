@@ -50,6 +50,9 @@ CASES = {
                               ["phase=4 (long context) runs the text-only LLM", "set model.omni=null"]),
     "unknown_trainable_group": (False, ["training.trainable=[encoder]"],
                                 ["training.trainable=['encoder']: use a non-empty list of llm"]),
+    "trainable_group_the_model_lacks": (False, ["training.trainable=[vision_encoder]"],
+                                        ["training.trainable=['vision_encoder']: this model has no parameters "
+                                         "in ['vision_encoder']", "list only parts it has: llm"]),
     "negative_group_lr": (True, ["training.group_lr={projectors: -1.0}"],
                           ["training.group_lr has {'projectors': -1.0}",
                            "e.g. {vision_encoder: 1e-5, projectors: 1e-4}"]),
