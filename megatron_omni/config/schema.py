@@ -109,14 +109,16 @@ class TrainingConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
     eval_interval: int = 20
-    """Run validation every N steps (0 = never)."""
+    """Run validation every N steps (0 = never; must be 0 with model.omni, which has no
+    validation data yet)."""
     eval_steps: int = 2
     """Global batches per validation."""
     recompute: Literal["selective", "full"] | None = None
     """Activation recomputation: null, 'selective' (core attention) or 'full' (whole layers)."""
     trainable: list | None = None
-    """Parameter groups that train (config/phases.py GROUPS, training/freeze.py): llm, linear_attention, vision_encoder,
-    audio_encoder, projectors; the rest is frozen (out of the optimizer and DDP buffers).
+    """Parameter groups that train (config/phases.py GROUPS; training/freeze.py freezes): llm,
+    linear_attention, vision_encoder, audio_encoder, projectors, of those the model has; the rest
+    is frozen (out of the optimizer and DDP buffers).
     null = the phase's default (config/phases.py: phase 1 projectors, phase 2 encoders +
     projectors, otherwise everything)."""
     group_lr: dict | None = None
@@ -129,12 +131,18 @@ class DataConfig:
     """Indexed-binary text data (megatron-core GPTDataset + BlendedMegatronDatasetBuilder)."""
 
     tokenizer: str | None = None
-    """Path to a sentencepiece .model or a HF tokenizer.json."""
+    """Path to a sentencepiece .model or a HF tokenizer.json (required; relative paths are from
+    the run's working directory). Like every file a run reads (train_blend, valid_blend,
+    checkpoint.load, distill.teacher) it must exist when the launch starts, and
+    ``pretrain_omni.py --dry-run`` checks that it does; ``--dry-run --layout-only`` skips the
+    files (e.g. a cluster config checked where its data is not mounted)."""
     train_blend: list = field(default_factory=list)
     """Weighted blend: [weight1, prefix1, weight2, prefix2, ...] or [prefix] (prefix = path
-    without .bin/.idx)."""
+    without .bin/.idx; both files must exist, see tokenizer). Text-only runs; the omni model
+    reads data.multimodal."""
     valid_blend: list | None = None
-    """Validation blend; null = a split of train_blend (see split)."""
+    """Validation blend; null = a split of train_blend (see split: with
+    training.eval_interval > 0 its validation share must be positive)."""
     split: str = "95,5,0"
     """train,valid,test percentages used when valid_blend is null."""
     seq_length: int = 128
@@ -173,7 +181,8 @@ class CheckpointConfig:
     resume: bool = True
     """Continue from the newest complete checkpoint in dir, if any."""
     load: str | None = None
-    """Start from this checkpoint's weights (another run or an HF import); ignored on resume."""
+    """Start from this checkpoint's weights (another run or an HF import); ignored on resume,
+    but the folder must exist (see data.tokenizer)."""
 
 
 @dataclass
@@ -324,7 +333,8 @@ class DistillConfig:
 
     teacher: str | None = None
     """The teacher's run or checkpoint folder (built from its own saved config, all dense, in
-    this run's parallel layout); null = no distillation (plain LM training)."""
+    this run's parallel layout; it must exist, see data.tokenizer); null = no distillation
+    (plain LM training)."""
     temperature: float = 1.0
     """Softmax temperature T of both teacher and student logits (> 0)."""
     kl_weight: float = 1.0

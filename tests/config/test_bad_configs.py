@@ -93,7 +93,8 @@ CASES = {
     "teacher_missing": (False, ["phase=4", "distill.teacher={data}/no_teacher"],
                         ["distill.teacher={data}/no_teacher does not exist"]),
     "global_batch_not_multiple": (False, ["training.global_batch_size=7"],
-                                  ["training.global_batch_size=7 is not a multiple", "use global_batch_size=6 or 8"]),
+                                  ["training.global_batch_size=7 is not a multiple",
+                                   "use global_batch_size=6 or 8"]),
 }
 
 
