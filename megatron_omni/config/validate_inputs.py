@@ -1,4 +1,4 @@
-"""Checks of what a run reads: the tokenizer, the text data, the validation data and the
+"""Checks of what a run reads: the tokenizer, the text or omni data, the validation data and the
 checkpoints it starts from. ``validate(..., check_inputs=True)`` runs them (the trainer, and
 ``launch/pretrain_omni.py --dry-run`` unless ``--layout-only``); paths are relative to the
 working directory of the run, as the trainer opens them."""
@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_omni.config.load import ConfigError
+from megatron_omni.config.mixes import Schedule
 from megatron_omni.config.schema import OmniConfig
+from megatron_omni.config.validate_omni import schedule_config
 
 TOKENIZER_SUFFIXES = (".model", ".json")
 """A SentencePiece model or a Hugging Face tokenizer.json (data/tokenizer.py load_tokenizer)."""
@@ -15,10 +17,12 @@ TOKENIZER_SUFFIXES = (".model", ".json")
 
 def validate_inputs(cfg: OmniConfig) -> None:
     _validate_tokenizer(cfg)
-    if cfg.model.omni is None:  # the omni model reads data.multimodal (checked by its loader)
+    if cfg.model.omni is None:
         check_blend(cfg.data.train_blend, "data.train_blend")
         if cfg.data.valid_blend is not None:
             check_blend(cfg.data.valid_blend, "data.valid_blend")
+    elif cfg.data.multimodal is not None:
+        _validate_multimodal_sources(cfg)
     _validate_validation_data(cfg)
     for name, path in (("checkpoint.load", cfg.checkpoint.load), ("distill.teacher", cfg.distill.teacher)):
         if path is not None and not Path(path).is_dir():
@@ -37,6 +41,18 @@ def _validate_tokenizer(cfg: OmniConfig) -> None:
     if not Path(path).is_file():
         raise ConfigError(f"data.tokenizer={path} does not exist; give an existing sentencepiece "
                           ".model or tokenizer.json")
+
+
+def _validate_multimodal_sources(cfg: OmniConfig) -> None:
+    """Each source of a modality the mix draws exists: a folder or an indexed-binary prefix (the
+    loader then checks that a folder is a prepared one)."""
+    mm = cfg.data.multimodal
+    for m in Schedule.from_config(schedule_config(cfg)).modalities:
+        for i, path in enumerate(getattr(mm, m)):
+            if not (Path(path).is_dir() or all(Path(f"{path}{ext}").is_file() for ext in (".bin", ".idx"))):
+                raise ConfigError(f"data.multimodal.{m}[{i}]={path} does not exist; give a prepared "
+                                  "folder (data_prep/multimodal) or an indexed-binary prefix with "
+                                  ".bin/.idx (data_prep/preprocess_text.py)")
 
 
 def check_blend(blend: list, name: str) -> None:

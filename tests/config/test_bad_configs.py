@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 OMNI = str(ROOT / "examples" / "omni_tiny_cpu.yaml")
 TEXT = ["training.train_steps=4", "training.warmup_steps=1"]
 """The tiny text model (defaults); "{data}" in a setting is the fixture's folder of inputs."""
-OMNI_SETS = ["parallel.tp=1", "phase=1", "data.tokenizer={data}/tok.model"]
-"""The tiny omni example on one rank."""
+OMNI_SETS = ["parallel.tp=1", "phase=1", "data.tokenizer={data}/tok.model"] + [
+    f"data.multimodal.{m}=[{{data}}/{m}]" for m in ("text", "image_text", "video", "audio", "cross_modal")]
+"""The tiny omni example on one rank, its sources folders that exist."""
 
 # name: (omni example?, overrides, pieces of the message: the field(s) and a valid value)
 CASES = {
@@ -85,6 +86,9 @@ CASES = {
     "train_blend_odd_weights": (False, ["data.train_blend=[1.0, {data}/a_text_document, 2.0]"],
                                 ["expected alternating positive weights and prefixes",
                                  "e.g. [0.7, data/a_text_document, 0.3, data/b_text_document]"]),
+    "omni_source_missing": (True, ["data.multimodal.image_text=[{data}/no_images]"],
+                            ["data.multimodal.image_text[0]={data}/no_images does not exist",
+                             "give a prepared folder (data_prep/multimodal)"]),
     "no_validation_share": (False, ["data.split=100,0,0"],
                             ["training.eval_interval=20 but data.split='100,0,0' leaves no validation",
                              "e.g. data.split=95,5,0"]),
@@ -104,6 +108,8 @@ def data(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("inputs")
     for name in ("tok.model", "tok.txt", "a_text_document.bin", "a_text_document.idx", "half_text_document.bin"):
         (root / name).write_bytes(b"")
+    for m in ("text", "image_text", "video", "audio", "cross_modal"):
+        (root / m).mkdir()
     return str(root)
 
 
