@@ -73,14 +73,18 @@ def check_blend(blend: list, name: str) -> None:
 
 
 def _validate_validation_data(cfg: OmniConfig) -> None:
-    """training.eval_interval > 0 needs validation data: data.valid_blend or a validation share
-    of data.split (text); the omni model has none yet."""
-    if not cfg.training.eval_interval:
+    """data.split when it splits train_blend, and training.eval_interval > 0 needs validation
+    data (when it falls within train_steps): data.valid_blend or a validation share of data.split
+    (text); the omni model has none yet."""
+    t, d = cfg.training, cfg.data
+    if cfg.model.omni is None and d.valid_blend is None:
+        shares = split_shares(d.split)
+    if not t.eval_interval:
         return
     if cfg.model.omni is not None:
         raise ConfigError("training.eval_interval must be 0 with model.omni (omni validation "
                           "data is not wired up yet); set training.eval_interval=0")
-    if cfg.data.valid_blend is None and split_shares(cfg.data.split)[1] == 0:
+    if t.train_steps >= t.eval_interval and d.valid_blend is None and shares[1] == 0:
         raise ConfigError(f"training.eval_interval={cfg.training.eval_interval} but data.split="
                           f"{cfg.data.split!r} leaves no validation documents; give it a "
                           "validation share (e.g. data.split=95,5,0) or set data.valid_blend")

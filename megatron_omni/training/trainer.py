@@ -114,8 +114,8 @@ class Trainer:
     def __init__(self, cfg: OmniConfig):
         self.cfg = cfg
         self.omni = cfg.model.omni is not None
-        self.phase_name = PHASES[cfg.phase][0]
         self.dp = init_parallel(cfg)
+        self.phase_name = PHASES[cfg.phase][0]
         setup_logging(torch.distributed.get_rank(), cfg.logging.megatron_log_level)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
