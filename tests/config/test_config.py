@@ -282,3 +282,14 @@ def test_dry_run_config_error_exits_2(monkeypatch, capsys, argv, piece):
     assert main(["--phase", "3", "--config", TINY, "--dry-run", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("config error:") and piece in err
+
+
+def test_encoder_choices_are_the_preset_tables():
+    import typing
+
+    from megatron_omni.config.encoders import AUDIO_PRESETS, VISION_PRESETS
+    from megatron_omni.config.schema import OmniModelConfig
+
+    hints = typing.get_type_hints(OmniModelConfig)
+    assert set(typing.get_args(hints["vision"])) == set(VISION_PRESETS)
+    assert set(typing.get_args(hints["audio"])) == set(AUDIO_PRESETS)
