@@ -2,7 +2,10 @@
 
 Runs on GPUs (NCCL) and, with the same command, on CPU (gloo). ``--set section.field=value``
 overrides any config field; ``--dry-run`` validates the configuration for the launch's world size
-and prints it without building anything.
+and prints it without building anything: the same checks the launch runs before it builds the
+model (config/validate.py), including the files the run reads (tokenizer, data, checkpoint.load);
+``--layout-only`` leaves out those files, e.g. to check a cluster config on a machine without its
+data.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C",
                         help="override a config field, e.g. --set training.lr=1e-4 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the config, then exit")
+    parser.add_argument("--layout-only", action="store_true",
+                        help="with --dry-run: skip the checks of the files the run reads")
     return parser.parse_args(argv)
 
 
@@ -35,10 +40,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, [f"phase={args.phase}", *args.overrides])
         if args.dry_run:
-            from megatron_omni.training.phases import check_phase_runnable
-
-            check_phase_runnable(cfg.phase, cfg.model.omni is not None)
-            dp = validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+            dp = validate(cfg, int(os.environ.get("WORLD_SIZE", 1)), check_inputs=not args.layout_only)
             print(yaml.safe_dump({**config_to_dict(cfg), "derived": {"dp": dp}}, sort_keys=False))
             return 0
         from megatron_omni.training.trainer import Trainer

@@ -11,7 +11,7 @@ from megatron_omni.config.schema import OmniModelConfig
 from megatron_omni.contract import tmrope
 from megatron_omni.contract.batch import OmniBatch
 from megatron_omni.contract.media import PLACEHOLDERS, MediaTokens
-from megatron_omni.models.omni import media
+from megatron_omni.config import encoders
 
 PLACEHOLDER_IDS = {"image": 3, "video": 4, "audio": 5}
 """Placeholder ids of the model-level tests (the trainer uses its tokenizer's)."""
@@ -30,8 +30,8 @@ def micro_batch(omni: OmniModelConfig, modalities: list[str], seq_length: int, v
     media, then text up to a few tokens before seq_length (the rest is padding). Text tokens are
     drawn from [text_ids_from, vocab_size)."""
     g = torch.Generator().manual_seed(seed)
-    vcfg, acfg = media.vision_config(omni), media.audio_config(omni)
-    counts = media.media_tokens(omni)
+    vcfg, acfg = encoders.vision_config(omni), encoders.audio_config(omni)
+    counts = encoders.media_tokens(omni)
     size = vcfg.image_size
     b = len(modalities)
     tokens = torch.full((b, seq_length), PAD_ID, dtype=torch.long)

@@ -1,4 +1,8 @@
-"""YAML + ``--set a.b=c`` overrides → OmniConfig, with errors that name the field."""
+"""YAML + ``--set a.b=c`` overrides → OmniConfig, with errors that name the field.
+
+Every value is checked against its field's type annotation: int, float, bool, str, list, dict,
+a nested dataclass, ``X | None``, and ``Literal[...]`` (a choice field: the error lists the
+choices)."""
 from __future__ import annotations
 
 import dataclasses
@@ -92,6 +96,10 @@ def _coerce(tp, value, name: str):
         base = typing.get_origin(option) or option
         if base is type(None):
             continue
+        if base is typing.Literal:
+            if any(value == choice and type(value) is type(choice) for choice in typing.get_args(option)):
+                return value
+            continue
         if dataclasses.is_dataclass(base):
             if isinstance(value, dict):
                 return _build(base, value, name + ".")
@@ -120,5 +128,9 @@ def _coerce(tp, value, name: str):
         elif base is dict:
             if isinstance(value, dict):
                 return value
+    literals = [o for o in options if typing.get_origin(o) is typing.Literal]
+    if literals:  # a choice field
+        words = ["null"] * (type(None) in options) + [str(c) for o in literals for c in typing.get_args(o)]
+        raise ConfigError(f"{name}={value!r}; use {', '.join(words[:-1])} or {words[-1]}")
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{name}={value!r} has the wrong type; expected {expected}")

@@ -7,6 +7,7 @@ checkpoint) plus ``phase``. ``load_config`` (config/load.py) builds these from Y
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -31,7 +32,7 @@ class ModelConfig:
     rope_scaling_factor: float = 1.0
     """RoPE stretch factor s for longer contexts (>= 1; 1 = no scaling), applied as rope_scaling
     says."""
-    rope_scaling: str = "linear"
+    rope_scaling: Literal["linear", "ntk"] = "linear"
     """How rope_scaling_factor s acts: linear (position interpolation, positions / s) or ntk
     (NTK-aware: the base becomes rope_theta * s^(d/(d-2)), d = head_dim)."""
     norm_eps: float = 1e-6
@@ -40,8 +41,10 @@ class ModelConfig:
     init_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
-    backend: str = "auto"
-    """Layer implementation: auto (TE when importable, else local), te, or local."""
+    backend: Literal["auto", "te", "local"] = "auto"
+    """Layer implementation: auto (TE when importable, else local), te, or local. With
+    data.packed and dense (D) layers, auto picks local (TE's dense layers take no packed batches)
+    and te is an error."""
     layer_pattern: str | None = None
     """Attention type of each layer, one letter per layer: D dense (GQA, RoPE), S sparse
     (InfLLM-V2, NoPE), L linear (Lightning, RoPE), e.g. "SLLS". 'hybrid' = the SALA-like default
@@ -93,7 +96,7 @@ class TrainingConfig:
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 4
-    lr_decay_style: str = "cosine"
+    lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     """cosine, linear or constant (after warmup)."""
     lr_decay_steps: int | None = None
     """Steps over which lr decays to min_lr; null = train_steps."""
@@ -103,18 +106,20 @@ class TrainingConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     seed: int = 1234
-    precision: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
     eval_interval: int = 20
-    """Run validation every N steps (0 = never)."""
+    """Run validation every N steps (0 = never; must be 0 with model.omni, which has no
+    validation data yet)."""
     eval_steps: int = 2
     """Global batches per validation."""
-    recompute: str | None = None
+    recompute: Literal["selective", "full"] | None = None
     """Activation recomputation: null, 'selective' (core attention) or 'full' (whole layers)."""
     trainable: list | None = None
-    """Parameter groups that train (training/freeze.py): llm, linear_attention, vision_encoder,
-    audio_encoder, projectors; the rest is frozen (out of the optimizer and DDP buffers).
-    null = the phase's default (training/phases.py: phase 1 projectors, phase 2 encoders +
+    """Parameter groups that train (config/phases.py GROUPS; training/freeze.py freezes): llm,
+    linear_attention, vision_encoder, audio_encoder, projectors, of those the model has; the rest
+    is frozen (out of the optimizer and DDP buffers).
+    null = the phase's default (config/phases.py: phase 1 projectors, phase 2 encoders +
     projectors, otherwise everything)."""
     group_lr: dict | None = None
     """Peak learning rate per parameter group, e.g. {vision_encoder: 1e-5, projectors: 1e-4};
@@ -126,12 +131,18 @@ class DataConfig:
     """Indexed-binary text data (megatron-core GPTDataset + BlendedMegatronDatasetBuilder)."""
 
     tokenizer: str | None = None
-    """Path to a sentencepiece .model or a HF tokenizer.json."""
+    """Path to a sentencepiece .model or a HF tokenizer.json (required; relative paths are from
+    the run's working directory). Like every file a run reads (train_blend, valid_blend,
+    checkpoint.load, distill.teacher) it must exist when the launch starts, and
+    ``pretrain_omni.py --dry-run`` checks that it does; ``--dry-run --layout-only`` skips the
+    files (e.g. a cluster config checked where its data is not mounted)."""
     train_blend: list = field(default_factory=list)
     """Weighted blend: [weight1, prefix1, weight2, prefix2, ...] or [prefix] (prefix = path
-    without .bin/.idx)."""
+    without .bin/.idx; both files must exist, see tokenizer). Text-only runs; the omni model
+    reads data.multimodal."""
     valid_blend: list | None = None
-    """Validation blend; null = a split of train_blend (see split)."""
+    """Validation blend; null = a split of train_blend (see split: with
+    training.eval_interval > 0 its validation share must be positive)."""
     split: str = "95,5,0"
     """train,valid,test percentages used when valid_blend is null."""
     seq_length: int = 128
@@ -155,7 +166,7 @@ class LoggingConfig:
     """Print one console line every N steps (from the last pipeline stage)."""
     tensorboard_dir: str | None = None
     """TensorBoard folder; null = <checkpoint.dir>/tensorboard."""
-    megatron_log_level: str = "WARNING"
+    megatron_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     """Level of megatron-core's own loggers (INFO shows its parameter and dataset reports)."""
 
 
@@ -170,7 +181,8 @@ class CheckpointConfig:
     resume: bool = True
     """Continue from the newest complete checkpoint in dir, if any."""
     load: str | None = None
-    """Start from this checkpoint's weights (another run or an HF import); ignored on resume."""
+    """Start from this checkpoint's weights (another run or an HF import); ignored on resume,
+    but the folder must exist (see data.tokenizer)."""
 
 
 @dataclass
@@ -232,19 +244,19 @@ class OmniModelConfig:
 
     preset: str = "tiny"
     """Preset the other fields start from: tiny or plan."""
-    vision: str = "tiny"
-    """Vision tower shapes (models/encoders/vision.py VISION_PRESETS): tiny or siglip-so400m-patch14-384."""
+    vision: Literal["tiny", "siglip-so400m-patch14-384"] = "tiny"
+    """Vision tower shapes (config/encoders.py VISION_PRESETS)."""
     vision_overrides: dict | None = None
     """Fields of the vision preset to change, e.g. {image_size: 448} (VisionEncoderConfig)."""
-    audio: str = "tiny"
-    """Audio encoder shapes (models/encoders/audio.py AUDIO_PRESETS): tiny or whisper-medium."""
+    audio: Literal["tiny", "whisper-medium"] = "tiny"
+    """Audio encoder shapes (config/encoders.py AUDIO_PRESETS)."""
     audio_overrides: dict | None = None
     """Fields of the audio preset to change, e.g. {num_mel_bins: 80, max_source_positions: 1500}
     (AudioEncoderConfig; max_source_positions / 50 = the longest clip in seconds)."""
-    vision_projector: str = "resampler"
+    vision_projector: Literal["resampler", "mlp"] = "resampler"
     """resampler (3D-Resampler: image_tokens queries per image and per package of frames) or mlp
     (2-layer MLP: one token per patch, each frame its own package)."""
-    audio_projector: str = "conv_gmlp"
+    audio_projector: Literal["conv_gmlp", "mlp"] = "conv_gmlp"
     """conv_gmlp (4x downsampling, 80 ms tokens) or mlp (one token per encoder frame, 20 ms)."""
     image_tokens: int = 4
     """LLM tokens per image and per video package with the resampler (its queries; a square,
@@ -285,7 +297,7 @@ class MultimodalDataConfig:
     cross_modal: list = field(default_factory=list)
     """Prepared folders mixing modalities (videos with their audio track, conversations)."""
     schedule: dict | list | None = None
-    """The mix, as mixture.Schedule.from_config reads it: {phase: 3}, {mix: {text: 0.4, ...}},
+    """The mix, as config/mixes.py Schedule.from_config reads it: {phase: 3}, {mix: {text: 0.4, ...}},
     {stages: [{start_step, mix, name}, ...]}, {progressive: true | [start steps]}; null = the
     mix of the run's phase."""
     seed: int | None = None
@@ -296,9 +308,9 @@ class MultimodalDataConfig:
     """TMRoPE position ids [b, 3, s]; false = 1-D positions [b, s]."""
     image_size: int = 384
     """Square input of the vision tower (SigLIP 384)."""
-    image_backend: str = "pil"
+    image_backend: Literal["pil", "dali", "auto"] = "pil"
     """Image decoding: pil, dali or auto (DALI when installed)."""
-    n_mels: int = 80
+    n_mels: Literal[80, 128] = 80
     """Log-mel bins: 80 (Whisper medium) or 128 (large-v3)."""
     pad_audio_to_30s: bool = True
     """Whisper's fixed 3000 mel frames per clip; false keeps each clip's own length."""
@@ -321,7 +333,8 @@ class DistillConfig:
 
     teacher: str | None = None
     """The teacher's run or checkpoint folder (built from its own saved config, all dense, in
-    this run's parallel layout); null = no distillation (plain LM training)."""
+    this run's parallel layout; it must exist, see data.tokenizer); null = no distillation
+    (plain LM training)."""
     temperature: float = 1.0
     """Softmax temperature T of both teacher and student logits (> 0)."""
     kl_weight: float = 1.0

@@ -26,10 +26,12 @@ def stride2_length(length: int) -> int:
 @dataclass(frozen=True)
 class VisionLayout:
     """A vision projector's tokens. ``resamples``: learnable queries per package of frames (the
-    3D-Resampler) rather than one token per patch."""
+    3D-Resampler) rather than one token per patch. ``tp_sharded``: its hidden layer is split
+    over the tensor-parallel ranks (so its width must divide by parallel.tp)."""
 
     name: str
     resamples: bool
+    tp_sharded: bool
 
     def grid(self, image_tokens: int, patch_grid: int) -> tuple[int, int]:
         """(h, w) tokens of one image / one video package; ``image_tokens`` (a square) is
@@ -47,11 +49,12 @@ class VisionLayout:
 @dataclass(frozen=True)
 class AudioLayout:
     """An audio projector's tokens: ``downsample_convs`` stride-2 convolutions after the encoder,
-    each token covering ``seconds_per_token``."""
+    each token covering ``seconds_per_token``; ``tp_sharded`` as for VisionLayout."""
 
     name: str
     downsample_convs: int
     seconds_per_token: float
+    tp_sharded: bool
 
     def output_length(self, encoder_tokens: int) -> int:
         """Projector tokens for ``encoder_tokens`` audio encoder tokens."""
@@ -61,12 +64,12 @@ class AudioLayout:
 
 
 VISION_PROJECTORS: dict[str, VisionLayout] = {
-    "resampler": VisionLayout("resampler", resamples=True),
-    "mlp": VisionLayout("mlp", resamples=False),
+    "resampler": VisionLayout("resampler", resamples=True, tp_sharded=False),
+    "mlp": VisionLayout("mlp", resamples=False, tp_sharded=True),
 }
 AUDIO_PROJECTORS: dict[str, AudioLayout] = {
-    "conv_gmlp": AudioLayout("conv_gmlp", downsample_convs=2, seconds_per_token=0.08),
-    "mlp": AudioLayout("mlp", downsample_convs=0, seconds_per_token=0.02),
+    "conv_gmlp": AudioLayout("conv_gmlp", downsample_convs=2, seconds_per_token=0.08, tp_sharded=False),
+    "mlp": AudioLayout("mlp", downsample_convs=0, seconds_per_token=0.02, tp_sharded=True),
 }
 
 

@@ -26,8 +26,7 @@ from megatron_omni.config.schema import OmniModelConfig
 from megatron_omni.conversion import qwen3, siglip, whisper
 from megatron_omni.conversion.checkpoints import plain_state, single_rank_config
 from megatron_omni.conversion.common import ConversionError, load_full_state_dict
-from megatron_omni.models.encoders.audio import AUDIO_PRESETS, AudioEncoderConfig
-from megatron_omni.models.encoders.vision import VISION_PRESETS, VisionEncoderConfig
+from megatron_omni.config.encoders import AUDIO_PRESETS, VISION_PRESETS, AudioEncoderConfig, VisionEncoderConfig
 from megatron_omni.models.omni import media
 from megatron_omni.training import checkpoint
 

@@ -30,7 +30,8 @@ from transformers import SiglipVisionConfig
 
 from megatron_omni.conversion.common import (ConversionError, check_state, fuse_qkv, import_encoder,
                                              load_encoder_folder, tower_state)
-from megatron_omni.models.encoders.vision import VisionEncoder, VisionEncoderConfig
+from megatron_omni.config.encoders import VisionEncoderConfig
+from megatron_omni.models.encoders.vision import VisionEncoder
 
 _ANCHOR = "embeddings.patch_embedding.weight"
 _LAYER_NAMES = [  # (ours, HF) within a layer, copied unchanged

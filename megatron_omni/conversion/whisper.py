@@ -29,7 +29,8 @@ from transformers import WhisperConfig
 
 from megatron_omni.conversion.common import (ConversionError, check_state, fuse_qkv, import_encoder,
                                              load_encoder_folder, tower_state)
-from megatron_omni.models.encoders.audio import AudioEncoder, AudioEncoderConfig
+from megatron_omni.config.encoders import AudioEncoderConfig
+from megatron_omni.models.encoders.audio import AudioEncoder
 
 _ANCHOR = "conv1.weight"
 _LAYER_NAMES = [  # (ours, HF) within a layer, copied unchanged

@@ -29,17 +29,9 @@ class _DatasetTokenizer:
         return {"class": "megatron_omni", "vocab_size": self.vocab_size, "eod": self.eod, "pad": self.pad}
 
 
-def _check_blend(blend: list, name: str) -> list:
-    if not blend:
-        raise ConfigError(f"{name} is empty; give [prefix] or [weight1, prefix1, weight2, prefix2, ...]")
-    prefixes = blend if len(blend) == 1 else blend[1::2]
-    if len(blend) > 1 and (len(blend) % 2 or not all(isinstance(w, (int, float)) and w > 0 for w in blend[0::2])):
-        raise ConfigError(f"{name}={blend}: expected alternating positive weights and prefixes")
-    for prefix in prefixes:
-        for ext in (".bin", ".idx"):
-            if not Path(f"{prefix}{ext}").is_file():
-                raise ConfigError(f"{name}: {prefix}{ext} does not exist (prefix = path without .bin/.idx; "
-                                  "make it with data_prep/preprocess_text.py)")
+def _blend(blend: list):
+    """megatron-core's blend of [prefix] or [weight1, prefix1, ...] (config/validate_inputs.py
+    check_blend checked it before the launch)."""
     return get_blend_from_list([str(x) for x in blend])
 
 
@@ -52,11 +44,9 @@ def build_text_datasets(cfg: OmniConfig, tokenizer, num_train: int, num_valid: i
                   create_attention_mask=False,
                   path_to_cache=d.cache_dir or str(Path(cfg.checkpoint.dir) / "data_cache"))
     if d.valid_blend is None:
-        config = GPTDatasetConfig(blend=_check_blend(d.train_blend, "data.train_blend"),
-                                  split=d.split, **common)
+        config = GPTDatasetConfig(blend=_blend(d.train_blend), split=d.split, **common)
     else:
-        config = GPTDatasetConfig(blend_per_split=[_check_blend(d.train_blend, "data.train_blend"),
-                                                   _check_blend(d.valid_blend, "data.valid_blend"), None],
+        config = GPTDatasetConfig(blend_per_split=[_blend(d.train_blend), _blend(d.valid_blend), None],
                                   **common)
     train, valid, _ = BlendedMegatronDatasetBuilder(
         GPTDataset, [num_train, num_valid, 0], lambda: True, config).build()

@@ -72,7 +72,7 @@ def check_resumable(common: dict, cfg: OmniConfig, vocab_size: int, source) -> N
     was = (saved.get("phase"), saved.get("training", {}).get("trainable"))
     now = (cfg.phase, cfg.training.trainable)
     if was != now:
-        from megatron_omni.training.phases import trainable_groups
+        from megatron_omni.config.phases import trainable_groups
 
         def trains(phase, trainable) -> str:
             return str(trainable_groups(phase, trainable) or "all parameters")

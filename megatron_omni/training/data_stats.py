@@ -26,8 +26,8 @@ class DataStats:
     "data/skipped/<reason>": count since the start} (reasons with a count only)."""
 
     def __init__(self, cfg: OmniConfig):
-        from megatron_omni.config.validate import schedule_config
-        from megatron_omni.data.multimodal.mixture import Schedule
+        from megatron_omni.config.validate_omni import schedule_config
+        from megatron_omni.config.mixes import Schedule
 
         self.modalities = list(Schedule.from_config(schedule_config(cfg)).modalities)
         self.skipped: collections.Counter = collections.Counter()

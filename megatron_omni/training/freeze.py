@@ -16,8 +16,6 @@ from megatron.core.optimizer.optimizer_config import ParamPredicate
 
 from megatron_omni.config.load import ConfigError
 
-GROUPS = ("llm", "linear_attention", "vision_encoder", "audio_encoder", "projectors")
-"""Every group a parameter can belong to (validated in config.validate)."""
 DEFAULT_GROUP = "llm"
 
 

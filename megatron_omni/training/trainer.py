@@ -21,19 +21,19 @@ from megatron.core.transformer.module import Float16Module
 
 from megatron_omni import platform
 from megatron_omni.config import ConfigError, OmniConfig, config_to_dict, validate
+from megatron_omni.config.phases import PHASES, trainable_groups
 from megatron_omni.contract.media import PLACEHOLDERS
 from megatron_omni.data.multimodal.loader import build_omni_loader
 from megatron_omni.data.text import build_text_datasets, micro_batches
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config
 from megatron_omni.training import checkpoint
-from megatron_omni.models.omni import media
+from megatron_omni.config import encoders
 from megatron_omni.models.omni.model import OmniModel
 from megatron_omni.training.data_stats import DataStats
 from megatron_omni.training.freeze import apply_trainable, check_something_trains, group_lr_overrides
 from megatron_omni.training.metrics import StepLogger, setup_logging, train_flops_per_token
 from megatron_omni.training.distill import Distiller
-from megatron_omni.training.phases import check_phase_runnable, trainable_groups
 from megatron_omni.training.step import evaluate, forward_step, train_step
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 def init_parallel(cfg: OmniConfig) -> int:
     """torch.distributed + megatron parallel state + seeds; returns the data-parallel size."""
     platform.init_distributed()
-    dp = validate(cfg, torch.distributed.get_world_size())
+    dp = validate(cfg, torch.distributed.get_world_size(), check_inputs=True)
     p = cfg.parallel
     ps.initialize_model_parallel(p.tp, p.pp, p.vpp if (p.vpp or 1) > 1 else None, context_parallel_size=p.cp)
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.training.seed)
@@ -102,7 +102,7 @@ def build_optimizer(cfg: OmniConfig, model):
 def omni_micro_batches(cfg: OmniConfig, tokenizer, consumed_samples: int, dp_rank: int, dp: int):
     """This rank's omni micro-batches (data/multimodal/loader.py), with the media token counts
     of the model config (the same MediaTokens the model checks its encoder outputs against)."""
-    return build_omni_loader(cfg, tokenizer, media.media_tokens(cfg.model.omni), consumed_samples,
+    return build_omni_loader(cfg, tokenizer, encoders.media_tokens(cfg.model.omni), consumed_samples,
                              dp_rank, dp)
 
 
@@ -110,14 +110,9 @@ class Trainer:
     def __init__(self, cfg: OmniConfig):
         self.cfg = cfg
         self.omni = cfg.model.omni is not None
-        self.phase_name = check_phase_runnable(cfg.phase, self.omni)
-        if self.omni and cfg.training.eval_interval:
-            raise ConfigError("training.eval_interval must be 0 with model.omni (omni validation "
-                              "data is not wired up yet)")
         self.dp = init_parallel(cfg)
+        self.phase_name = PHASES[cfg.phase][0]
         setup_logging(torch.distributed.get_rank(), cfg.logging.megatron_log_level)
-        if cfg.data.tokenizer is None:
-            raise ConfigError("data.tokenizer is not set; give a sentencepiece .model or a tokenizer.json")
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
         placeholder_ids = {kind: self.tokenizer.special_ids[text] for kind, text in PLACEHOLDERS.items()}

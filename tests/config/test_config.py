@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from megatron_omni.config import ConfigError, load_config, validate
-from megatron_omni.training.phases import check_phase_runnable
+from megatron_omni.config.phases import check_phase_runnable
 
 TINY = str(Path(__file__).resolve().parents[2] / "examples" / "tiny_cpu.yaml")
 
@@ -156,9 +156,8 @@ INVALID = {
 
 @pytest.mark.parametrize("overrides, world_size, pieces", INVALID.values(), ids=INVALID.keys())
 def test_invalid_combination_names_fields_and_fix(overrides, world_size, pieces):
-    cfg = config(*overrides)
-    with pytest.raises(ConfigError) as err:
-        validate(cfg, world_size)
+    with pytest.raises(ConfigError) as err:  # choice fields fail as they load, the rest in validate
+        validate(config(*overrides), world_size)
     for piece in pieces:
         assert piece in str(err.value)
 
@@ -264,7 +263,7 @@ def test_dry_run_prints_config_with_derived_dp(monkeypatch, capsys):
     from omni_launch.pretrain_omni import main
 
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert main(["--phase", "4", "--config", TINY, "--dry-run",
+    assert main(["--phase", "4", "--config", TINY, "--dry-run", "--layout-only",  # no data here
                  "--set", "training.micro_batch_size=2"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["derived"] == {"dp": 2}  # 4 ranks / tp 2
@@ -283,3 +282,14 @@ def test_dry_run_config_error_exits_2(monkeypatch, capsys, argv, piece):
     assert main(["--phase", "3", "--config", TINY, "--dry-run", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("config error:") and piece in err
+
+
+def test_encoder_choices_are_the_preset_tables():
+    import typing
+
+    from megatron_omni.config.encoders import AUDIO_PRESETS, VISION_PRESETS
+    from megatron_omni.config.schema import OmniModelConfig
+
+    hints = typing.get_type_hints(OmniModelConfig)
+    assert set(typing.get_args(hints["vision"])) == set(VISION_PRESETS)
+    assert set(typing.get_args(hints["audio"])) == set(AUDIO_PRESETS)

@@ -1,5 +1,6 @@
 """launch/phaseN.sh in DRY_RUN mode: the world size comes from GPUS_PER_NODE x NNODES (Slurm's
-when inside a job), and pretrain_omni.py --dry-run prints the config with the derived dp."""
+when inside a job), and pretrain_omni.py --dry-run prints the config with the derived dp (with
+--layout-only: the tiny example names no tokenizer or data)."""
 import os
 import subprocess
 from pathlib import Path
@@ -14,7 +15,8 @@ _LAUNCH_VARS = ("GPUS_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_P
 
 def dry_run(script: str, args: list[str], **env) -> tuple[dict, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in _LAUNCH_VARS}
-    done = subprocess.run(["bash", str(ROOT / "launch" / script), *args], capture_output=True, text=True,
+    done = subprocess.run(["bash", str(ROOT / "launch" / script), "--layout-only", *args],
+                          capture_output=True, text=True,
                           env={**base, "DRY_RUN": "1", "CONFIG": TINY, **env}, timeout=120)
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout), done.stderr

@@ -9,8 +9,9 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from megatron_omni.conversion import siglip, whisper
 from megatron_omni.conversion.qwen3 import ConversionError
-from megatron_omni.models.encoders.audio import AUDIO_PRESETS, AudioEncoder, audio_output_length
-from megatron_omni.models.encoders.vision import VISION_PRESETS, VisionEncoder
+from megatron_omni.config.encoders import AUDIO_PRESETS, VISION_PRESETS
+from megatron_omni.models.encoders.audio import AudioEncoder, audio_output_length
+from megatron_omni.models.encoders.vision import VisionEncoder
 
 from .multirank import run_ranks
 

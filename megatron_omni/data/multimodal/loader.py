@@ -37,12 +37,13 @@ import numpy as np
 import torch
 
 from megatron_omni.config.load import ConfigError
+from megatron_omni.config.mixes import Schedule
 from megatron_omni.config.schema import OmniConfig
 from megatron_omni.contract.batch import OmniBatch
 from megatron_omni.contract.media import MediaTokens
 from megatron_omni.data.bad_samples import SkipSample
 from megatron_omni.data.multimodal.dataset import LoaderConfig, MultimodalDataset, TextDocuments
-from megatron_omni.data.multimodal.mixture import MixtureStream, Schedule
+from megatron_omni.data.multimodal.mixture import MixtureStream
 from megatron_omni.data.multimodal.packing import collate, fit, pack_row
 from megatron_omni.data.sample_format import MANIFEST_NAME
 
@@ -244,7 +245,7 @@ def build_omni_loader(cfg: OmniConfig, tokenizer, media_tokens: MediaTokens,
         consumed_samples: rows already trained on (a multiple of training.global_batch_size).
         dp_rank, dp: this rank's data-parallel rank and the data-parallel size.
     """
-    from megatron_omni.config.validate import schedule_config
+    from megatron_omni.config.validate_omni import schedule_config
 
     mm, t = cfg.data.multimodal, cfg.training
     if mm is None:

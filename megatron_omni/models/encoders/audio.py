@@ -25,7 +25,6 @@ models/encoders/spec.py)::
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -35,36 +34,9 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_omni.config.encoders import AudioEncoderConfig
 from megatron_omni.models.encoders.spec import (check_encoder_config, encoder_block_spec,
                                                 encoder_transformer_config)
-
-
-@dataclasses.dataclass(frozen=True)
-class AudioEncoderConfig:
-    """Shapes of a Whisper-style audio encoder."""
-
-    hidden_size: int
-    num_layers: int
-    num_attention_heads: int
-    ffn_hidden_size: int
-    num_mel_bins: int = 80
-    max_source_positions: int = 1500
-    layer_norm_eps: float = 1e-5
-
-    @property
-    def max_frames(self) -> int:
-        """Longest accepted mel input (3000 frames = 30 s for Whisper)."""
-        return 2 * self.max_source_positions
-
-
-AUDIO_PRESETS: dict[str, AudioEncoderConfig] = {
-    "whisper-medium": AudioEncoderConfig(
-        hidden_size=1024, num_layers=24, num_attention_heads=16, ffn_hidden_size=4096, num_mel_bins=80),
-    "tiny": AudioEncoderConfig(
-        hidden_size=64, num_layers=2, num_attention_heads=4, ffn_hidden_size=96, num_mel_bins=16,
-        max_source_positions=32),
-}
-"""Named shapes: Whisper-medium's encoder (80 mel bins, 30 s), and a tiny one for CPU tests."""
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:

@@ -19,7 +19,6 @@ models/encoders/spec.py)::
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import torch
@@ -28,43 +27,10 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_omni.config.encoders import VisionEncoderConfig
 from megatron_omni.models.encoders.spec import (check_encoder_config, encoder_block_spec,
                                                 encoder_transformer_config)
 
-
-@dataclasses.dataclass(frozen=True)
-class VisionEncoderConfig:
-    """Shapes of a SigLIP-style vision tower."""
-
-    hidden_size: int
-    num_layers: int
-    num_attention_heads: int
-    ffn_hidden_size: int
-    patch_size: int
-    image_size: int
-    num_channels: int = 3
-    layer_norm_eps: float = 1e-6
-
-    @property
-    def grid_size(self) -> int:
-        """Patches per side (SigLIP's 'valid' convolution drops a remainder of pixels)."""
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size ** 2
-
-
-VISION_PRESETS: dict[str, VisionEncoderConfig] = {
-    "siglip-so400m-patch14-384": VisionEncoderConfig(
-        hidden_size=1152, num_layers=27, num_attention_heads=16, ffn_hidden_size=4304,
-        patch_size=14, image_size=384),
-    "tiny": VisionEncoderConfig(
-        hidden_size=64, num_layers=2, num_attention_heads=4, ffn_hidden_size=96,
-        patch_size=4, image_size=16),
-}
-"""Named shapes: the released SigLIP so400m/14 at 384 px (27×27 = 729 patches), and a tiny
-tower for CPU tests (4×4 = 16 patches)."""
 
 gelu_tanh = functools.partial(F.gelu, approximate="tanh")
 """SigLIP's ``gelu_pytorch_tanh`` (a partial, so configs stay picklable)."""

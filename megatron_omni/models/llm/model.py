@@ -7,7 +7,6 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_omni.config.load import ConfigError
 from megatron_omni.config.schema import OmniConfig
 from megatron_omni.models.llm.spec import decoder_block_spec, resolve_backend
 
@@ -113,10 +112,9 @@ def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None, *,
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     m = cfg.model
-    backend = resolve_backend(m.backend)
-    if cfg.data.packed and backend == "te" and "D" in m.layer_types():
-        raise ConfigError("data.packed=true: dense (D) layers take packed batches (qkv_format "
-                          "sbhd) with the local backend only; set model.backend=local")
+    # TE's dense layers take no packed batches: auto picks local (config/validate_model.py refuses te)
+    packed_dense = cfg.data.packed and "D" in m.layer_types()
+    backend = "local" if packed_dense and m.backend == "auto" else resolve_backend(m.backend)
     return GPTModel(
         config=config,
         transformer_layer_spec=decoder_block_spec(config, backend, vp_stage, m),

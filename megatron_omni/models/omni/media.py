@@ -2,37 +2,17 @@
 
 The data path expands every media item into as many placeholder tokens as its encoder + projector
 emits (docs/omni_batch.md; both sides count with contract/media.py MediaTokens, built here from
-the model config by `media_tokens`); the model fills the positions holding a kind's placeholder
+the model config by config/encoders.py `media_tokens`); the model fills the positions holding a kind's placeholder
 with that kind's items *in order*. This module checks a micro-batch against the counts, naming
 the sample when they disagree.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 
-from megatron_omni.config.schema import OmniModelConfig
 from megatron_omni.contract.batch import OmniBatch
-from megatron_omni.contract.media import KINDS, PLACEHOLDERS, MediaTokens, media_tokens as count_tokens
-from megatron_omni.models.encoders.audio import AUDIO_PRESETS, AudioEncoderConfig
-from megatron_omni.models.encoders.vision import VISION_PRESETS, VisionEncoderConfig
-
-
-def vision_config(omni: OmniModelConfig) -> VisionEncoderConfig:
-    """The vision preset with model.omni.vision_overrides applied."""
-    return dataclasses.replace(VISION_PRESETS[omni.vision], **(omni.vision_overrides or {}))
-
-
-def audio_config(omni: OmniModelConfig) -> AudioEncoderConfig:
-    """The audio preset with model.omni.audio_overrides applied."""
-    return dataclasses.replace(AUDIO_PRESETS[omni.audio], **(omni.audio_overrides or {}))
-
-
-def media_tokens(omni: OmniModelConfig) -> MediaTokens:
-    """LLM tokens per media item of this model (its projectors' registry entries and the vision
-    encoder's patch grid): what the data path expands placeholders to."""
-    return count_tokens(omni, vision_config(omni).grid_size)
+from megatron_omni.contract.media import KINDS, PLACEHOLDERS, MediaTokens
 
 
 def item_token_counts(tokens: MediaTokens, batch: OmniBatch | None) -> dict[str, list[int]]:

@@ -31,6 +31,7 @@ from megatron.core.transformer.utils import sharded_state_dict_default
 
 from megatron_omni.config.schema import OmniConfig, OmniModelConfig
 from megatron_omni.contract.batch import OmniBatch
+from megatron_omni.config import encoders
 from megatron_omni.contract.media import KINDS
 from megatron_omni.contract.projectors import projector_layouts
 from megatron_omni.models.encoders.audio import AudioEncoder, audio_transformer_config
@@ -77,7 +78,7 @@ class OmniModel(MegatronModule):
         self.omni = omni
         self.llm = llm
         self.placeholder_ids = dict(placeholder_ids)
-        self.media_tokens = media.media_tokens(omni)
+        self.media_tokens = encoders.media_tokens(omni)
         """LLM tokens per media item (the data path expands placeholders to the same counts)."""
         if sections is not None:
             llm.rotary_pos_emb = GPTTMRotaryEmbedding(cfg.model.head_dim, sections, rope_base(cfg.model))
@@ -90,7 +91,7 @@ class OmniModel(MegatronModule):
         if not self.pre_process:
             return
         dtype, h = params_dtype(cfg), cfg.model.hidden_size
-        vcfg, acfg = media.vision_config(omni), media.audio_config(omni)
+        vcfg, acfg = encoders.vision_config(omni), encoders.audio_config(omni)
         self.vision_encoder = VisionEncoder(vcfg, vision_transformer_config(vcfg, params_dtype=dtype))
         self.audio_encoder = AudioEncoder(acfg, audio_transformer_config(acfg, params_dtype=dtype))
         vision, audio = projector_layouts(omni)
