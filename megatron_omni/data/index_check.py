@@ -74,7 +74,8 @@ def _check_sequences(idx: Path, bin_path: Path, item: int, lengths, pointers) ->
             i, k = start + int(bad[0]), int(bad[0])
             raise IndexFileError(
                 f"{bin_path}: {bin_bytes} bytes, but {idx.name} places sequence {i} at bytes "
-                f"[{int(p[k])}, {int(ends[k])}) (the .bin is truncated, or the two files do not belong together)")
+                f"[{int(p[k])}, {int(ends[k])}) (the .bin is truncated, or the two files do not "
+                "belong together)")
         tokens += int(n.sum())
     return tokens
 
