@@ -11,10 +11,17 @@
 #   CONFIG         YAML config; default: the phase's example in examples/
 #   LOG_DIR        per-rank log files (torchrun --tee); default runs/phaseN/logs
 #   LOG_RANK       local ranks echoed to the console, e.g. 0 (default: all)
+#   STOP_GRACE     seconds torchrun gives the ranks, after it forwards a SIGTERM, to finish the
+#                  step, save and exit before it kills them (default 600; torchrun's own is 30)
 #   PYTHON         interpreter for DRY_RUN (default python)
 #   DRY_RUN=1      validate the config for GPUS_PER_NODE*NNODES ranks, print it and the torchrun
 #                  command, start nothing
 # Extra arguments go to launch/pretrain_omni.py, e.g. --set training.lr=1e-5.
+#
+# Preemption: SIGTERM or SIGUSR1 to the ranks makes them finish the step, save and exit 0
+# (training/trainer.py). torchrun forwards SIGTERM to the ranks itself; SIGUSR1 (Slurm's
+# --signal, see slurm/pretrain.sbatch) goes to every process of the job step, so torchrun is
+# started with SIGUSR1 ignored (it would otherwise die of it) and the ranks handle it.
 
 LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$LAUNCH_DIR")"
@@ -72,6 +79,7 @@ launch_phase() {
         log_args+=(--local-ranks-filter "$LOG_RANK")
     fi
     local -a command=(torchrun "${DISTRIBUTED_ARGS[@]}" "${log_args[@]}"
+                      --shutdown-timeout "${STOP_GRACE:-600}"
                       "$LAUNCH_DIR/pretrain_omni.py" "${train_args[@]}")
     echo "phase $phase: $NNODES node(s) x $GPUS_PER_NODE ranks = $WORLD_SIZE, node rank $NODE_RANK," \
          "$RDZV_BACKEND rendezvous at $MASTER_ADDR:$MASTER_PORT, config $config" >&2
@@ -81,5 +89,6 @@ launch_phase() {
             "${train_args[@]}" --dry-run
     fi
     mkdir -p "$log_dir"
+    trap '' USR1  # inherited by torchrun through exec; the ranks install their own handler
     exec "${command[@]}"
 }

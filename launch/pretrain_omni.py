@@ -43,13 +43,17 @@ def main(argv=None) -> int:
             dp = validate(cfg, int(os.environ.get("WORLD_SIZE", 1)), check_inputs=not args.layout_only)
             print(yaml.safe_dump({**config_to_dict(cfg), "derived": {"dp": dp}}, sort_keys=False))
             return 0
+        from megatron_omni.training.ckpt_errors import CheckpointError
         from megatron_omni.training.trainer import Trainer
 
-        trainer = Trainer(cfg)
+        try:
+            Trainer(cfg).train()
+        except CheckpointError as err:  # disk full, permission denied, no checkpoint verifies
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    trainer.train()
     return 0
 
 

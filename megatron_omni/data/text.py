@@ -13,6 +13,7 @@ from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_omni.config.load import ConfigError
 from megatron_omni.config.schema import OmniConfig
+from megatron_omni.data.index_check import IndexFileError, check_indexed_dataset
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,27 @@ def _blend(blend: list):
     return get_blend_from_list([str(x) for x in blend])
 
 
+def _check_indexes(blends: dict[str, list]) -> None:
+    """Rank 0 checks every dataset's .idx against its .bin (data/index_check.py) before
+    megatron-core reads them; a fault reaches every rank as the same ConfigError, so none is
+    left waiting in a collective."""
+    dist = torch.distributed.is_initialized()
+    error = None
+    if not dist or torch.distributed.get_rank() == 0:
+        try:
+            for name, blend in blends.items():
+                for prefix in blend if len(blend) == 1 else blend[1::2]:
+                    check_indexed_dataset(prefix)
+        except IndexFileError as err:
+            error = f"{name}: {err}"
+    if dist:
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ConfigError(error)
+
+
 def build_text_datasets(cfg: OmniConfig, tokenizer, num_train: int, num_valid: int):
     """(train, valid) GPTDatasets with at least num_train / num_valid samples each."""
     d = cfg.data
@@ -48,6 +70,8 @@ def build_text_datasets(cfg: OmniConfig, tokenizer, num_train: int, num_valid: i
     else:
         config = GPTDatasetConfig(blend_per_split=[_blend(d.train_blend), _blend(d.valid_blend), None],
                                   **common)
+    _check_indexes({"data.train_blend": d.train_blend,
+                    **({"data.valid_blend": d.valid_blend} if d.valid_blend is not None else {})})
     train, valid, _ = BlendedMegatronDatasetBuilder(
         GPTDataset, [num_train, num_valid, 0], lambda: True, config).build()
     if train is None or (num_valid and valid is None):

@@ -5,11 +5,15 @@ Layout of a run folder::
     <dir>/iter_0000020/          one complete checkpoint (model, optimizer, scheduler, RNG, data position, config)
     <dir>/latest_checkpointed_iteration.txt   the newest complete one
 
-A checkpoint is written under a temporary name, renamed when every rank has finished, and only
-then named in the pointer file (itself replaced atomically): a process killed mid-save leaves a
-``*.tmp`` folder that is never loaded (and is removed by the next save). Tensors are stored by
-global position, so a checkpoint loads at another TP/PP/VPP; the distributed optimizer uses the
-``fully_reshardable`` format for the same reason.
+A checkpoint is written under a temporary name, given a manifest of its files' sizes and
+checksums (training/integrity.py), renamed when every rank has finished, and only then named in
+the pointer file (itself replaced atomically): a process killed mid-save leaves a ``*.tmp``
+folder that is never loaded (and is removed by the next save). A failed save (disk full,
+permission denied, read-only folder) raises :class:`CheckpointError` naming the path on every
+rank and leaves the previous checkpoint as it was. Resuming checks the pointer's checkpoint
+against its manifest and falls back, with a warning, to the newest older one that verifies.
+Tensors are stored by global position, so a checkpoint loads at another TP/PP/VPP; the
+distributed optimizer uses the ``fully_reshardable`` format for the same reason.
 """
 from __future__ import annotations
 
@@ -25,9 +29,13 @@ from megatron.core import dist_checkpointing, parallel_state as ps, tensor_paral
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_omni.config import ConfigError, OmniConfig
 from megatron_omni.models.llm.model import padded_vocab_size
+from megatron_omni.training import integrity
+from megatron_omni.training.ckpt_errors import CheckpointError, describe, on_all_ranks
+from megatron_omni.training.writer_queue import shield_writer_queue
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +97,52 @@ def iteration_dir(root: str | Path, iteration: int) -> Path:
 
 
 def resolve(path: str | Path) -> Path:
-    """A run folder (→ its newest complete checkpoint) or one checkpoint folder, checked."""
+    """A run folder (→ its newest checkpoint that verifies) or one checkpoint folder, checked
+    against its manifest (collective under a process group)."""
     path = Path(path)
     if (path / POINTER).is_file():
         return latest_checkpoint(path)
     if not dist_checkpointing.check_is_distributed_checkpoint(str(path)):
         raise FileNotFoundError(f"{path} is neither a run folder (with {POINTER}) nor a checkpoint folder")
+    if not (path / integrity.MANIFEST).is_file():
+        log.warning("%s has no %s (written before checkpoints carried checksums): not verified",
+                    path, integrity.MANIFEST)
+    elif bad := integrity.problems(path):
+        raise CheckpointError(f"checkpoint {path} is damaged: " + "; ".join(bad))
     return path
+
+
+def _candidates(root: Path, pointer: Path) -> list[Path]:
+    """The pointer's checkpoint, then the older complete ones, newest first."""
+    try:
+        newest = int(pointer.read_text().strip())
+    except (OSError, ValueError) as err:
+        log.warning("%s is unreadable (%s): looking at every checkpoint under %s", pointer, err, root)
+        newest = None
+    older = sorted((int(p.name.removeprefix("iter_")) for p in root.glob("iter_*")
+                    if p.is_dir() and p.name.removeprefix("iter_").isdigit()), reverse=True)
+    its = ([newest] if newest is not None else []) + [i for i in older if newest is None or i < newest]
+    return [iteration_dir(root, i) for i in its]
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under root (per the pointer file), or None."""
-    pointer = Path(root) / POINTER
+    """The newest checkpoint under root that verifies: the pointer's, else (with a warning)
+    the newest older one; None when root has no pointer file. CheckpointError listing what was
+    tried when none verifies. Collective under a process group."""
+    root = Path(root)
+    pointer = root / POINTER
     if not pointer.is_file():
         return None
-    path = iteration_dir(root, int(pointer.read_text().strip()))
-    if not dist_checkpointing.check_is_distributed_checkpoint(str(path)):
-        raise RuntimeError(f"{pointer} names {path}, which is not a complete checkpoint")
-    return path
+    tried = []
+    for path in _candidates(root, pointer):
+        bad = integrity.problems(path)
+        if not bad:
+            if tried:
+                log.warning("resuming from %s, the newest checkpoint that verifies; skipped: %s",
+                            path, "; ".join(tried))
+            return path
+        tried.append(f"{path.name} ({'; '.join(bad)})")
+    raise CheckpointError(f"no checkpoint under {root} verifies; tried: {'; '.join(tried) or 'none found'}")
 
 
 def _layout() -> dict:
@@ -150,36 +186,66 @@ def _sharded_state(model, optimizer=None, loading: bool = False) -> dict:
     return state
 
 
+def _nothing(*args) -> None:
+    """What ranks other than 0 do in a rank-0 step."""
+
+
+def _prepare(root: Path, tmp: Path) -> None:
+    for stale in root.glob("iter_*.tmp"):
+        shutil.rmtree(stale)
+    tmp.mkdir(parents=True)
+
+
+def _publish(root: Path, final: Path, tmp: Path, iteration: int, keep_last: int) -> None:
+    """Rename the verified folder into place, then point at it (a re-save of the same step, e.g.
+    after a resume, replaces the old folder only now)."""
+    old = final.with_name(final.name + ".old.tmp")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    pointer_tmp = root / (POINTER + ".tmp")
+    pointer_tmp.write_text(f"{iteration}\n")
+    os.replace(pointer_tmp, root / POINTER)
+    shutil.rmtree(old, ignore_errors=True)
+    _prune(root, keep_last, keep=final)
+
+
+def _write(state: dict, tmp: Path) -> None:
+    shield_writer_queue()
+    dist_checkpointing.save(state, str(tmp), content_metadata=_OPT_METADATA)
+    integrity.write_manifest(tmp)
+
+
 def save_checkpoint(root: str | Path, iteration: int, model, consumed_samples: int, config_dict: dict,
                     vocab_size: int, optimizer=None, scheduler=None, keep_last: int = 0) -> Path:
     """Save a checkpoint of iteration (collective over all ranks): model chunks, and with an
-    optimizer also its state, the scheduler and the RNG streams (weights-only without)."""
+    optimizer also its state, the scheduler and the RNG streams (weights-only without).
+    CheckpointError on every rank when any rank cannot write; earlier checkpoints stay as
+    they were."""
     root = Path(root)
     final = iteration_dir(root, iteration)
     tmp = final.with_name(final.name + ".tmp")
     rank0 = torch.distributed.get_rank() == 0
-    if rank0:
-        for stale in root.glob("iter_*.tmp"):
-            shutil.rmtree(stale)
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        tmp.mkdir(parents=True)
-    torch.distributed.barrier()
+    previous = root / POINTER
+    after = (f"; the previous checkpoint (step {previous.read_text().strip()}) is intact"
+             if previous.is_file() else "")
+    on_all_ranks(f"cannot save step {iteration}: making {tmp}", _prepare if rank0 else _nothing,
+                 root, tmp, after=after)
     state = _sharded_state(model, optimizer)
     dtype = str(next(_unwrap(model[0]).parameters()).dtype).removeprefix("torch.")
     state.update(iteration=iteration, consumed_samples=consumed_samples, config=config_dict,
                  layout=_layout(), vocab_size=vocab_size, dtype=dtype)
     if optimizer is not None:
         state.update(rng_state=_rng_state(), scheduler=scheduler.state_dict())
-    dist_checkpointing.save(state, str(tmp), content_metadata=_OPT_METADATA)
-    torch.distributed.barrier()
-    if rank0:
-        os.replace(tmp, final)
-        pointer_tmp = root / (POINTER + ".tmp")
-        pointer_tmp.write_text(f"{iteration}\n")
-        os.replace(pointer_tmp, root / POINTER)
-        _prune(root, keep_last, keep=final)
-    torch.distributed.barrier()
+    try:
+        on_all_ranks(f"cannot save step {iteration} to {root}", _write, state, tmp, after=after)
+        on_all_ranks(f"cannot save step {iteration}: publishing {tmp} as {final}",
+                     _publish if rank0 else _nothing, root, final, tmp, iteration, keep_last,
+                     after=after)
+    except CheckpointError:
+        if rank0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
@@ -248,7 +314,10 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     same_layout = common.get("layout") == _layout()
     if optimizer is not None and same_layout:
         state["rng_state"] = _rng_state()
-    loaded = dist_checkpointing.load(state, str(path))
+    try:
+        loaded = dist_checkpointing.load(state, str(path))
+    except CheckpointException as exc:
+        raise CheckpointError(f"cannot load {path}: {describe(exc)}") from None
     for i, chunk in enumerate(model):
         _unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
     if optimizer is not None:

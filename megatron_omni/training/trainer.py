@@ -35,6 +35,7 @@ from megatron_omni.training.freeze import apply_trainable, check_something_train
 from megatron_omni.training.metrics import StepLogger, setup_logging, train_flops_per_token
 from megatron_omni.training.distill import Distiller
 from megatron_omni.training.step import evaluate, forward_step, train_step
+from megatron_omni.training.writer_queue import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Trainer:
         self.data_stats = DataStats(cfg) if self.omni and cfg.data.multimodal is not None else None
         self._signalled = False
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
+            for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
         log.info("phase %d (%s): %s, %d ranks (tp=%d pp=%d vpp=%s cp=%d dp=%d), %.2fM parameters "
                  "on this rank", cfg.phase, self.phase_name, cfg.model.preset,
