@@ -21,7 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from megatron_omni.config.load import ConfigError
 from megatron_omni.data.bad_samples import SkipSample
+from megatron_omni.data.index_check import IndexFileError, check_indexed_dataset
 from megatron_omni.data.media_items import decode_media, media_field
 from megatron_omni.data.sample_format import (LOSS_MASK_SUFFIX, PLACEHOLDERS, Manifest,
                                               SampleMeta, locate, sample_id)
@@ -83,6 +85,11 @@ class SampleReader:
         if shard.tokens is None:
             from megatron.core.datasets.indexed_dataset import IndexedDataset
             prefix = str(self.folder / shard.name)
+            for files in (prefix, prefix + LOSS_MASK_SUFFIX):
+                try:  # every rank opens the same shards: each fails alike, none waits for another
+                    check_indexed_dataset(files)
+                except IndexFileError as err:
+                    raise ConfigError(f"prepared folder {self.folder}: {err}") from None
             shard.tokens = IndexedDataset(prefix)
             shard.masks = IndexedDataset(prefix + LOSS_MASK_SUFFIX)
         if tar and shard.members is None:

@@ -92,3 +92,21 @@ def test_document_index_must_rise(prefix):
 def test_missing_bin_is_named(prefix):
     prefix.with_suffix(".bin").unlink()
     _fails(prefix, f"{prefix}.bin", "missing")
+
+
+def test_prepared_folder_with_a_damaged_index_is_named(corpus, tokenizer, tmp_path):
+    """A multimodal shard whose .idx sizes were overwritten (the fault that hung the text path)
+    fails as the loader plans with one ConfigError naming the folder and the file."""
+    import shutil
+
+    from megatron_omni.config import ConfigError
+    from megatron_omni.data.multimodal.dataset import MultimodalDataset
+
+    folder = tmp_path / "captions"
+    shutil.copytree(corpus["root"] / "captions", folder)
+    idx = sorted(folder.glob("*_loss_mask.idx"))[0]
+    _overwrite(idx, HEADER_BYTES + 4, struct.pack("<i", -1000))
+    with pytest.raises(ConfigError) as err:
+        MultimodalDataset(folder, tokenizer).planned_lengths()
+    assert f"prepared folder {folder}" in str(err.value) and str(idx) in str(err.value)
+    assert "negative length (-1000)" in str(err.value)
