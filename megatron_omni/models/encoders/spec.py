@@ -25,18 +25,14 @@ from typing import Callable, Protocol
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
-from megatron_omni.models.attention.sdpa import SDPAttention
+from megatron_omni.models.layer_spec import pre_norm_layer_spec, sdpa_self_attention_spec
+from megatron_omni.models.transformer_config import base_transformer_config
 
 
 class EncoderShape(Protocol):
@@ -51,27 +47,9 @@ class EncoderShape(Protocol):
 
 
 def encoder_layer_spec() -> ModuleSpec:
-    """One pre-LN, non-causal encoder layer with biased linears and a plain (non-gated) MLP."""
-    return ModuleSpec(
-        module=TransformerLayer,
-        submodules=TransformerLayerSubmodules(
-            input_layernorm=WrappedTorchNorm,
-            self_attention=ModuleSpec(
-                module=SelfAttention,
-                params={"attn_mask_type": AttnMaskType.no_mask},
-                submodules=SelfAttentionSubmodules(
-                    linear_qkv=ColumnParallelLinear,
-                    core_attention=SDPAttention,
-                    linear_proj=RowParallelLinear,
-                ),
-            ),
-            self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=WrappedTorchNorm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(
-                linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)),
-            mlp_bda=get_bias_dropout_add,
-        ),
-    )
+    """One pre-LN, non-causal encoder layer with biased linears and a plain (non-gated) MLP (the
+    biases and the ungated MLP come from encoder_transformer_config)."""
+    return pre_norm_layer_spec(WrappedTorchNorm, sdpa_self_attention_spec(AttnMaskType.no_mask))
 
 
 def encoder_block_spec(num_layers: int) -> TransformerBlockSubmodules:
@@ -112,20 +90,10 @@ def encoder_transformer_config(shape: EncoderShape, activation_func: Callable, *
         add_qkv_bias=True,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        bf16=params_dtype == torch.bfloat16,
-        fp16=params_dtype == torch.float16,
-        params_dtype=params_dtype,
-        pipeline_dtype=params_dtype,
-        use_cpu_initialization=not torch.cuda.is_available(),
     )
-    fields.update(overrides)
-    return TransformerConfig(**fields)
+    return base_transformer_config(params_dtype, **{**fields, **overrides})
 
 
 def check_encoder_config(config: TransformerConfig, shape: EncoderShape, name: str) -> None:
