@@ -27,8 +27,9 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
-from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_omni.models.layer_spec import pre_norm_layer_spec, sdpa_self_attention_spec
@@ -108,3 +109,27 @@ def check_encoder_config(config: TransformerConfig, shape: EncoderShape, name: s
     if wrong:
         raise ValueError(f"{name}: TransformerConfig does not fit the encoder: " + ", ".join(wrong)
                          + "; build it with encoder_transformer_config()")
+
+
+class EncoderTower(MegatronModule):
+    """Base of VisionEncoder and AudioEncoder: checks ``config`` against the encoder config
+    ``cfg``, builds the subclass's input layers (``build_inputs``), then the transformer block;
+    ``encode`` runs that block on batch-first tokens."""
+
+    def __init__(self, cfg: EncoderShape, config: TransformerConfig):
+        check_encoder_config(config, cfg, name=type(self).__name__)
+        super().__init__(config=config)
+        self.cfg = cfg
+        self.build_inputs(cfg, config)
+        self.transformer = TransformerBlock(config, encoder_block_spec(cfg.num_layers),
+                                            pre_process=True, post_process=True)
+
+    def build_inputs(self, cfg: EncoderShape, config: TransformerConfig) -> None:
+        """Create the layers in front of the transformer (built first, so their initialisation
+        draws from the RNG before the transformer's)."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[b, L, hidden]`` through the transformer block → ``[b, L, hidden]``."""
+        x = self.transformer(x.transpose(0, 1).contiguous(), attention_mask=None)  # [L, b, hidden]
+        return x.transpose(0, 1)
