@@ -3,10 +3,13 @@
 Each entry is (category, the exact start of the message, why it is safe to ignore). Only these
 are filtered: any other warning, from a library or from us, still shows. Entry points call
 ``platform.prepare_process()``, which installs the filters before megatron-core is imported
-(several of these are raised at import time).
+(several of these are raised at import time). Besides warnings, Hugging Face's progress bars
+are off by default (HF_HUB_DISABLE_PROGRESS_BARS, inherited by child processes; set it to 0 to
+see them): our loads are of local folders and take milliseconds, so the bars only add lines.
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 
@@ -28,6 +31,11 @@ KNOWN_WARNINGS: list[tuple[type[Warning], str, str]] = [
      "raised by torch for megatron-core's sequence-parallel collectives, not our calls"),
     (FutureWarning, "`torch.distributed.all_gather_into_tensor` is deprecated",
      "raised by torch for megatron-core's sequence-parallel collectives, not our calls"),
+    (FutureWarning, "`load_state_dict` is deprecated and will be removed in future versions",
+     "raised by torch.distributed.checkpoint for megatron-core's dist_checkpointing load, not our "
+     "call"),
+    (FutureWarning, "Please use DTensor instead and we are deprecating ShardedTensor",
+     "raised by torch for the ShardedTensors megatron-core's dist_checkpointing builds on load"),
     (UserWarning, "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed",
      "megatron's distributed optimizer reads .grad of its parameter-shard views only to reset it "
      "(its gradients live in main_grad buffers); on CPU it is reported at cpu_compat.py because "
@@ -45,6 +53,8 @@ KNOWN_CPU_WARNINGS: list[tuple[type[Warning], str, str]] = [
 
 
 def quiet_known_warnings() -> None:
-    """Ignore the KNOWN_WARNINGS (and, without CUDA, the KNOWN_CPU_WARNINGS) in this process."""
+    """Ignore the KNOWN_WARNINGS (and, without CUDA, the KNOWN_CPU_WARNINGS) in this process;
+    Hugging Face progress bars off unless HF_HUB_DISABLE_PROGRESS_BARS is set."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for category, message, _why in KNOWN_WARNINGS + ([] if has_cuda() else KNOWN_CPU_WARNINGS):
         warnings.filterwarnings("ignore", message=re.escape(message), category=category)
