@@ -22,11 +22,10 @@ import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_omni.parallel.context_parallel import attention_cp_group
+from megatron_omni.models.attention.core import CoreAttention
 
 
 @dataclass
@@ -48,25 +47,19 @@ def packed_cu_seqlens(packed_seq_params: PackedSeqParams | None, batch: int) -> 
     return packed_seq_params.cu_seqlens_q
 
 
-class KernelCoreAttention(MegatronModule):
-    """Base of the Triton core attentions (InfLLMv2CoreAttention, LightningCoreAttention), with
-    megatron's core_attention constructor signature: keeps the CP group and the softmax scale
-    (None: 1/sqrt(d)) and refuses attention dropout, which the kernels do not have."""
+class KernelCoreAttention(CoreAttention):
+    """Base of the Triton core attentions (InfLLMv2CoreAttention, LightningCoreAttention): the
+    kernels take the softmax scale (None: 1/sqrt(d)) and have no attention dropout, so a
+    dropout probability is refused."""
 
     kind = "Kernel"
     """The layer type named in errors."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
-                 attention_type: str = "self", attention_dropout: float | None = None,
-                 softmax_scale: float | None = None, cp_comm_type: str | None = None,
-                 pg_collection=None):
-        super().__init__(config=config)
-        self.cp_group = attention_cp_group(config, pg_collection)
-        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        if dropout > 0:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.dropout_p > 0:
             raise ValueError(f"{self.kind} layers have no attention dropout; set "
-                             f"model.attention_dropout=0 (got {dropout})")
-        self.scale = softmax_scale
+                             f"model.attention_dropout=0 (got {self.dropout_p})")
 
 
 class GatedSelfAttention(SelfAttention):
