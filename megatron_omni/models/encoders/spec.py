@@ -1,4 +1,5 @@
-"""The transformer layers shared by our encoders (SigLIP- and Whisper-shaped), on megatron-core.
+"""The transformer layers and the tower base (EncoderTower) shared by our encoders (SigLIP- and
+Whisper-shaped), on megatron-core.
 
 One pre-LN encoder layer::
 
@@ -26,8 +27,8 @@ from typing import Callable, Protocol
 import torch
 from megatron.core import parallel_state
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
