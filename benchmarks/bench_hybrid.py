@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import results_path, write_results  # noqa: E402
+from megatron_omni import platform  # noqa: E402
 
 SIZES = {
     "1b": dict(overrides=["model.preset=qwen3-1.7b", "model.num_layers=14", "model.vocab_size=32768",
@@ -55,14 +55,9 @@ PATTERNS = ("dense", "hybrid")
 def measure(size: str, pattern: str, seq_length: int, warmup: int, iters: int,
             extra: list[str]) -> dict:
     """One configuration, in this process: build, step, time; returns its row."""
-    from megatron_omni.platform import use_triton_interpreter_without_cuda
-    from megatron_omni.training.metrics import quiet_warnings
-
-    use_triton_interpreter_without_cuda()
-    quiet_warnings()
+    platform.prepare_process()
     from megatron.core import parallel_state as ps, tensor_parallel
 
-    from megatron_omni import platform
     from megatron_omni.config import load_config
     from megatron_omni.models.llm.model import build_llm
 
@@ -73,8 +68,7 @@ def measure(size: str, pattern: str, seq_length: int, warmup: int, iters: int,
     ps.initialize_model_parallel(1, 1)
     tensor_parallel.model_parallel_cuda_manual_seed(0)
     model = build_llm(cfg, cfg.model.vocab_size)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda") if cuda else torch.device("cpu")
+    device = platform.device()
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
     generator = torch.Generator().manual_seed(0)
@@ -88,25 +82,17 @@ def measure(size: str, pattern: str, seq_length: int, warmup: int, iters: int,
         model.zero_grad(set_to_none=True)
         return loss.item()
 
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() / 2**30
+    before = platform.reset_peak_memory()
     losses = [step() for _ in range(warmup)]
     times = []
     for _ in range(iters):
-        sync()
+        platform.synchronize()
         start = time.perf_counter()
         losses.append(step())
-        sync()
+        platform.synchronize()
         times.append(time.perf_counter() - start)
     seconds = sorted(times)[len(times) // 2]
-    if cuda:
-        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "torch.cuda.max_memory_allocated"
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        before, kind = rss_before, "process max RSS"
+    peak, kind = platform.peak_memory_gib()
     return {"pattern": pattern, "layer_types": cfg.model.layer_types(), "seq_length": seq_length,
             "params": params, "seconds_per_step": seconds, "tokens_per_s": seq_length / seconds,
             "peak_memory_gib": peak, "memory_before_steps_gib": before,
@@ -153,7 +139,7 @@ def main(argv=None) -> Path | None:
         size, pattern, length = args.child
         print(json.dumps(measure(size, pattern, int(length), args.warmup, args.iters, args.overrides)), flush=True)
         return None
-    if size == "1b" and not torch.cuda.is_available():
+    if size == "1b" and not platform.has_cuda():
         parser.error("the 1b model needs a GPU; use --tiny on CPU")
     spec = SIZES[size]
     args.warmup = spec["warmup"] if args.warmup is None else args.warmup

@@ -14,18 +14,17 @@ Speedups are written only after the correctness check on the same device passes.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import kernel_benchmark_main, rel_rmse, time_ms  # noqa: E402
+from megatron_omni import platform  # noqa: E402
+
+platform.use_triton_interpreter_without_cuda()  # before triton is imported
+from benchmarks.common import (add_rates, causal_sdpa, kernel_benchmark_main,  # noqa: E402
+                               low_precision, rel_rmse, time_ms)
 from omni_kernels.infllmv2 import (block_sparse_attention, infllmv2_attention,  # noqa: E402
                                    naive, select_blocks)
 
@@ -62,8 +61,7 @@ def correctness(cfg: dict, device: str, T: int) -> dict:
     same = torch.equal(idx.cpu(), naive.select_blocks(q.cpu(), k.cpu(), **sp))
     report = {"shape": (T, cfg["heads"], cfg["kv_heads"], cfg["head_dim"]),
               "selection_equal": bool(same)}
-    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [torch.float16])
-    for dtype, limit in zip(dtypes, (1e-4, 1e-2)):
+    for dtype, limit in zip((torch.float32, low_precision(device)), (1e-4, 1e-2)):
         q, k, v = qkv(T, cfg, dtype, device, seed=1)
         do = torch.randn_like(q)
         errs = {}
@@ -91,11 +89,7 @@ def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str) -> dict:
     do = torch.randn_like(q)
 
     def sdpa():
-        args = (x.transpose(1, 2) for x in (q, k_rep, v_rep))
-        if device != "cuda":
-            return torch.nn.functional.scaled_dot_product_attention(*args, is_causal=True)
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return torch.nn.functional.scaled_dot_product_attention(*args, is_causal=True)
+        return causal_sdpa(*(x.transpose(1, 2) for x in (q, k_rep, v_rep)))
 
     def sparse():
         return infllmv2_attention(q, k, v, dense_len=0, **sp)
@@ -111,12 +105,10 @@ def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str) -> dict:
     dense_pairs = cfg["heads"] * T * (T + 1) // 2
     sparse_pairs = attended_pairs(q.detach(), k.detach(), sp)
     row["attended_fraction"] = sparse_pairs / dense_pairs
-    for name, pairs in (("sdpa", dense_pairs), ("sparse", sparse_pairs)):
-        for mode, mult in (("fwd", 1.0), ("fwdbwd", 3.5)):
-            row[f"{name}_{mode}_tflops"] = 4 * D * pairs * mult / (row[f"{name}_{mode}_ms"] * 1e9)
-    for mode in ("fwd", "fwdbwd"):
-        row[f"speedup_{mode}"] = row[f"sdpa_{mode}_ms"] / row[f"sparse_{mode}_ms"]
-    return row
+    flops = {(name, mode): 4 * D * pairs * mult
+             for name, pairs in (("sdpa", dense_pairs), ("sparse", sparse_pairs))
+             for mode, mult in (("fwd", 1.0), ("fwdbwd", 3.5))}
+    return add_rates(row, flops, "sparse")
 
 
 if __name__ == "__main__":

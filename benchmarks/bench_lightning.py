@@ -18,17 +18,17 @@ Speedups are written only after the correctness check on the same device passes.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import kernel_benchmark_main, rel_rmse, time_ms  # noqa: E402
+from megatron_omni import platform  # noqa: E402
+
+platform.use_triton_interpreter_without_cuda()  # before triton is imported
+from benchmarks.common import (add_rates, causal_sdpa, kernel_benchmark_main,  # noqa: E402
+                               low_precision, rel_rmse, time_ms)
 from omni_kernels.lightning import (alibi_slopes, lightning_attn,  # noqa: E402
                                     lightning_attn_naive)
 
@@ -61,7 +61,7 @@ def correctness(cfg: dict, device: str, T: int) -> dict:
         grads = torch.autograd.grad((o, final), (q, k, v, h0), (do, dfinal))
         results[name] = [o.detach(), final.detach(), *grads]
     fp32 = max(rel_rmse(a, b) for a, b in zip(results["ref"], results["fast"]))
-    low = torch.bfloat16 if device == "cuda" else torch.float16
+    low = low_precision(device)
     q, k, v = (x.detach().to(low) for x in (q, k, v))
     o_low, _ = lightning_attn(q, k, v, slopes, chunk_size=C)
     o_ref, _ = lightning_attn_naive(q.float(), k.float(), v.float(), slopes)
@@ -89,10 +89,7 @@ def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str) -> dict:
     do_t = do.transpose(1, 2).contiguous()
 
     def sdpa():
-        if device != "cuda":
-            return torch.nn.functional.scaled_dot_product_attention(q_t, k_t, v_t, is_causal=True)
-        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-            return torch.nn.functional.scaled_dot_product_attention(q_t, k_t, v_t, is_causal=True)
+        return causal_sdpa(q_t, k_t, v_t)
 
     def lightning():
         return lightning_attn(q, k, v, slopes, chunk_size=C)[0]
@@ -110,11 +107,7 @@ def bench_one(T: int, cfg: dict, dtype: torch.dtype, device: str) -> dict:
     flops = {("sdpa", "fwd"): sdpa_fwd, ("sdpa", "fwdbwd"): 3.5 * sdpa_fwd,
              ("lightning", "fwd"): lightning_flops(T, H, D, C, backward=False),
              ("lightning", "fwdbwd"): lightning_flops(T, H, D, C, backward=True)}
-    for (name, mode), count in flops.items():
-        row[f"{name}_{mode}_tflops"] = count / (row[f"{name}_{mode}_ms"] * 1e9)
-    for mode in ("fwd", "fwdbwd"):
-        row[f"speedup_{mode}"] = row[f"sdpa_{mode}_ms"] / row[f"lightning_{mode}_ms"]
-    return row
+    return add_rates(row, flops, "lightning")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,13 @@ from typing import Callable
 
 import torch
 
+from megatron_omni import platform as omni_platform
+
 
 def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+    gpu = omni_platform.gpu_name()
+    if gpu is not None:
+        return gpu
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
@@ -38,7 +41,7 @@ def git_commit() -> str:
 
 def time_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> float:
     """Median wall time of fn() in milliseconds (CUDA-synchronised on GPU)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync = omni_platform.synchronize
     for _ in range(warmup):
         fn()
     sync()
@@ -50,6 +53,29 @@ def time_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> float
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return times[len(times) // 2]
+
+
+def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """torch's causal SDPA on [B, H, T, D] (the baseline): the flash-attention kernel on GPU."""
+    if q.device.type != "cuda":
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def low_precision(device: str) -> torch.dtype:
+    """The 16-bit dtype a kernel's low-precision check runs in: bf16 on GPU, fp16 elsewhere."""
+    return torch.bfloat16 if device == "cuda" else torch.float16
+
+
+def add_rates(row: dict, flops: dict[tuple[str, str], float], op: str) -> dict:
+    """Add {name}_{mode}_tflops for each (name, mode) FLOP count from the row's
+    {name}_{mode}_ms, and speedup_{mode} of `op` over the sdpa baseline; returns the row."""
+    for (name, mode), count in flops.items():
+        row[f"{name}_{mode}_tflops"] = count / (row[f"{name}_{mode}_ms"] * 1e9)
+    for mode in ("fwd", "fwdbwd"):
+        row[f"speedup_{mode}"] = row[f"sdpa_{mode}_ms"] / row[f"{op}_{mode}_ms"]
+    return row
 
 
 def rel_rmse(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -104,7 +130,7 @@ def kernel_benchmark_main(name: str, doc: str, sizes: dict[str, dict],
     parser.add_argument("--out", default=None, help="JSON file, or a folder for the default "
                         f"name {name}_<device>.json (default folder benchmarks/results)")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = omni_platform.device().type
     size = "smoke" if args.smoke else "tiny" if args.tiny or device == "cpu" else "full"
     cfg = sizes[size]
     dtype = torch.bfloat16 if device == "cuda" and size == "full" else torch.float32

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import results_path, write_results  # noqa: E402
+from megatron_omni import platform  # noqa: E402
 
 SIZES = {
     "1b": dict(overrides=["model.preset=qwen3-1.7b", "model.num_layers=14", "training.lr=3e-4",
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="JSON file, or a folder for the default name "
                         "train_throughput_<device>.json (default folder benchmarks/results)")
     args = parser.parse_args(argv)
-    if not args.tiny and not torch.cuda.is_available():
+    if not args.tiny and not platform.has_cuda():
         parser.error("the 1b model needs a GPU; use --tiny on CPU")
     size = SIZES["tiny" if args.tiny else "1b"]
     for name in ("steps", "warmup", "seq_length", "micro_batch_size", "global_batch_size"):
@@ -83,19 +83,10 @@ def make_config(args: argparse.Namespace, tokenizer, data_prefix, run_dir):
         f"checkpoint.dir={run_dir}"])
 
 
-def peak_memory_gib() -> tuple[float, str]:
-    """(peak memory of this process in GiB, what was measured)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30, "torch.cuda.max_memory_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
-
-
 def main(argv=None) -> Path:
     """Train, time and write the JSON results; returns their path."""
     args = parse_args(argv)
-    from megatron_omni.training.metrics import quiet_warnings
-
-    quiet_warnings()
+    platform.prepare_process()
     from megatron_omni.models.llm.model import padded_vocab_size
     from megatron_omni.training.metrics import peak_flops, train_flops_per_token
     from megatron_omni.training.trainer import Trainer
@@ -106,7 +97,7 @@ def main(argv=None) -> Path:
         cfg = make_config(args, tokenizer, prefix, Path(tmp) / "run")
         trainer = Trainer(cfg)
         params = sum(p.numel() for chunk in trainer.model for p in chunk.parameters())
-        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        sync = platform.synchronize
         losses = dict(trainer.train(max_steps=args.warmup)["train"])
         sync()
         start = time.perf_counter()
@@ -119,7 +110,7 @@ def main(argv=None) -> Path:
     tokens_per_s = timed * args.global_batch_size * args.seq_length / seconds
     flops_per_token = train_flops_per_token(cfg, padded_vocab_size(trainer.vocab_size))
     peak = peak_flops()
-    memory, memory_kind = peak_memory_gib()
+    memory, memory_kind = platform.peak_memory_gib()
     row = {"params": params, "seq_length": args.seq_length,
            "micro_batch_size": args.micro_batch_size, "global_batch_size": args.global_batch_size,
            "steps": args.steps, "timed_steps": timed, "seconds_per_step": seconds / timed,

@@ -64,12 +64,9 @@ def verify_logits(model, hf_dir, tolerance: float) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megatron_omni.platform import use_triton_interpreter_without_cuda
-    from megatron_omni.training.metrics import quiet_warnings
-
-    use_triton_interpreter_without_cuda()
-    quiet_warnings()
     from megatron_omni import platform
+
+    platform.prepare_process()
     from megatron_omni.conversion.checkpoints import hf_folder_to_megatron, megatron_to_hf_folder
     from megatron_omni.conversion.omni import hf_folders_to_omni
 

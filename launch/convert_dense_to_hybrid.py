@@ -31,12 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megatron_omni.platform import use_triton_interpreter_without_cuda
-    from megatron_omni.training.metrics import quiet_warnings
-
-    use_triton_interpreter_without_cuda()
-    quiet_warnings()
     from megatron_omni import platform
+
+    platform.prepare_process()
     from megatron_omni.conversion.hybrid import convert_dense_checkpoint
 
     platform.init_distributed()

@@ -52,7 +52,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = (ROOT / args.out).resolve()
     t0 = start = time.perf_counter()
+    from megatron_omni import platform
 
+    platform.prepare_process()
     from omni_data_prep.demo_data import prepare_demo_data
 
     tokenizer, prefix = prepare_demo_data(out / "data", num_docs=3000)

@@ -4,6 +4,6 @@
 # package in editable mode without touching its dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q --disable-pip-version-check torch==2.13.0
-python -m pip install -q --disable-pip-version-check -r requirements-cpu.txt
-python -m pip install -q --disable-pip-version-check --no-deps -e .
+python -m pip install -q --disable-pip-version-check --root-user-action=ignore torch==2.13.0
+python -m pip install -q --disable-pip-version-check --root-user-action=ignore -r requirements-cpu.txt
+python -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps -e .

@@ -5,7 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import DTYPES, num_windows
+from .checks import DTYPES
+from .layout import num_windows
 
 
 @triton.jit

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .utils import (check_attention_args, check_block_args, check_qkv, check_selection_args,
-                    num_windows, pool_geometry)
+from .checks import check_attention_args, check_block_args, check_qkv, check_selection_args
+from .layout import num_windows, pool_geometry
 
 
 def _split(x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> list[torch.Tensor]:

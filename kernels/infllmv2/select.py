@@ -17,9 +17,9 @@ import triton
 import triton.language as tl
 
 from .compress import compress_keys, compressed_cu_seqlens
-from .kernel_utils import DOT_PRECISION, load_tile, query_block
-from .utils import (Layout, check_block_args, check_qkv, check_selection_args, make_layout, pack,
-                    pool_geometry)
+from .checks import check_block_args, check_qkv, check_selection_args
+from .layout import Layout, make_layout, pack, pool_geometry
+from .tiles import DOT_PRECISION, load_tile, query_block
 
 @triton.jit
 def _lse_kernel(q, kc, lse, cu_q, cu_k, cu_c, qb_seq, qb_blk, scale,

@@ -1,7 +1,6 @@
-"""Helpers shared by the importers (qwen3.py, siglip.py, whisper.py).
+"""Helpers shared by the importers (qwen3.py, encoder_import.py, omni.py).
 
 ConversionError; reading Hugging Face folders (config.json + safetensors, single file or sharded);
-for the encoders, finding the tower's key prefix in a state dict, checking keys and shapes, and
 loading a full (TP=1) state dict into a tensor-parallel megatron-core module.
 
 TP loading: each rank keeps its slice of every tensor-parallel parameter: megatron marks those with
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import torch
 from megatron.core import parallel_state
@@ -27,7 +25,6 @@ SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 StateDict = dict[str, torch.Tensor]
-Cfg = TypeVar("Cfg")  # an encoder config (VisionEncoderConfig, AudioEncoderConfig)
 
 
 class ConversionError(ValueError):
@@ -75,67 +72,6 @@ def read_hf_weights(path: str | Path, check_index_complete: bool = False) -> Sta
     present = sorted(p.name for p in folder.iterdir())
     raise ConversionError(f"{folder}: neither {SAFETENSORS} nor {SAFETENSORS_INDEX} (only "
                           f"safetensors weights are read); the folder has {present}")
-
-
-def load_encoder_folder(path: str | Path, config_from_hf: Callable[[dict], Cfg]) -> tuple[StateDict, Cfg]:
-    """``(HF state dict, our config)`` of an encoder's HF folder (config.json + safetensors);
-    ``config_from_hf`` turns the config.json dict into our encoder config."""
-    raw = read_hf_config(path)
-    return read_hf_weights(path), config_from_hf(raw)
-
-
-def import_encoder(model: torch.nn.Module, source: str | Path | StateDict,
-                   config_from_hf: Callable[[dict], Cfg],
-                   hf_to_megatron: Callable[[StateDict, Cfg], StateDict]) -> None:
-    """Load HF encoder weights (a folder or a state dict) into ``model`` at any TP; a folder's
-    config (through ``config_from_hf``) must equal ``model.cfg``. ``hf_to_megatron`` maps the HF
-    state dict to the model's full (TP=1) one."""
-    if isinstance(source, dict):
-        state = source
-    else:
-        state, cfg = load_encoder_folder(source, config_from_hf)
-        if cfg != model.cfg:
-            raise ConversionError(f"{source}: its config {cfg} differs from the model's {model.cfg}")
-    load_full_state_dict(model, hf_to_megatron(state, model.cfg))
-
-
-def find_prefix(state: dict[str, torch.Tensor], anchor: str, what: str, exclude: str | None = None) -> str:
-    """The prefix in front of ``anchor`` (a key suffix unique to the tower, e.g.
-    ``embeddings.patch_embedding.weight``): "" for a bare tower, "vision_model." for a full SigLIP,
-    "model.encoder." for WhisperForConditionalGeneration... Keys containing ``exclude`` are skipped."""
-    found = sorted(k[: -len(anchor)] for k in state
-                   if k.endswith(anchor) and (k == anchor or k[-len(anchor) - 1] == ".")
-                   and not (exclude and exclude in k))
-    if len(found) != 1:
-        raise ConversionError(f"expected exactly one {what} in the state dict (a key ending in {anchor!r}); "
-                              f"found {len(found)}: {found[:4]}")
-    return found[0]
-
-
-def tower_state(state: dict[str, torch.Tensor], anchor: str, what: str,
-                exclude: str | None = None) -> tuple[str, dict[str, torch.Tensor]]:
-    """``(prefix, the tower's tensors with the prefix removed)``; prefix as ``find_prefix``."""
-    prefix = find_prefix(state, anchor, what, exclude)
-    return prefix, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def check_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], what: str) -> None:
-    """Raise ConversionError listing every missing key, unexpected key and wrong shape."""
-    problems = [f"missing key {k} (expected shape {s})" for k, s in expected.items() if k not in state]
-    problems += [f"unexpected key {k}" for k in state if k not in expected]
-    problems += [f"{k}: expected shape {s}, got {tuple(state[k].shape)}"
-                 for k, s in expected.items() if k in state and tuple(state[k].shape) != tuple(s)]
-    if problems:
-        shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
-        raise ConversionError(f"{what} does not match the encoder config:\n  " + "\n  ".join(shown))
-
-
-def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Megatron's fused QKV (no GQA): per head [q_h; k_h; v_h] along dim 0. Works for weights
-    ``[heads*hn, in]`` and biases ``[heads*hn]``."""
-    rest = q.shape[1:]
-    parts = [t.reshape(num_heads, -1, *rest) for t in (q, k, v)]
-    return torch.cat(parts, dim=1).reshape(-1, *rest)
 
 
 def shard_full_state_dict(module: torch.nn.Module, full_state: dict[str, torch.Tensor],

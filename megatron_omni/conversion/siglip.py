@@ -6,42 +6,18 @@ are ignored), or a folder with ``config.json`` and safetensors (e.g. a download 
 google/siglip-so400m-patch14-384). The pooling ``head.*`` is dropped: our tower ends at
 ``post_layernorm``, matching HF's ``last_hidden_state``.
 
-Mapping (HF under the found prefix → ours, full TP=1)::
-
-    embeddings.patch_embedding.{weight, bias}      patch_embed.{weight, bias}
-    embeddings.position_embedding.weight [N, h]    position_embedding [N, h]
-    encoder.layers.L.layer_norm1.{weight, bias}    transformer.layers.L.input_layernorm.{weight, bias}
-    encoder.layers.L.self_attn.{q,k,v}_proj.*      transformer.layers.L.self_attention.linear_qkv.*
-                                                   (per head [q_h; k_h; v_h], see common.fuse_qkv)
-    encoder.layers.L.self_attn.out_proj.*          transformer.layers.L.self_attention.linear_proj.*
-    encoder.layers.L.layer_norm2.{weight, bias}    transformer.layers.L.pre_mlp_layernorm.{weight, bias}
-    encoder.layers.L.mlp.fc{1,2}.{weight, bias}    transformer.layers.L.mlp.linear_fc{1,2}.{weight, bias}
-    post_layernorm.{weight, bias}                  transformer.final_layernorm.{weight, bias}
-
-Any TP: ``import_hf`` loads the full state into each rank's model, slicing the tensor-parallel
-parameters (conversion/common.py).
+The mapping (HF under the found prefix → ours, full TP=1) is the table SIGLIP below, applied by
+conversion/encoder_import.py: the patch embedding, positions and ``post_layernorm`` by name, each
+layer's norms, ``out_proj`` and MLP by name, and ``self_attn.{q,k,v}_proj`` fused into
+``linear_qkv``. Any TP: ``import_hf`` slices the tensor-parallel parameters for each rank.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from transformers import SiglipVisionConfig
 
-from megatron_omni.conversion.common import (ConversionError, check_state, fuse_qkv, import_encoder,
-                                             load_encoder_folder, tower_state)
 from megatron_omni.config.encoders import VisionEncoderConfig
-from megatron_omni.models.encoders.vision import VisionEncoder
-
-_ANCHOR = "embeddings.patch_embedding.weight"
-_LAYER_NAMES = [  # (ours, HF) within a layer, copied unchanged
-    ("input_layernorm.weight", "layer_norm1.weight"), ("input_layernorm.bias", "layer_norm1.bias"),
-    ("self_attention.linear_proj.weight", "self_attn.out_proj.weight"),
-    ("self_attention.linear_proj.bias", "self_attn.out_proj.bias"),
-    ("pre_mlp_layernorm.weight", "layer_norm2.weight"), ("pre_mlp_layernorm.bias", "layer_norm2.bias"),
-    ("mlp.linear_fc1.weight", "mlp.fc1.weight"), ("mlp.linear_fc1.bias", "mlp.fc1.bias"),
-    ("mlp.linear_fc2.weight", "mlp.fc2.weight"), ("mlp.linear_fc2.bias", "mlp.fc2.bias"),
-]
+from megatron_omni.conversion.common import ConversionError
+from megatron_omni.conversion.encoder_import import EncoderMapping
 
 
 def config_from_hf(hf_cfg: SiglipVisionConfig | dict) -> VisionEncoderConfig:
@@ -65,51 +41,23 @@ def config_from_hf(hf_cfg: SiglipVisionConfig | dict) -> VisionEncoderConfig:
         layer_norm_eps=hf_cfg.layer_norm_eps)
 
 
-def _hf_shapes(cfg: VisionEncoderConfig) -> dict[str, tuple[int, ...]]:
-    h, f, p = cfg.hidden_size, cfg.ffn_hidden_size, cfg.patch_size
-    shapes = {"embeddings.patch_embedding.weight": (h, cfg.num_channels, p, p),
-              "embeddings.patch_embedding.bias": (h,),
-              "embeddings.position_embedding.weight": (cfg.num_patches, h),
-              "post_layernorm.weight": (h,), "post_layernorm.bias": (h,)}
-    for i in range(cfg.num_layers):
-        pre = f"encoder.layers.{i}."
-        for name in ("layer_norm1", "layer_norm2"):
-            shapes.update({pre + name + ".weight": (h,), pre + name + ".bias": (h,)})
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes.update({pre + f"self_attn.{name}.weight": (h, h), pre + f"self_attn.{name}.bias": (h,)})
-        shapes.update({pre + "mlp.fc1.weight": (f, h), pre + "mlp.fc1.bias": (f,),
-                       pre + "mlp.fc2.weight": (h, f), pre + "mlp.fc2.bias": (h,)})
-    return shapes
+def _tower(cfg: VisionEncoderConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
+    h, p = cfg.hidden_size, cfg.patch_size
+    return {"patch_embed.weight": ("embeddings.patch_embedding.weight", (h, cfg.num_channels, p, p)),
+            "patch_embed.bias": ("embeddings.patch_embedding.bias", (h,)),
+            "position_embedding": ("embeddings.position_embedding.weight", (cfg.num_patches, h)),
+            "transformer.final_layernorm.weight": ("post_layernorm.weight", (h,)),
+            "transformer.final_layernorm.bias": ("post_layernorm.bias", (h,))}
 
 
-def hf_to_megatron(hf_state: dict[str, torch.Tensor], cfg: VisionEncoderConfig) -> dict[str, torch.Tensor]:
-    """HF SigLIP (vision tower or full model) state dict → our VisionEncoder's full (TP=1) state
-    dict. Raises ConversionError listing missing / unexpected keys and wrong shapes."""
-    prefix, tower = tower_state(hf_state, _ANCHOR, "SigLIP vision tower", exclude="text_model")
-    state = {k: v for k, v in tower.items() if not k.startswith("head.")}
-    check_state(state, _hf_shapes(cfg), f"SigLIP vision state dict (prefix {prefix!r})")
-    nh = cfg.num_attention_heads
-    out = {"patch_embed.weight": state["embeddings.patch_embedding.weight"],
-           "patch_embed.bias": state["embeddings.patch_embedding.bias"],
-           "position_embedding": state["embeddings.position_embedding.weight"],
-           "transformer.final_layernorm.weight": state["post_layernorm.weight"],
-           "transformer.final_layernorm.bias": state["post_layernorm.bias"]}
-    for i in range(cfg.num_layers):
-        ours, hf = f"transformer.layers.{i}.", f"encoder.layers.{i}.self_attn."
-        for name, hf_name in _LAYER_NAMES:
-            out[ours + name] = state[f"encoder.layers.{i}." + hf_name]
-        for kind in ("weight", "bias"):
-            out[ours + "self_attention.linear_qkv." + kind] = fuse_qkv(
-                state[hf + f"q_proj.{kind}"], state[hf + f"k_proj.{kind}"], state[hf + f"v_proj.{kind}"], nh)
-    return out
-
-
-def load_hf_folder(path: str | Path) -> tuple[dict[str, torch.Tensor], VisionEncoderConfig]:
-    """``(HF state dict, our config)`` of a SigLIP folder (config.json + safetensors)."""
-    return load_encoder_folder(path, config_from_hf)
-
-
-def import_hf(model: VisionEncoder, source: str | Path | dict[str, torch.Tensor]) -> None:
-    """Load HF SigLIP weights (a folder or a state dict) into ``model`` at any TP; a folder's
-    config must match ``model.cfg``."""
-    import_encoder(model, source, config_from_hf, hf_to_megatron)
+SIGLIP = EncoderMapping(
+    what="SigLIP vision tower", anchor="embeddings.patch_embedding.weight", exclude="text_model",
+    config_from_hf=config_from_hf, tower=_tower, layer_prefix="encoder.layers.{i}.",
+    layer={"input_layernorm.weight": "layer_norm1.weight", "input_layernorm.bias": "layer_norm1.bias",
+           "self_attention.linear_proj.weight": "self_attn.out_proj.weight",
+           "self_attention.linear_proj.bias": "self_attn.out_proj.bias",
+           "pre_mlp_layernorm.weight": "layer_norm2.weight", "pre_mlp_layernorm.bias": "layer_norm2.bias",
+           "mlp.linear_fc1.weight": "mlp.fc1.weight", "mlp.linear_fc1.bias": "mlp.fc1.bias",
+           "mlp.linear_fc2.weight": "mlp.fc2.weight", "mlp.linear_fc2.bias": "mlp.fc2.bias"},
+    qkv="self_attn.{}_proj", dropped="head.")  # the pooling head: our tower ends at post_layernorm
+hf_to_megatron, load_hf_folder, import_hf = SIGLIP.hf_to_megatron, SIGLIP.load_hf_folder, SIGLIP.import_hf

@@ -31,6 +31,7 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from torch.distributed.checkpoint.api import CheckpointException
 
+from megatron_omni import platform
 from megatron_omni.config import ConfigError, OmniConfig
 from megatron_omni.models.llm.model import padded_vocab_size
 from megatron_omni.training import integrity
@@ -155,7 +156,7 @@ def _layout() -> dict:
 
 def _rng_state() -> ShardedObject:
     state = dict(random=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                 cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                 cuda=platform.device_rng_state(),
                  tracker=tensor_parallel.get_cuda_rng_tracker().get_states())
     pp, tp = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
     return ShardedObject("rng_state", state, (pp, tp),
@@ -168,8 +169,7 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    platform.set_device_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 

@@ -102,8 +102,7 @@ class Distiller:
                 f"({tcfg.model.hidden_size}) to equal model.hidden_size={cfg.model.hidden_size}; "
                 "set distill.hidden_mse_weight=0")
         teacher = build_llm(tcfg, vocab_size)
-        if platform.has_cuda():
-            teacher.cuda(torch.cuda.current_device())
+        teacher = platform.to_device(teacher)
         if params_dtype(tcfg) != torch.float32:  # as the student: bf16 weights, fp32 logits
             teacher = Float16Module(teacher.config, teacher)
         checkpoint.load_checkpoint(source, [teacher])

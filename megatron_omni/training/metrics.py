@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import logging
 import sys
-import warnings
 
-import torch
-
+from megatron_omni import platform
 from megatron_omni.config.schema import OmniConfig
 
 # Dense bf16 tensor-core peak per GPU (datasheets).
@@ -16,25 +14,18 @@ _PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "H800": 989e12, "A
 def setup_logging(rank: int, megatron_level: str = "WARNING") -> None:
     """INFO on rank 0, warnings and errors from every rank, each line tagged with its rank.
     megatron-core's own INFO output (parameter lists, dataset index builds) shows only at
-    megatron_level=INFO; its notices about optional TE/Apex and deprecations are silenced."""
+    megatron_level=INFO (its known warnings are filtered by platform.prepare_process)."""
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S",
                         force=True)
     logging.getLogger("megatron").setLevel(megatron_level)
 
 
-def quiet_warnings() -> None:
-    """Silence megatron-core's import-time notices about optional TE/Apex and deprecations.
-    Call before megatron is imported."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|deprecated|cuda_graph|ffn_hidden_size).*")
-
-
 def peak_flops() -> float | None:
     """The GPU's dense bf16 peak, or None (CPU or an unknown GPU: MFU is not reported)."""
-    if not torch.cuda.is_available():
+    name = platform.gpu_name()
+    if name is None:
         return None
-    name = torch.cuda.get_device_name()
     return next((v for k, v in _PEAK_BF16.items() if k in name), None)
 
 
@@ -85,8 +76,8 @@ class StepLogger:
             mfu = tps * self.flops_per_token / (self.world * self.peak)
             scalars["train/mfu"] = mfu
             line += f" | MFU {100 * mfu:.1f}%"
-        if torch.cuda.is_available():
-            line += f" | mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        if platform.has_cuda():
+            line += f" | mem {platform.peak_memory_gib()[0]:.1f} GiB"
         for name in sorted(k for k in m if k.startswith("loss/")):  # omni batches: loss/<modality>
             scalars[f"train/{name}"] = m[name]
             line += f" | {name} {m[name]:.4f}"

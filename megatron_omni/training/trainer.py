@@ -69,8 +69,7 @@ def build_model(cfg: OmniConfig, vocab_size: int,
                   else build_llm(cfg, vocab_size, vp_stage=vp_stage))
         for group, n in apply_trainable(module, groups).items():
             trainable[group] = trainable.get(group, 0) + n
-        if platform.has_cuda():
-            module.cuda(torch.cuda.current_device())
+        module = platform.to_device(module)
         if params_dtype(cfg) != torch.float32:
             module = Float16Module(tconfig, module)
         chunks.append(DistributedDataParallel(tconfig, ddp_config, module, disable_bucketing=i > 0))

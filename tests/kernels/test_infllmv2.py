@@ -275,7 +275,7 @@ def test_block_idx_shape_error():
 _COMPILE_SCRIPT = """
 import inspect, triton
 from triton.backends.compiler import GPUTarget
-from omni_kernels.infllmv2 import attention_kernels as ak, compress, select
+from omni_kernels.infllmv2 import block_sparse_kernels as ak, compress, select
 BLOCK = dict(BS=64, BLOCK_D=128)
 KERNELS = [(ak._fwd_kernel, dict(BLOCK, BLOCK_K=128)), (ak._dq_kernel, dict(BLOCK, BLOCK_K=128)),
            (ak._dkdv_kernel, dict(BLOCK, BLOCK_Q=16)),

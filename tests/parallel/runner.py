@@ -9,8 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from megatron_omni.platform import use_triton_interpreter_without_cuda
-from megatron_omni.training.metrics import quiet_warnings
+from megatron_omni import platform
 
 
 def _die_inside_save(step: int) -> None:
@@ -42,8 +41,7 @@ def main() -> None:
     parser.add_argument("--synthetic-omni", action="store_true",
                         help="omni micro-batches from tests/omni_batches.py instead of the data loader")
     args = parser.parse_args()
-    use_triton_interpreter_without_cuda()
-    quiet_warnings()
+    platform.prepare_process()
     import torch
     from megatron.core import parallel_state as ps
 

@@ -25,6 +25,8 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_omni.models.attention.core import CoreAttention
+
 
 @dataclass
 class GatedAttentionSubmodules(SelfAttentionSubmodules):
@@ -43,6 +45,21 @@ def packed_cu_seqlens(packed_seq_params: PackedSeqParams | None, batch: int) -> 
     if batch != 1:
         raise ValueError(f"a packed batch (packed_seq_params) must have batch size 1, got {batch}")
     return packed_seq_params.cu_seqlens_q
+
+
+class KernelCoreAttention(CoreAttention):
+    """Base of the Triton core attentions (InfLLMv2CoreAttention, LightningCoreAttention): the
+    kernels take the softmax scale (None: 1/sqrt(d)) and have no attention dropout, so a
+    dropout probability is refused."""
+
+    kind = "Kernel"
+    """The layer type named in errors."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.dropout_p > 0:
+            raise ValueError(f"{self.kind} layers have no attention dropout; set "
+                             f"model.attention_dropout=0 (got {self.dropout_p})")
 
 
 class GatedSelfAttention(SelfAttention):

@@ -21,7 +21,6 @@ from megatron.core.tensor_parallel import (copy_to_tensor_model_parallel_region,
                                            reduce_from_tensor_model_parallel_region)
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.utils import (ensure_metadata_has_dp_cp_group,
                                              make_sharded_tensors_for_checkpoint)
@@ -30,9 +29,8 @@ from omni_kernels.lightning import alibi_slopes, lightning_attn, minimax_slopes
 
 from megatron_omni.config.schema import LinearAttentionConfig
 from megatron_omni.models.attention.gated import (GatedAttentionSubmodules, GatedSelfAttention,
-                                                  packed_cu_seqlens)
-from megatron_omni.parallel.context_parallel import (attention_cp_group, cp_packed_cu_seqlens,
-                                                     lightning_cp)
+                                                  KernelCoreAttention, packed_cu_seqlens)
+from megatron_omni.parallel.context_parallel import cp_packed_cu_seqlens, lightning_cp
 
 
 def decay_slopes(settings: LinearAttentionConfig, num_heads: int,
@@ -46,31 +44,24 @@ def decay_slopes(settings: LinearAttentionConfig, num_heads: int,
     raise ValueError(f"model.linear.slopes={settings.slopes!r}; use alibi or minimax")
 
 
-class LightningCoreAttention(MegatronModule):
+class LightningCoreAttention(KernelCoreAttention):
     """Core attention with megatron's core_attention constructor signature (plus `settings` and
     `decay_layer`, bound in the layer spec). Takes this TP rank's q [s, b, Hq, d] and k/v
     [s, b, Hkv, d] (after RoPE) and returns [s, b, Hq·d]; K/V heads are repeated over their
     query group for the kernel. Under context parallelism the recurrence is carried across
     CP ranks by ``lightning_cp`` (LASP-2 style state all-gather, load-balanced layout)."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
-                 attention_type: str = "self", attention_dropout: float | None = None,
-                 softmax_scale: float | None = None, cp_comm_type: str | None = None,
-                 pg_collection=None, *, settings: LinearAttentionConfig,
-                 decay_layer: tuple[int, int] = (0, 1)):
-        super().__init__(config=config)
-        self.cp_group = attention_cp_group(config, pg_collection)
-        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        if dropout > 0:
-            raise ValueError(f"Lightning layers have no attention dropout; set "
-                             f"model.attention_dropout=0 (got {dropout})")
+    kind = "Lightning"
+
+    def __init__(self, config: TransformerConfig, *args, settings: LinearAttentionConfig,
+                 decay_layer: tuple[int, int] = (0, 1), pg_collection=None, **kwargs):
+        super().__init__(config, *args, pg_collection=pg_collection, **kwargs)
         tp_group = get_tensor_model_parallel_group_if_none(
             None if pg_collection is None else pg_collection.tp)
         local = config.num_attention_heads // tp_group.size()
         first = tp_group.rank() * local  # ranks hold consecutive heads
         slopes = decay_slopes(settings, config.num_attention_heads, decay_layer)
         self.register_buffer("slopes", slopes[first:first + local].clone(), persistent=False)
-        self.scale = softmax_scale
         self.chunk_size = settings.chunk_size
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

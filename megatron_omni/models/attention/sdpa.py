@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_omni.parallel.context_parallel import (attention_cp_group, cp_packed_cu_seqlens,
-                                                     gather_sequence, local_chunks, sample_ids)
+from megatron_omni.models.attention.core import CoreAttention
+from megatron_omni.parallel.context_parallel import (cp_packed_cu_seqlens, gather_sequence,
+                                                     local_chunks, sample_ids)
 
 
 def packed_causal_mask(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -30,18 +30,14 @@ def packed_causal_mask(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     return same & torch.ones(total, total, dtype=torch.bool, device=cu_seqlens.device).tril()
 
 
-class SDPAttention(MegatronModule):
-    """Core attention (GQA aware) with megatron's core_attention constructor signature."""
+class SDPAttention(CoreAttention):
+    """Core attention (GQA aware) with megatron's core_attention constructor signature; the
+    softmax scale defaults to 1/sqrt(kv_channels)."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
-                 attention_type: str = "self", attention_dropout: float | None = None,
-                 softmax_scale: float | None = None, cp_comm_type: str | None = None,
-                 pg_collection=None):
-        super().__init__(config=config)
-        self.cp_group = attention_cp_group(config, pg_collection)
-        self.attn_mask_type = attn_mask_type
-        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
-        self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
+    def __init__(self, config: TransformerConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        if self.scale is None:
+            self.scale = 1.0 / math.sqrt(config.kv_channels)
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params: PackedSeqParams | None = None):

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
-from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.transformer_config import TransformerConfig
 from omni_kernels.infllmv2 import infllmv2_attention
 
 from megatron_omni.config.schema import SparseAttentionConfig
-from megatron_omni.models.attention.gated import GatedSelfAttention, packed_cu_seqlens
-from megatron_omni.parallel.context_parallel import (attention_cp_group, cp_packed_cu_seqlens,
-                                                     gather_sequence, local_chunks)
+from megatron_omni.models.attention.gated import (GatedSelfAttention, KernelCoreAttention,
+                                                  packed_cu_seqlens)
+from megatron_omni.parallel.context_parallel import cp_packed_cu_seqlens, gather_sequence, local_chunks
 
 
-class InfLLMv2CoreAttention(MegatronModule):
+class InfLLMv2CoreAttention(KernelCoreAttention):
     """Core attention with megatron's core_attention constructor signature (plus `settings`,
     bound in the layer spec). Takes this TP rank's q [s, b, Hq, d] and k/v [s, b, Hkv, d] and
     returns [s, b, Hq·d]; GQA groups stay whole on a rank, so each group selects its own blocks.
@@ -31,18 +28,11 @@ class InfLLMv2CoreAttention(MegatronModule):
     block_size: selection is per query block). Packed batches under CP (qkv_format sbhd) also
     gather q and run each sample piece separately (``_forward_cp_packed``)."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
-                 attention_type: str = "self", attention_dropout: float | None = None,
-                 softmax_scale: float | None = None, cp_comm_type: str | None = None,
-                 pg_collection=None, *, settings: SparseAttentionConfig):
-        super().__init__(config=config)
-        self.cp_group = attention_cp_group(config, pg_collection)
-        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        if dropout > 0:
-            raise ValueError(f"InfLLM-V2 layers have no attention dropout; set "
-                             f"model.attention_dropout=0 (got {dropout})")
+    kind = "InfLLM-V2"
+
+    def __init__(self, *args, settings: SparseAttentionConfig, **kwargs):
+        super().__init__(*args, **kwargs)
         self.settings = settings
-        self.scale = softmax_scale
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, attn_mask_type=None, attention_bias=None,

@@ -30,13 +30,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_omni.config.encoders import AudioEncoderConfig
-from megatron_omni.models.encoders.spec import (check_encoder_config, encoder_block_spec,
-                                                encoder_transformer_config)
+from megatron_omni.models.encoders.spec import EncoderTower, encoder_transformer_config
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
@@ -74,7 +71,7 @@ def _hold_k_bias_at_zero(bias: torch.nn.Parameter, heads: int) -> None:
     bias.register_hook(functools.partial(_k_bias_zeroed, heads=heads))  # a partial pickles
 
 
-class AudioEncoder(MegatronModule):
+class AudioEncoder(EncoderTower):
     """Whisper-style encoder: log-mel ``[b, num_mel_bins, frames]`` (frames ≤ max_frames) →
     ``[b, (frames - 1) // 2 + 1, hidden]``.
 
@@ -85,19 +82,16 @@ class AudioEncoder(MegatronModule):
     """Parameter group for training.trainable (training/freeze.py)."""
 
     def __init__(self, cfg: AudioEncoderConfig, config: TransformerConfig | None = None):
-        config = config or audio_transformer_config(cfg)
-        check_encoder_config(config, cfg, name="AudioEncoder")
-        super().__init__(config=config)
-        self.cfg = cfg
+        super().__init__(cfg, config or audio_transformer_config(cfg))
+        for layer in self.transformer.layers:
+            _hold_k_bias_at_zero(layer.self_attention.linear_qkv.bias,
+                                 layer.self_attention.num_attention_heads_per_partition)
+
+    def build_inputs(self, cfg: AudioEncoderConfig, config: TransformerConfig) -> None:
         h, dtype = cfg.hidden_size, config.params_dtype
         self.conv1 = torch.nn.Conv1d(cfg.num_mel_bins, h, kernel_size=3, padding=1, dtype=dtype)
         self.conv2 = torch.nn.Conv1d(h, h, kernel_size=3, stride=2, padding=1, dtype=dtype)
         self.register_buffer("embed_positions", sinusoids(cfg.max_source_positions, h).to(dtype))
-        self.transformer = TransformerBlock(config, encoder_block_spec(cfg.num_layers),
-                                            pre_process=True, post_process=True)
-        for layer in self.transformer.layers:
-            _hold_k_bias_at_zero(layer.self_attention.linear_qkv.bias,
-                                 layer.self_attention.num_attention_heads_per_partition)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """``[b, num_mel_bins, frames]`` → ``[b, (frames - 1) // 2 + 1, hidden]``."""
@@ -107,6 +101,4 @@ class AudioEncoder(MegatronModule):
                              f"1 ≤ frames ≤ {cfg.max_frames}; got {tuple(mel.shape)}")
         x = F.gelu(self.conv1(mel.to(self.conv1.weight.dtype)))
         x = F.gelu(self.conv2(x)).transpose(1, 2)                  # [b, L, hidden]
-        x = x + self.embed_positions[: x.shape[1]]
-        x = self.transformer(x.transpose(0, 1).contiguous(), attention_mask=None)  # [L, b, hidden]
-        return x.transpose(0, 1)
+        return self.encode(x + self.embed_positions[: x.shape[1]])

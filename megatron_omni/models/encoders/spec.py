@@ -1,4 +1,5 @@
-"""The transformer layers shared by our encoders (SigLIP- and Whisper-shaped), on megatron-core.
+"""The transformer layers and the tower base (EncoderTower) shared by our encoders (SigLIP- and
+Whisper-shaped), on megatron-core.
 
 One pre-LN encoder layer::
 
@@ -25,18 +26,15 @@ from typing import Callable, Protocol
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
-from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
-from megatron_omni.models.attention.sdpa import SDPAttention
+from megatron_omni.models.layer_spec import pre_norm_layer_spec, sdpa_self_attention_spec
+from megatron_omni.models.transformer_config import base_transformer_config
 
 
 class EncoderShape(Protocol):
@@ -51,27 +49,9 @@ class EncoderShape(Protocol):
 
 
 def encoder_layer_spec() -> ModuleSpec:
-    """One pre-LN, non-causal encoder layer with biased linears and a plain (non-gated) MLP."""
-    return ModuleSpec(
-        module=TransformerLayer,
-        submodules=TransformerLayerSubmodules(
-            input_layernorm=WrappedTorchNorm,
-            self_attention=ModuleSpec(
-                module=SelfAttention,
-                params={"attn_mask_type": AttnMaskType.no_mask},
-                submodules=SelfAttentionSubmodules(
-                    linear_qkv=ColumnParallelLinear,
-                    core_attention=SDPAttention,
-                    linear_proj=RowParallelLinear,
-                ),
-            ),
-            self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=WrappedTorchNorm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(
-                linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)),
-            mlp_bda=get_bias_dropout_add,
-        ),
-    )
+    """One pre-LN, non-causal encoder layer with biased linears and a plain (non-gated) MLP (the
+    biases and the ungated MLP come from encoder_transformer_config)."""
+    return pre_norm_layer_spec(WrappedTorchNorm, sdpa_self_attention_spec(AttnMaskType.no_mask))
 
 
 def encoder_block_spec(num_layers: int) -> TransformerBlockSubmodules:
@@ -112,20 +92,10 @@ def encoder_transformer_config(shape: EncoderShape, activation_func: Callable, *
         add_qkv_bias=True,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        bf16=params_dtype == torch.bfloat16,
-        fp16=params_dtype == torch.float16,
-        params_dtype=params_dtype,
-        pipeline_dtype=params_dtype,
-        use_cpu_initialization=not torch.cuda.is_available(),
     )
-    fields.update(overrides)
-    return TransformerConfig(**fields)
+    return base_transformer_config(params_dtype, **{**fields, **overrides})
 
 
 def check_encoder_config(config: TransformerConfig, shape: EncoderShape, name: str) -> None:
@@ -140,3 +110,27 @@ def check_encoder_config(config: TransformerConfig, shape: EncoderShape, name: s
     if wrong:
         raise ValueError(f"{name}: TransformerConfig does not fit the encoder: " + ", ".join(wrong)
                          + "; build it with encoder_transformer_config()")
+
+
+class EncoderTower(MegatronModule):
+    """Base of VisionEncoder and AudioEncoder: checks ``config`` against the encoder config
+    ``cfg``, builds the subclass's input layers (``build_inputs``), then the transformer block;
+    ``encode`` runs that block on batch-first tokens."""
+
+    def __init__(self, cfg: EncoderShape, config: TransformerConfig):
+        check_encoder_config(config, cfg, name=type(self).__name__)
+        super().__init__(config=config)
+        self.cfg = cfg
+        self.build_inputs(cfg, config)
+        self.transformer = TransformerBlock(config, encoder_block_spec(cfg.num_layers),
+                                            pre_process=True, post_process=True)
+
+    def build_inputs(self, cfg: EncoderShape, config: TransformerConfig) -> None:
+        """Create the layers in front of the transformer (built first, so their initialisation
+        draws from the RNG before the transformer's)."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[b, L, hidden]`` through the transformer block → ``[b, L, hidden]``."""
+        x = self.transformer(x.transpose(0, 1).contiguous(), attention_mask=None)  # [L, b, hidden]
+        return x.transpose(0, 1)

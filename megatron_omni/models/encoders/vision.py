@@ -23,13 +23,10 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_omni.config.encoders import VisionEncoderConfig
-from megatron_omni.models.encoders.spec import (check_encoder_config, encoder_block_spec,
-                                                encoder_transformer_config)
+from megatron_omni.models.encoders.spec import EncoderTower, encoder_transformer_config
 
 
 gelu_tanh = functools.partial(F.gelu, approximate="tanh")
@@ -42,7 +39,7 @@ def vision_transformer_config(cfg: VisionEncoderConfig, **kwargs) -> Transformer
     return encoder_transformer_config(cfg, gelu_tanh, **kwargs)
 
 
-class VisionEncoder(MegatronModule):
+class VisionEncoder(EncoderTower):
     """SigLIP-style vision tower: images ``[b, C, H, W]`` → ``[b, num_patches, hidden]``, video
     ``[b, T, C, H, W]`` → ``[b, T, num_patches, hidden]`` (frames encoded independently).
 
@@ -54,18 +51,15 @@ class VisionEncoder(MegatronModule):
     """Parameter group for training.trainable (training/freeze.py)."""
 
     def __init__(self, cfg: VisionEncoderConfig, config: TransformerConfig | None = None):
-        config = config or vision_transformer_config(cfg)
-        check_encoder_config(config, cfg, name="VisionEncoder")
-        super().__init__(config=config)
-        self.cfg = cfg
+        super().__init__(cfg, config or vision_transformer_config(cfg))
+
+    def build_inputs(self, cfg: VisionEncoderConfig, config: TransformerConfig) -> None:
         dtype = config.params_dtype
         self.patch_embed = torch.nn.Conv2d(cfg.num_channels, cfg.hidden_size, kernel_size=cfg.patch_size,
                                            stride=cfg.patch_size, dtype=dtype)
         self.position_embedding = torch.nn.Parameter(
             torch.empty(cfg.num_patches, cfg.hidden_size, dtype=dtype))
         config.init_method(self.position_embedding)
-        self.transformer = TransformerBlock(config, encoder_block_spec(cfg.num_layers),
-                                            pre_process=True, post_process=True)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Images ``[b, C, H, W]`` → ``[b, N, hidden]``; video ``[b, T, C, H, W]`` →
@@ -83,6 +77,4 @@ class VisionEncoder(MegatronModule):
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(images.to(self.patch_embed.weight.dtype))  # [b, hidden, g, g]
-        x = x.flatten(2).transpose(1, 2) + self.position_embedding     # [b, N, hidden]
-        x = self.transformer(x.transpose(0, 1).contiguous(), attention_mask=None)  # [N, b, hidden]
-        return x.transpose(0, 1)
+        return self.encode(x.flatten(2).transpose(1, 2) + self.position_embedding)  # [b, N, hidden]

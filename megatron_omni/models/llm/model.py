@@ -7,8 +7,11 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_omni import platform
 from megatron_omni.config.schema import OmniConfig
-from megatron_omni.models.llm.spec import decoder_block_spec, resolve_backend
+from megatron_omni.models.llm.spec import decoder_block_spec
+from megatron_omni.models.transformer_config import base_transformer_config
+from megatron_omni.platform.backend import resolve_backend
 
 VOCAB_DIVISOR = 128
 """The embedding table is padded to a multiple of this (independent of TP, so a checkpoint
@@ -23,21 +26,21 @@ def params_dtype(cfg: OmniConfig) -> torch.dtype:
     """bf16 on GPU and fp32 on CPU under precision=auto."""
     precision = cfg.training.precision
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "fp32"
+        precision = platform.default_precision()
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def transformer_config(cfg: OmniConfig) -> TransformerConfig:
     """megatron-core's TransformerConfig for the decoder described by cfg.model / cfg.parallel."""
     m, p, t = cfg.model, cfg.parallel, cfg.training
-    dtype = params_dtype(cfg)
-    on_gpu = torch.cuda.is_available()
+    fused = platform.fused_bias_ops()
     recompute = {}
     if t.recompute == "full":
         recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif t.recompute == "selective":
         recompute = dict(recompute_granularity="selective", recompute_modules=["core_attn"])
-    return TransformerConfig(
+    return base_transformer_config(
+        params_dtype(cfg),
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
         ffn_hidden_size=m.ffn_hidden_size,
@@ -56,19 +59,11 @@ def transformer_config(cfg: OmniConfig) -> TransformerConfig:
         activation_func=F.silu,
         add_bias_linear=False,
         add_qkv_bias=False,
-        bias_activation_fusion=on_gpu,
-        bias_dropout_fusion=on_gpu,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
+        bias_activation_fusion=fused,
+        bias_dropout_fusion=fused,
         init_method_std=m.init_std,
         hidden_dropout=m.hidden_dropout,
         attention_dropout=m.attention_dropout,
-        bf16=dtype == torch.bfloat16,
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        use_cpu_initialization=not on_gpu,
         calculate_per_token_loss=True,
         deallocate_pipeline_outputs=True,
         # Layers of different attention types differ in shapes: checkpoint each layer under its

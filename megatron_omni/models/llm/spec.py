@@ -1,8 +1,9 @@
 """Layer specs for the Qwen3-style decoder: one builder, two backends, three attention types.
 
 Local backend (works everywhere, CPU included): megatron's ColumnParallelLinear/RowParallelLinear,
-our SDPA core attention and our sequence-parallel RMSNorm. Transformer-engine backend (chosen
-automatically when TE imports): megatron's TE spec with fused norm+linear and TE attention.
+our SDPA core attention and our sequence-parallel RMSNorm. Transformer-engine backend (what
+model.backend=auto picks on a CUDA machine where TE imports: megatron_omni/platform/backend.py):
+megatron's TE spec with fused norm+linear and TE attention.
 
 ``model.layer_pattern`` picks each layer's attention: D dense (the layer above), S sparse
 (InfLLM-V2) or L linear (Lightning). S and L layers are built from local modules under either
@@ -12,45 +13,20 @@ from __future__ import annotations
 
 import functools
 
-from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.transformer_layer import (
-    TransformerLayer, TransformerLayerSubmodules, get_transformer_layer_offset)
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from megatron_omni.config.schema import LinearAttentionConfig, ModelConfig, SparseAttentionConfig
 from megatron_omni.models.attention.gated import GatedAttentionSubmodules
 from megatron_omni.models.attention.linear import (HeadsRMSNorm, LightningAttention,
                                                   LightningCoreAttention)
-from megatron_omni.models.attention.sdpa import SDPAttention
 from megatron_omni.models.attention.sparse import InfLLMv2Attention, InfLLMv2CoreAttention
+from megatron_omni.models.layer_spec import pre_norm_layer_spec, sdpa_self_attention_spec
 from megatron_omni.models.norm import RMSNorm
-
-
-@functools.cache
-def te_available() -> bool:
-    """True when transformer-engine imports (it needs CUDA)."""
-    try:
-        import transformer_engine  # noqa: F401
-        from megatron.core.extensions import transformer_engine as _  # noqa: F401
-    except Exception:  # TE raises various errors without CUDA or on a version mismatch
-        return False
-    return True
-
-
-def resolve_backend(backend: str) -> str:
-    """'auto' → 'te' when transformer-engine imports, else 'local'."""
-    if backend == "auto":
-        return "te" if te_available() else "local"
-    if backend == "te" and not te_available():
-        raise RuntimeError("model.backend='te' but transformer-engine does not import here; "
-                           "install transformer-engine (GPU only) or set model.backend=local")
-    return backend
 
 
 def dense_layer_spec(backend: str) -> ModuleSpec:
@@ -59,23 +35,13 @@ def dense_layer_spec(backend: str) -> ModuleSpec:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
-    return _local_layer_spec(ModuleSpec(
-        module=SelfAttention,
-        params={"attn_mask_type": AttnMaskType.causal},
-        submodules=SelfAttentionSubmodules(
-            linear_qkv=ColumnParallelLinear,
-            core_attention=SDPAttention,
-            linear_proj=RowParallelLinear,
-            q_layernorm=RMSNorm,
-            k_layernorm=RMSNorm,
-        ),
-    ))
+    return pre_norm_layer_spec(RMSNorm, sdpa_self_attention_spec(AttnMaskType.causal, RMSNorm))
 
 
 def sparse_layer_spec(settings: SparseAttentionConfig) -> ModuleSpec:
     """A decoder layer whose attention is InfLLM-V2 (NoPE, the dense layer's parameters, an
     optional output gate)."""
-    return _local_layer_spec(ModuleSpec(
+    return pre_norm_layer_spec(RMSNorm, ModuleSpec(
         module=InfLLMv2Attention,
         submodules=GatedAttentionSubmodules(
             linear_qkv=ColumnParallelLinear,
@@ -92,7 +58,7 @@ def linear_layer_spec(settings: LinearAttentionConfig, linear_index: int = 0,
                       num_linear: int = 1) -> ModuleSpec:
     """A decoder layer whose attention is Lightning; `linear_index` of `num_linear` counts the
     linear layers only (it sets the MiniMax decay scaling)."""
-    return _local_layer_spec(ModuleSpec(
+    return pre_norm_layer_spec(RMSNorm, ModuleSpec(
         module=LightningAttention,
         params={"num_query_groups": settings.num_query_groups},
         submodules=GatedAttentionSubmodules(
@@ -106,22 +72,6 @@ def linear_layer_spec(settings: LinearAttentionConfig, linear_index: int = 0,
             out_norm=HeadsRMSNorm,
         ),
     ))
-
-
-def _local_layer_spec(self_attention: ModuleSpec) -> ModuleSpec:
-    """Pre-norm layer around `self_attention` with a SwiGLU MLP, from local modules."""
-    return ModuleSpec(
-        module=TransformerLayer,
-        submodules=TransformerLayerSubmodules(
-            input_layernorm=RMSNorm,
-            self_attention=self_attention,
-            self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=RMSNorm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(
-                linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)),
-            mlp_bda=get_bias_dropout_add,
-        ),
-    )
 
 
 def layer_specs(model: ModelConfig | None, num_layers: int, backend: str) -> list[ModuleSpec]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 import triton
 
-from .attention_kernels import _dkdv_kernel, _dq_kernel, _fwd_kernel
-from .utils import Layout, check_qkv, make_layout, pack
+from .block_sparse_kernels import _dkdv_kernel, _dq_kernel, _fwd_kernel
+from .checks import check_qkv
+from .layout import Layout, make_layout, pack
 
 
 def _launch_meta(q: torch.Tensor, block_size: int) -> dict:

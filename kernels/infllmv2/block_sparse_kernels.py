@@ -8,7 +8,7 @@ owns one query block (BS tokens) of one query head (forward, dq) or one key bloc
 import triton
 import triton.language as tl
 
-from .kernel_utils import DOT_PRECISION, LOG2E, load_tile, query_block, store_tile
+from .tiles import DOT_PRECISION, LOG2E, load_tile, query_block, store_tile
 
 
 @triton.jit
@@ -17,6 +17,21 @@ def _num_selected(block_idx, i_b, i_hk, stride_ib, stride_ih, K, BLOCK_K: tl.con
     p_idx = block_idx + i_b * stride_ib + i_hk * stride_ih
     o_s = tl.arange(0, BLOCK_K)
     return p_idx, tl.sum((tl.load(p_idx + o_s, mask=o_s < K, other=-1) >= 0).to(tl.int32))
+
+
+@triton.jit
+def _selected_keys(k, v, p_idx, s, k_start, len_k, i_hk, stride_kt, stride_kh, D,
+                   BS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The s-th selected key block of a block list: key positions [BS], their validity [BS], and
+    the k and v tiles [BS, BLOCK_D] of KV head i_hk (zero outside the sequence)."""
+    j0 = tl.load(p_idx + s) * BS
+    o_k = j0 + tl.arange(0, BS)
+    m_k = o_k < len_k
+    b_k = load_tile(k, k_start + j0.to(tl.int64), m_k, i_hk, stride_kt, stride_kh, D, BS,
+                    BLOCK_D, 1)
+    b_v = load_tile(v, k_start + j0.to(tl.int64), m_k, i_hk, stride_kt, stride_kh, D, BS,
+                    BLOCK_D, 1)
+    return o_k, m_k, b_k, b_v
 
 
 @triton.jit
@@ -40,13 +55,8 @@ def _fwd_kernel(q, k, v, o, lse, block_idx, cu_q, cu_k, qb_seq, qb_blk, scale,
     b_l = tl.zeros([BS], dtype=tl.float32)
     b_acc = tl.zeros([BS, BLOCK_D], dtype=tl.float32)
     for s in range(n_sel):
-        j0 = tl.load(p_idx + s) * BS
-        o_k = j0 + tl.arange(0, BS)  # [BS] key positions
-        m_k = o_k < len_k
-        b_k = load_tile(k, k_start + j0.to(tl.int64), m_k, i_h // G, stride_kt, stride_kh, D, BS,
-                        BLOCK_D, 1)  # [BS, BD]
-        b_v = load_tile(v, k_start + j0.to(tl.int64), m_k, i_h // G, stride_kt, stride_kh, D, BS,
-                        BLOCK_D, 1)  # [BS, BD]
+        o_k, m_k, b_k, b_v = _selected_keys(k, v, p_idx, s, k_start, len_k, i_h // G, stride_kt,
+                                            stride_kh, D, BS, BLOCK_D)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * (scale * LOG2E)
         b_s = tl.where(m_k[None, :] & (o_k[None, :] <= o_t[:, None]), b_s, float("-inf"))
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
@@ -77,13 +87,8 @@ def _dq_kernel(q, k, v, do, dq, lse, delta, block_idx, cu_q, cu_k, qb_seq, qb_bl
     b_lse, b_delta = _load_lse_delta(lse, delta, row0, m_t, i_h, tl.num_programs(0), BS)
     b_dq = tl.zeros([BS, BLOCK_D], dtype=tl.float32)
     for s in range(n_sel):
-        j0 = tl.load(p_idx + s) * BS
-        o_k = j0 + tl.arange(0, BS)  # [BS] key positions
-        m_k = o_k < len_k
-        b_k = load_tile(k, k_start + j0.to(tl.int64), m_k, i_h // G, stride_kt, stride_kh, D, BS,
-                        BLOCK_D, 1)  # [BS, BD]
-        b_v = load_tile(v, k_start + j0.to(tl.int64), m_k, i_h // G, stride_kt, stride_kh, D, BS,
-                        BLOCK_D, 1)  # [BS, BD]
+        o_k, m_k, b_k, b_v = _selected_keys(k, v, p_idx, s, k_start, len_k, i_h // G, stride_kt,
+                                            stride_kh, D, BS, BLOCK_D)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * (scale * LOG2E)
         m_s = m_k[None, :] & (o_k[None, :] <= o_t[:, None])  # [BS, BS]
         b_p = tl.where(m_s, tl.exp2(b_s - b_lse[:, None]), 0.0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attention import block_sparse_attention
+from .block_sparse import block_sparse_attention
+from .checks import check_attention_args, check_block_args, check_selection_args
+from .layout import Layout, make_layout
 from .select import select_blocks
-from .utils import (Layout, check_attention_args, check_block_args, check_selection_args,
-                    make_layout)
 
 
 def dense_block_idx(layout: Layout, num_kv_heads: int, num_slots: int) -> torch.Tensor:
