@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one go, on the GPU machine (../shared/PLATFORM.md): one H100 or
+# Every GPU check and benchmark in one go, on the GPU machine: one H100 or
 # H200, Python 3.12, torch 2.11, triton 3.6, transformers, sentencepiece, tensorboard, pyyaml;
 # no megatron-core, no network.
 #

@@ -27,7 +27,7 @@ from megatron_omni.conversion import qwen3, siglip, whisper
 from megatron_omni.conversion.checkpoints import plain_state, single_rank_config
 from megatron_omni.conversion.common import ConversionError, load_full_state_dict
 from megatron_omni.config.encoders import AUDIO_PRESETS, VISION_PRESETS, AudioEncoderConfig, VisionEncoderConfig
-from megatron_omni.models.omni import media
+from megatron_omni.config import encoders
 from megatron_omni.training import checkpoint
 
 LLM_FIELDS = checkpoint.MODEL_SHAPE_FIELDS + ("rope_theta", "rope_scaling_factor", "norm_eps")
@@ -92,7 +92,7 @@ def derive_config(base: OmniConfig, src: OmniSources, pinned: set[str], folders:
     same_shape = all(src.llm_fields[f] == getattr(model, f) for f in LLM_FIELDS)
     model = dataclasses.replace(model, **src.llm_fields, preset=model.preset if same_shape else "custom")
     for part, found, presets in (("vision", src.vision, VISION_PRESETS), ("audio", src.audio, AUDIO_PRESETS)):
-        expected = getattr(media, f"{part}_config")(omni)
+        expected = getattr(encoders, f"{part}_config")(omni)
         if part in pinned:
             _mismatch(f"--{part}", folders[part], f"{part} encoder", dataclasses.asdict(found),
                       dataclasses.asdict(expected),
