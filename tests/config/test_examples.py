@@ -29,7 +29,8 @@ def test_omni_examples_follow_the_plan():
     4), 3.1.3 (phase 2: encoders 1e-5, projectors 1e-4, LLM frozen), 3.1.4 / 7.2.2 (phase 3: the
     40/25/15/10/10 mix reached through four stages at 0/25/50/75% of the steps); the plan's
     encoder shapes and projectors in every omni example."""
-    p1, p2 = load_config(EXAMPLE_DIR / "omni_8b_phase1_8gpu.yaml"), load_config(EXAMPLE_DIR / "omni_8b_phase2_8gpu.yaml")
+    p1 = load_config(EXAMPLE_DIR / "omni_8b_phase1_8gpu.yaml")
+    p2 = load_config(EXAMPLE_DIR / "omni_8b_phase2_8gpu.yaml")
     assert (p1.training.trainable, p1.training.lr, p1.training.warmup_steps, p1.training.train_steps) == \
         (["projectors"], 1e-3, 2000, 50_000)
     assert p1.training.global_batch_size // (p1.training.micro_batch_size * 8) == 4

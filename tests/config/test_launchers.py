@@ -2,8 +2,11 @@
 GPUS_PER_NODE x NNODES (Slurm's when inside a job), or, on a machine without GPUs, from the
 config's `# world_size: N` header; pretrain_omni.py --dry-run prints the config with the derived
 dp (--layout-only: the examples' data is not here). Phases 5 and 6 stop with the config error
-naming what this build lacks."""
+naming what this build lacks. Phases 1-3 also run for real through their launchers, chained as
+the plan chains them (each starts from the previous run's checkpoint), with the tiny omni model
+on 2 CPU ranks."""
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,13 +15,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "examples" / "tiny_cpu.yaml")
+OMNI_TINY = str(ROOT / "examples" / "omni_tiny_cpu.yaml")
 _LAUNCH_VARS = ("GPUS_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RDZV_BACKEND",
                 "CONFIG", "LOG_RANK", "WORLD_SIZE", "PHASE")
 PHASE_LAYOUT = {1: (1, 8), 2: (1, 8), 3: (4, 4), 4: (2, 2), 5: (4, None), 6: (4, None)}
 """phase -> (Slurm nodes of 8 GPUs for its default config, derived dp; None: the phase stops)."""
 
 
-def launch(command: list[str], tmp_path=None, **env) -> subprocess.CompletedProcess:
+def launch(command: list[str], tmp_path=None, dry_run: bool = True, **env) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in _LAUNCH_VARS}
     if tmp_path is not None:  # fake Slurm tools: scontrol lists two hosts, srun runs its command
         for name, body in (("scontrol", "echo gpu07\necho gpu08\n"),
@@ -27,7 +31,7 @@ def launch(command: list[str], tmp_path=None, **env) -> subprocess.CompletedProc
             (tmp_path / name).chmod(0o755)
         base["PATH"] = f"{tmp_path}:{base['PATH']}"
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**base, "DRY_RUN": "1", **env}, timeout=120)
+                          env={**base, "DRY_RUN": "1" if dry_run else "0", **env}, timeout=600)
 
 
 def dry_run(script: str, args: list[str], tmp_path=None, **env) -> tuple[dict, str]:
@@ -40,8 +44,8 @@ def test_without_gpus_the_config_header_gives_the_world_size():
     printed, err = dry_run("phase4.sh", [], CUDA_VISIBLE_DEVICES="")  # its 16-rank default config
     assert printed["derived"] == {"dp": 2} and printed["phase"] == 4
     assert "validating for the config's world_size 16" in err
-    printed, err = dry_run("phase3.sh", ["--set", "parallel.tp=1", "--set", "parallel.sequence_parallel=false"],
-                           CUDA_VISIBLE_DEVICES="", GPUS_PER_NODE="1", CONFIG=TINY)
+    one_rank = ["--set", "parallel.tp=1", "--set", "parallel.sequence_parallel=false"]
+    printed, err = dry_run("phase3.sh", one_rank, CUDA_VISIBLE_DEVICES="", GPUS_PER_NODE="1", CONFIG=TINY)
     assert printed["derived"] == {"dp": 1}  # GPUS_PER_NODE given: that, not the header's 2
     assert "1 node(s) x 1 ranks = 1, node rank 0, static rendezvous at localhost:29500" in err
     assert "would run: torchrun --nproc-per-node 1 --nnodes 1 --node-rank 0" in err
@@ -80,3 +84,33 @@ def test_slurm_script_refuses_an_unknown_phase(tmp_path):
     done = launch(["bash", str(ROOT / "launch" / "slurm" / "pretrain.sbatch")], tmp_path, PHASE="7",
                   SLURM_JOB_ID="42", SLURM_CPUS_PER_TASK="64")
     assert done.returncode == 2 and done.stderr.startswith("error: PHASE=7 is not a phase"), done.stderr
+
+
+def test_phases_1_to_3_run_chained_on_two_cpu_ranks(tmp_path):
+    from omni_data_prep.multimodal.demo import prepare_omni_demo
+
+    demo = prepare_omni_demo(tmp_path / "demo", num_images=12, num_audio=6, num_videos=3,
+                             num_conversations=4, num_docs=100)
+    sets = [f"data.tokenizer={demo['tokenizer']}", "training.train_steps=2", "training.warmup_steps=1",
+            "training.global_batch_size=4"]
+    sets += [f"data.multimodal.{m}=[{','.join(paths)}]" for m, paths in demo["multimodal"].items()]
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = str(s.getsockname()[1])
+    for phase in (1, 2, 3):
+        run = tmp_path / f"run{phase}"
+        args = [f"checkpoint.dir={run}"]
+        if phase > 1:
+            args.append(f"checkpoint.load={tmp_path / f'run{phase - 1}'}")
+        done = launch(["bash", str(ROOT / "launch" / f"phase{phase}.sh"),
+                       *[a for s in sets + args for a in ("--set", s)]], dry_run=False,
+                      CONFIG=OMNI_TINY, GPUS_PER_NODE="2", CUDA_VISIBLE_DEVICES="", MASTER_PORT=port,
+                      LOG_DIR=str(tmp_path / f"logs{phase}"), OMP_NUM_THREADS="1")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        steps = [line for line in done.stdout.splitlines() if "step      " in line]
+        assert [line.split("|")[0].split()[-1] for line in steps] == ["1/2", "2/2"], done.stdout[-2000:]
+        assert ("loss/text " in steps[0]) == (phase == 3) and "loss/audio " in steps[0], steps
+        assert (run / "iter_0000002").is_dir()
+        if phase > 1:
+            assert f"initialised weights from {tmp_path / f'run{phase - 1}' / 'iter_0000002'}" in done.stdout
+        assert len(list((tmp_path / f"logs{phase}").glob("*/attempt_0/*/stdout.log"))) == 2
