@@ -15,7 +15,8 @@
 #                  step, save and exit before it kills them (default 600; torchrun's own is 30)
 #   PYTHON         interpreter for DRY_RUN (default python)
 #   DRY_RUN=1      validate the config for GPUS_PER_NODE*NNODES ranks, print it and the torchrun
-#                  command, start nothing
+#                  command, start nothing; on a machine without GPUs (and GPUS_PER_NODE unset)
+#                  for the config's own world size, its `# world_size: N` header line
 # Extra arguments go to launch/pretrain_omni.py, e.g. --set training.lr=1e-5.
 #
 # Preemption: SIGTERM or SIGUSR1 to the ranks makes them finish the step, save and exit 0
@@ -38,9 +39,11 @@ _visible_gpus() {
     fi
 }
 
+NO_GPUS=0  # 1: GPUS_PER_NODE was not given and none is visible (a CPU machine)
 GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-$(_visible_gpus)}}"
 if (( GPUS_PER_NODE < 1 )); then
     GPUS_PER_NODE=1
+    NO_GPUS=1
 fi
 if [[ -n "${SLURM_JOB_NODELIST:-}" ]]; then
     NNODES="${NNODES:-${SLURM_NNODES:-1}}"
@@ -68,10 +71,20 @@ else
     DISTRIBUTED_ARGS+=(--node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT")
 fi
 
+# The N of the config's `# world_size: N` header line (the ranks it is laid out for), or nothing.
+_header_world_size() {
+    [[ -f "$1" ]] || return 0
+    sed -n 's/^#[[:space:]]*world_size:[[:space:]]*\([0-9][0-9]*\)[[:space:]]*$/\1/p' "$1" | sed -n 1p
+}
+
 # launch_phase PHASE DEFAULT_CONFIG [pretrain_omni.py arguments...]
 launch_phase() {
     local phase="$1" config="${CONFIG:-$2}"
     shift 2
+    if [[ ! -f "$config" ]]; then
+        echo "error: config $config does not exist; set CONFIG to a YAML file (examples/)" >&2
+        exit 2
+    fi
     local log_dir="${LOG_DIR:-runs/phase$phase/logs}"
     local -a train_args=(--phase "$phase" --config "$config" "$@")
     local -a log_args=(--log-dir "$log_dir" --tee 3)
@@ -85,8 +98,15 @@ launch_phase() {
          "$RDZV_BACKEND rendezvous at $MASTER_ADDR:$MASTER_PORT, config $config" >&2
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
         echo "would run: ${command[*]}" >&2
-        WORLD_SIZE="$WORLD_SIZE" exec "${PYTHON:-python}" "$LAUNCH_DIR/pretrain_omni.py" \
-            "${train_args[@]}" --dry-run
+        local world_size="$WORLD_SIZE" header
+        header="$(_header_world_size "$config")"
+        if (( NO_GPUS )) && [[ -n "$header" ]]; then
+            world_size="$header"
+            echo "no GPUs here: validating for the config's world_size $world_size" \
+                 "(set GPUS_PER_NODE and NNODES to choose)" >&2
+        fi
+        exec "${PYTHON:-python}" "$LAUNCH_DIR/pretrain_omni.py" "${train_args[@]}" \
+            --dry-run --world-size "$world_size"
     fi
     mkdir -p "$log_dir"
     trap '' USR1  # inherited by torchrun through exec; the ranks install their own handler

@@ -5,7 +5,8 @@ overrides any config field; ``--dry-run`` validates the configuration for the la
 and prints it without building anything: the same checks the launch runs before it builds the
 model (config/validate.py), including the files the run reads (tokenizer, data, checkpoint.load);
 ``--layout-only`` leaves out those files, e.g. to check a cluster config on a machine without its
-data.
+data; ``--world-size N`` validates for N ranks (default: $WORLD_SIZE, which torchrun sets, else 1),
+e.g. a 32-GPU config on a machine without GPUs (launch/common.sh passes the config's own size).
 """
 from __future__ import annotations
 
@@ -25,7 +26,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="validate and print the config, then exit")
     parser.add_argument("--layout-only", action="store_true",
                         help="with --dry-run: skip the checks of the files the run reads")
-    return parser.parse_args(argv)
+    parser.add_argument("--world-size", type=_positive, default=None, metavar="N",
+                        help="with --dry-run: validate for N ranks (default: $WORLD_SIZE, else 1)")
+    args = parser.parse_args(argv)
+    if args.world_size is not None and not args.dry_run:
+        parser.error("--world-size needs --dry-run (a run takes its world size from torchrun)")
+    return args
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of ranks")
+    return int(text)
 
 
 def main(argv=None) -> int:
@@ -38,7 +50,8 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, [f"phase={args.phase}", *args.overrides])
         if args.dry_run:
-            dp = validate(cfg, int(os.environ.get("WORLD_SIZE", 1)), check_inputs=not args.layout_only)
+            world_size = args.world_size or int(os.environ.get("WORLD_SIZE", 1))
+            dp = validate(cfg, world_size, check_inputs=not args.layout_only)
             print(yaml.safe_dump({**config_to_dict(cfg), "derived": {"dp": dp}}, sort_keys=False))
             return 0
         from megatron_omni.training.ckpt_errors import CheckpointError

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 from megatron_omni.config import load_config, validate
+from megatron_omni.config.mixes import PHASE_MIXES, Schedule
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = sorted(EXAMPLE_DIR.glob("*.yaml"))
 
 
 def header_world_size(path: Path) -> int:
@@ -20,6 +22,34 @@ def test_example_validates_for_its_world_size(path):
     cfg = load_config(path)
     p = cfg.parallel
     assert validate(cfg, header_world_size(path)) == header_world_size(path) // (p.tp * p.pp * p.cp)
+
+
+def test_omni_examples_follow_the_plan():
+    """Seed plan 3.1.2 (phase 1: projectors only, lr 1e-3, warmup 2000, 50k steps, accumulation
+    4), 3.1.3 (phase 2: encoders 1e-5, projectors 1e-4, LLM frozen), 3.1.4 / 7.2.2 (phase 3: the
+    40/25/15/10/10 mix reached through four stages at 0/25/50/75% of the steps); the plan's
+    encoder shapes and projectors in every omni example."""
+    p1 = load_config(EXAMPLE_DIR / "omni_8b_phase1_8gpu.yaml")
+    p2 = load_config(EXAMPLE_DIR / "omni_8b_phase2_8gpu.yaml")
+    assert (p1.training.trainable, p1.training.lr, p1.training.warmup_steps, p1.training.train_steps) == \
+        (["projectors"], 1e-3, 2000, 50_000)
+    assert p1.training.global_batch_size // (p1.training.micro_batch_size * 8) == 4
+    assert p2.training.trainable == ["vision_encoder", "audio_encoder", "projectors"]
+    assert (p2.training.lr, p2.training.group_lr) == (1e-4, {"vision_encoder": 1e-5, "audio_encoder": 1e-5})
+    assert p2.data.multimodal.image_text[0].endswith("corrupted")
+    for name in ("omni_8b_phase3_32gpu.yaml", "omni_32b_phase3_64gpu.yaml"):
+        cfg = load_config(EXAMPLE_DIR / name)
+        stages = Schedule.from_config(cfg.data.multimodal.schedule).stages
+        steps = cfg.training.train_steps
+        assert [s.start_step for s in stages] == [0, steps // 4, steps // 2, 3 * steps // 4], name
+        assert stages[-1].weights == pytest.approx(PHASE_MIXES[3]), name
+        assert cfg.training.trainable is None and cfg.data.multimodal.max_video_frames == 64, name
+    for path in EXAMPLES:
+        cfg = load_config(path)
+        if path.name.startswith("omni_") and cfg.model.preset.startswith("qwen3"):
+            o = cfg.model.omni
+            assert (o.vision, o.audio, o.vision_projector, o.audio_projector) == \
+                ("siglip-so400m-patch14-384", "whisper-medium", "resampler", "conv_gmlp"), path.name
 
 
 def test_phase_examples_follow_the_plan():
