@@ -10,7 +10,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from megatron_omni.conversion import siglip, whisper
 from megatron_omni.conversion.qwen3 import ConversionError
 from megatron_omni.config.encoders import AUDIO_PRESETS, VISION_PRESETS
-from megatron_omni.models.encoders.audio import AudioEncoder, audio_output_length
+from megatron_omni.contract.projectors import stride2_length
+from megatron_omni.models.encoders.audio import AudioEncoder
 from megatron_omni.models.encoders.vision import VisionEncoder
 
 from .multirank import run_ranks
@@ -109,7 +110,7 @@ def test_audio_lengths(frames):
     model = imported_audio(hf_whisper())
     with torch.no_grad():
         out = model(torch.randn(1, 16, frames))
-    assert out.shape == (1, audio_output_length(frames), 64) == (1, (frames + 1) // 2, 64)
+    assert out.shape == (1, stride2_length(frames), 64) == (1, (frames + 1) // 2, 64)
 
 
 def test_whisper_k_bias_is_zero_and_gets_no_gradient():

@@ -47,11 +47,6 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> tor
     return torch.cat([scaled_time.sin(), scaled_time.cos()], dim=1)
 
 
-def audio_output_length(frames: int) -> int:
-    """Encoder tokens for ``frames`` mel frames (the stride-2 conv): ``(frames - 1) // 2 + 1``."""
-    return (frames - 1) // 2 + 1
-
-
 def audio_transformer_config(cfg: AudioEncoderConfig, **kwargs) -> TransformerConfig:
     """The encoder's TransformerConfig; kwargs as for ``encoder_transformer_config``."""
     return encoder_transformer_config(cfg, F.gelu, **kwargs)
