@@ -5,7 +5,9 @@ overrides any config field; ``--dry-run`` validates the configuration for the la
 and prints it without building anything: the same checks the launch runs before it builds the
 model (config/validate.py), including the files the run reads (tokenizer, data, checkpoint.load);
 ``--layout-only`` leaves out those files, e.g. to check a cluster config on a machine without its
-data.
+data. The dry run also plans the memory of each rank (megatron_omni/plan, docs/planner.md): a
+layout that cannot fit the GPU (``--gpu-memory-gib``) is a config error naming the fix, one that
+fits prints its per-rank table after the config, as YAML comments.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="validate and print the config, then exit")
     parser.add_argument("--layout-only", action="store_true",
                         help="with --dry-run: skip the checks of the files the run reads")
+    parser.add_argument("--gpu-memory-gib", type=float, default=80.0,
+                        help="with --dry-run: memory per GPU the layout must fit (default: %(default)s, A100 80GB)")
     return parser.parse_args(argv)
 
 
@@ -40,8 +44,13 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, [f"phase={args.phase}", *args.overrides])
         if args.dry_run:
-            dp = validate(cfg, int(os.environ.get("WORLD_SIZE", 1)), check_inputs=not args.layout_only)
+            from megatron_omni.plan import Hardware, check_fits
+
+            world = int(os.environ.get("WORLD_SIZE", 1))
+            dp = validate(cfg, world, check_inputs=not args.layout_only)
+            table = check_fits(cfg, dp, world, Hardware(gpu_memory_gib=args.gpu_memory_gib))
             print(yaml.safe_dump({**config_to_dict(cfg), "derived": {"dp": dp}}, sort_keys=False))
+            print("\n".join(f"# {line}" for line in table))
             return 0
         from megatron_omni.training.ckpt_errors import CheckpointError
         from megatron_omni.training.trainer import Trainer
