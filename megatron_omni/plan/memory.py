@@ -61,19 +61,24 @@ def static_bytes(cfg: OmniConfig, stage: int, dp: int) -> tuple[int, int, int, i
     return sum(counts.values()), width * sum(counts.values()), 4 * trainable, -(-per_param * trainable // shards)
 
 
+def rank_tokens(cfg: OmniConfig) -> int:
+    """Tokens of one micro-batch on one rank: micro_batch_size · seq_length / cp."""
+    return cfg.training.micro_batch_size * cfg.data.seq_length // cfg.parallel.cp
+
+
 def layer_activation_bytes(cfg: OmniConfig, letter: str = "D") -> int:
     """Activations one decoder layer keeps for backward, one micro-batch, no recompute: norm and
     linear inputs (h wide, split over tp only under sequence parallelism), q/k/v with their norm
     inputs, the attention output and the SwiGLU's fc1 output and product (split over tp). The
     attention cores are flash-style (no s x s scores kept)."""
     m, p = cfg.model, cfg.parallel
-    tokens = cfg.training.micro_batch_size * cfg.data.seq_length // p.cp
     q = m.num_attention_heads * m.head_dim
-    kv = (m.linear.num_query_groups or m.num_attention_heads if letter == "L" else m.num_query_groups) * m.head_dim
+    groups = (m.linear.num_query_groups or m.num_attention_heads) if letter == "L" else m.num_query_groups
+    kv = groups * m.head_dim
     gated = (letter == "S" and m.sparse.output_gate) or (letter == "L" and m.linear.output_gate)
     wide = 4 * m.hidden_size // (p.tp if p.sequence_parallel else 1)
     split = (3 * q + 3 * kv + 3 * m.ffn_hidden_size + (q if gated else 0)) // p.tp
-    return dtype_bytes(cfg) * tokens * (wide + split)
+    return dtype_bytes(cfg) * rank_tokens(cfg) * (wide + split)
 
 
 def micro_batches(cfg: OmniConfig, dp: int) -> int:
@@ -99,8 +104,7 @@ def decoder_activations(cfg: OmniConfig, stage: int, dp: int) -> int:
     mode = cfg.training.recompute
     if mode == "full":  # each layer keeps its input; one layer is recomputed at a time
         p = cfg.parallel
-        tokens = cfg.training.micro_batch_size * cfg.data.seq_length // p.cp
-        kept = dtype_bytes(cfg) * tokens * cfg.model.hidden_size // (p.tp if p.sequence_parallel else 1)
+        kept = dtype_bytes(cfg) * rank_tokens(cfg) * cfg.model.hidden_size // (p.tp if p.sequence_parallel else 1)
         return int(kept * len(letters) * in_flight(cfg, stage, dp)) + max(per_layer)
     # selective recomputes the core attention only, which keeps no s x s scores here
     return int(sum(per_layer) * in_flight(cfg, stage, dp))
@@ -131,11 +135,10 @@ def encoder_activations(cfg: OmniConfig, dp: int) -> int:
 def rank_memory(cfg: OmniConfig, dp: int) -> list[RankMemory]:
     """One RankMemory per pipeline stage of cfg's layout (dp = world / (tp·pp·cp))."""
     p = cfg.parallel
-    tokens = cfg.training.micro_batch_size * cfg.data.seq_length // p.cp
     out = []
     for stage in range(p.pp):
         params, weights, grads, optimizer = static_bytes(cfg, stage, dp)
-        logits = LOGIT_BYTES * tokens * padded_vocab(cfg) // p.tp if stage == p.pp - 1 else 0
+        logits = LOGIT_BYTES * rank_tokens(cfg) * padded_vocab(cfg) // p.tp if stage == p.pp - 1 else 0
         row = RankMemory(stage, params, weights, grads, optimizer, decoder_activations(cfg, stage, dp),
                          encoder_activations(cfg, dp) if stage == 0 else 0, logits)
         row.margin = int(MARGIN_FIXED + MARGIN_FRACTION * row.total)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from megatron_omni.config.encoders import audio_config, vision_config
 from megatron_omni.config.schema import OmniConfig
-from megatron_omni.plan.memory import dtype_bytes, encoder_tokens, micro_batches, static_bytes
+from megatron_omni.plan.memory import dtype_bytes, encoder_tokens, micro_batches, rank_tokens, static_bytes
 from megatron_omni.plan.params import decoder_layer, padded_vocab, stage_layers
 
 
@@ -109,7 +109,7 @@ def micro_batch_seconds(cfg: OmniConfig, stage: int, hw: Hardware) -> float:
     m, p, t = cfg.model, cfg.parallel, cfg.training
     layers = len(stage_layers(cfg, p.pp, p.vpp or 1, stage))
     compute = stage_flops(cfg, stage) / (p.tp * p.cp) / (hw.peak_tflops * 1e12 * hw.efficiency)
-    activation = dtype_bytes(cfg) * t.micro_batch_size * cfg.data.seq_length // p.cp * m.hidden_size
+    activation = dtype_bytes(cfg) * rank_tokens(cfg) * m.hidden_size
     all_reduces = layers * (6 if t.recompute == "full" else 4)
     tp_comm = all_reduces * ring_seconds(activation, p.tp, 1, hw)
     kv = 2 * m.num_query_groups * m.head_dim * activation // m.hidden_size // p.tp
