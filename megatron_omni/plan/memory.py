@@ -66,19 +66,36 @@ def rank_tokens(cfg: OmniConfig) -> int:
     return cfg.training.micro_batch_size * cfg.data.seq_length // cfg.parallel.cp
 
 
+def te_dense_layers(cfg: OmniConfig) -> bool:
+    """Whether the dense layers are transformer-engine's: model.backend te, or auto on a GPU
+    (the planner's target) unless data.packed with dense layers picks local (models/llm/model.py)."""
+    m = cfg.model
+    return m.backend == "te" or (m.backend == "auto" and not (cfg.data.packed and "D" in m.layer_types()))
+
+
 def layer_activation_bytes(cfg: OmniConfig, letter: str = "D") -> int:
-    """Activations one decoder layer keeps for backward, one micro-batch, no recompute: norm and
-    linear inputs (h wide, split over tp only under sequence parallelism), q/k/v with their norm
-    inputs, the attention output and the SwiGLU's fc1 output and product (split over tp). The
-    attention cores are flash-style (no s x s scores kept)."""
+    """Activations one decoder layer keeps for backward, one micro-batch, no recompute, in units
+    of h (split over tp under sequence parallelism) and of q = heads·head_dim, kv = groups·head_dim
+    and f = ffn_hidden_size (split over tp):
+    - local modules (S and L layers always; D layers on the local backend): 6h (each norm's
+      input and normalised copy, each linear's input) + 6q + 4kv (the fused qkv output, the
+      q/k norm and RoPE outputs, the attention output and the projection's input) + 5f (fc1's
+      output, the SiLU, its product and fc2's input), + 2q for an output gate, + 2q for the
+      Lightning output norm; tests/plan/test_activations.py measures them on CPU;
+    - transformer-engine D layers (norms fused into the linears): 4h + 4q + 4kv + 3f.
+    The attention cores are flash-style: no s x s scores are kept."""
     m, p = cfg.model, cfg.parallel
-    q = m.num_attention_heads * m.head_dim
+    q, f = m.num_attention_heads * m.head_dim, m.ffn_hidden_size
     groups = (m.linear.num_query_groups or m.num_attention_heads) if letter == "L" else m.num_query_groups
     kv = groups * m.head_dim
-    gated = (letter == "S" and m.sparse.output_gate) or (letter == "L" and m.linear.output_gate)
-    wide = 4 * m.hidden_size // (p.tp if p.sequence_parallel else 1)
-    split = (3 * q + 3 * kv + 3 * m.ffn_hidden_size + (q if gated else 0)) // p.tp
-    return dtype_bytes(cfg) * rank_tokens(cfg) * (wide + split)
+    sp = p.tp if p.sequence_parallel else 1
+    if letter == "D" and te_dense_layers(cfg):
+        per_token = 4 * m.hidden_size // sp + (4 * q + 4 * kv + 3 * f) // p.tp
+    else:
+        gated = (letter == "S" and m.sparse.output_gate) or (letter == "L" and m.linear.output_gate)
+        extra = (2 * q if gated else 0) + (2 * q if letter == "L" else 0)
+        per_token = 6 * m.hidden_size // sp + (6 * q + 4 * kv + 5 * f + extra) // p.tp
+    return dtype_bytes(cfg) * rank_tokens(cfg) * per_token
 
 
 def micro_batches(cfg: OmniConfig, dp: int) -> int:
