@@ -7,6 +7,9 @@ model (config/validate.py), including the files the run reads (tokenizer, data, 
 ``--layout-only`` leaves out those files, e.g. to check a cluster config on a machine without its
 data; ``--world-size N`` validates for N ranks (default: $WORLD_SIZE, which torchrun sets, else 1),
 e.g. a 32-GPU config on a machine without GPUs (launch/common.sh passes the config's own size).
+The dry run also plans the memory of each rank (megatron_omni/plan, docs/planner.md): a layout
+that cannot fit the GPU (``--gpu-memory-gib``) is a config error naming the fix, one that fits
+prints its per-rank table after the config, as YAML comments.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --dry-run: skip the checks of the files the run reads")
     parser.add_argument("--world-size", type=_positive, default=None, metavar="N",
                         help="with --dry-run: validate for N ranks (default: $WORLD_SIZE, else 1)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=80.0,
+                        help="with --dry-run: memory per GPU the layout must fit (default: %(default)s, A100 80GB)")
     args = parser.parse_args(argv)
     if args.world_size is not None and not args.dry_run:
         parser.error("--world-size needs --dry-run (a run takes its world size from torchrun)")
@@ -50,9 +55,13 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, [f"phase={args.phase}", *args.overrides])
         if args.dry_run:
-            world_size = args.world_size or int(os.environ.get("WORLD_SIZE", 1))
-            dp = validate(cfg, world_size, check_inputs=not args.layout_only)
+            from megatron_omni.plan import Hardware, check_fits
+
+            world = args.world_size or int(os.environ.get("WORLD_SIZE", 1))
+            dp = validate(cfg, world, check_inputs=not args.layout_only)
+            table = check_fits(cfg, dp, world, Hardware(gpu_memory_gib=args.gpu_memory_gib))
             print(yaml.safe_dump({**config_to_dict(cfg), "derived": {"dp": dp}}, sort_keys=False))
+            print("\n".join(f"# {line}" for line in table))
             return 0
         from megatron_omni.training.ckpt_errors import CheckpointError
         from megatron_omni.training.trainer import Trainer

@@ -22,6 +22,7 @@ ALLOWED = {
     "omni_kernels": set(),
     "megatron_omni.config": BASE,
     "megatron_omni.parallel": BASE | {"megatron_omni.config"},
+    "megatron_omni.plan": BASE | {"megatron_omni.config"},   # the planner builds no model
     "megatron_omni.models": BASE | {"megatron_omni.config", "megatron_omni.parallel", "omni_kernels"},
     "megatron_omni.data": BASE | {"megatron_omni.config", "megatron_omni.parallel"},
     "megatron_omni.training": BASE | {"megatron_omni.config", "megatron_omni.parallel",
