@@ -138,13 +138,20 @@ def encoder_tokens(cfg: OmniConfig) -> tuple[int, int]:
 
 def encoder_activations(cfg: OmniConfig, dp: int) -> int:
     """Encoder activations (never recomputed) of the micro-batches in flight through stage 0's
-    first chunk (min(pp, micro-batches)), per sample those of encoder_tokens."""
+    first chunk (min(pp, micro-batches)), per sample those of encoder_tokens. A frozen encoder
+    (its group not in training.trainable / the phase default) saves nothing for backward: no
+    input or weight of it requires grad, so only its output, the projector's input, is kept."""
     if cfg.model.omni is None:
         return 0
     tp, per_sample = cfg.parallel.tp, 0
-    for shape, tokens in zip((vision_config(cfg.model.omni), audio_config(cfg.model.omni)), encoder_tokens(cfg)):
+    groups = trainable_groups(cfg.phase, cfg.training.trainable)
+    shapes = (vision_config(cfg.model.omni), audio_config(cfg.model.omni))
+    for name, shape, tokens in zip(("vision_encoder", "audio_encoder"), shapes, encoder_tokens(cfg)):
         h, f = shape.hidden_size, shape.ffn_hidden_size
-        per_sample += tokens * shape.num_layers * (4 * h + (4 * h + 2 * f) // tp)
+        if groups is not None and name not in groups:
+            per_sample += tokens * h
+        else:
+            per_sample += tokens * shape.num_layers * (4 * h + (4 * h + 2 * f) // tp)
     samples = cfg.training.micro_batch_size * min(cfg.parallel.pp, micro_batches(cfg, dp))
     return int(dtype_bytes(cfg) * per_sample * samples)
 

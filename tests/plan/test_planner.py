@@ -98,3 +98,20 @@ def test_cli_config_error_is_one_line(capsys):
     assert plan_main(["--config", BIG, "--world-size", "6"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("config error: world size 6")
+
+
+def test_frozen_encoders_keep_only_their_outputs():
+    """Phase 1 freezes both encoders: autograd saves nothing inside them, so the planner counts
+    their outputs only; training them (phase 2) counts every layer's activations."""
+    from megatron_omni.config.encoders import audio_config, vision_config
+    from megatron_omni.plan.memory import dtype_bytes, encoder_activations, encoder_tokens
+
+    path = ROOT / "examples/omni_8b_phase1_8gpu.yaml"
+    frozen = load_config(path, ["training.micro_batch_size=1"])
+    trained = load_config(path, ["training.micro_batch_size=1",
+                                 "training.trainable=[vision_encoder,audio_encoder,projectors]"])
+    vision, audio = vision_config(frozen.model.omni), audio_config(frozen.model.omni)
+    tokens = encoder_tokens(frozen)
+    outputs = dtype_bytes(frozen) * (tokens[0] * vision.hidden_size + tokens[1] * audio.hidden_size)
+    assert encoder_activations(frozen, 8) == outputs
+    assert encoder_activations(trained, 8) > vision.num_layers * outputs
