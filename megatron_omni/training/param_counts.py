@@ -18,12 +18,15 @@ def _full_numel(param: torch.Tensor) -> int:
 def model_parameters(chunks) -> tuple[int, int]:
     """(trainable, total) parameters of the model over all ranks (collective: every rank calls
     it). Each parameter counts once: TP-sharded ones on every TP rank (a shard each), the
-    replicated ones on TP rank 0, and only data- and context-parallel rank 0 count."""
+    replicated ones on TP rank 0, only data- and context-parallel rank 0 count, and the last
+    pipeline stage's copy of tied embeddings (megatron marks it ``shared``) does not."""
     counts = torch.zeros(2, dtype=torch.float64, device=platform.device())
     if ps.get_data_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0:
         tp_rank0 = ps.get_tensor_model_parallel_rank() == 0
         for chunk in chunks:
             for p in chunk.parameters():
+                if getattr(p, "shared", False):
+                    continue
                 if tp_rank0 or getattr(p, "tensor_model_parallel", False):
                     counts[1] += p.numel()
                     counts[0] += p.numel() if p.requires_grad else 0

@@ -97,6 +97,10 @@ def _tensorboard(run_dir: Path) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
+TOTALS: dict[int, float] = {}
+"""params/total of each phase run so far: one model, whatever the layout (TP, DP or PP)."""
+
+
 def _check_parameters(stdout: str, scalars: dict, phase: int) -> None:
     """The start of the log: the model's trainable and total parameters, once."""
     starts = [line for line in stdout.splitlines() if line.startswith("parameters: ")]
@@ -104,6 +108,8 @@ def _check_parameters(stdout: str, scalars: dict, phase: int) -> None:
     trainable, total = scalars["params/trainable"][0], scalars["params/total"][0]
     assert starts[0].startswith(f"parameters: {int(trainable):,} trainable of {int(total):,} ")
     assert 0 < trainable < total if phase in (1, 2) else trainable == total > 0
+    TOTALS[phase] = total
+    assert len(set(TOTALS.values())) == 1, TOTALS
 
 
 def _check_progress(parts: dict, scalars: dict, step: int, tokens: int, phase: int) -> None:
