@@ -111,3 +111,12 @@ def test_text_step_flops_count_every_position():
     batch = {"tokens": torch.zeros(2, 64, dtype=torch.long)}
     per_token = 6 * 229_376 + 6 * 4 * 64 * 64  # all of the LLM trains
     assert StepFlops(cfg, 512, {}).of(batch) == pytest.approx(per_token * 128)
+
+
+def test_samples_are_logged_under_their_mix_modality():
+    cfg = load_config(None, ["phase=1", "model.omni.preset=tiny", "data.seq_length=64"])
+    batch = micro_batch(cfg.model.omni, ["image", "audio", "cross", "text", "video"], 64, 512)
+    index = batch.modality_index()
+    rows = [MODALITIES[int(row[0])] for row in index]
+    assert rows == ["image_text", "audio", "cross_modal", "text", "video"]
+    assert bool((index[batch.sample_index < 0] == -1).all())
