@@ -17,8 +17,8 @@ run never reaches its final save; the learning rate warms up over half the steps
 
 Timing: the first --warmup steps (allocator growth, first kernels) are left out; tokens/s =
 timed steps × global batch × seq_length / their CUDA-synchronised wall time. MFU = tokens/s ×
-FLOPs per token (metrics.train_flops_per_token: 6 × matmul parameters + causal attention) / the
-GPU's dense bf16 peak (metrics.peak_flops; null on CPU or an unknown GPU). Peak memory is
+FLOPs per token (the trainer's training/flops.py StepFlops: 6 × matmul parameters + causal
+attention) / the GPU's dense bf16 peak (flops.peak_flops; null on CPU or an unknown GPU). Peak memory is
 torch.cuda.max_memory_allocated on a GPU, the process's maximum resident set on CPU.
 """
 from __future__ import annotations
@@ -87,8 +87,7 @@ def main(argv=None) -> Path:
     """Train, time and write the JSON results; returns their path."""
     args = parse_args(argv)
     platform.prepare_process()
-    from megatron_omni.models.llm.model import padded_vocab_size
-    from megatron_omni.training.metrics import peak_flops, train_flops_per_token
+    from megatron_omni.training.flops import peak_flops
     from megatron_omni.training.trainer import Trainer
     from omni_data_prep.demo_data import prepare_demo_data
 
@@ -108,7 +107,7 @@ def main(argv=None) -> Path:
 
     timed = args.steps - args.warmup
     tokens_per_s = timed * args.global_batch_size * args.seq_length / seconds
-    flops_per_token = train_flops_per_token(cfg, padded_vocab_size(trainer.vocab_size))
+    flops_per_token = trainer.flops.per_token
     peak = peak_flops()
     memory, memory_kind = platform.peak_memory_gib()
     row = {"params": params, "seq_length": args.seq_length,

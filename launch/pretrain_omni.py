@@ -20,9 +20,24 @@ import sys
 import yaml
 
 
+def first_rank() -> bool:
+    """True on rank 0 of a torchrun launch (and without torchrun): the rank that reports a
+    mistake every rank finds alike (the same arguments and config), so it shows once."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        if first_rank():
+            super().error(message)  # usage and "error: ...", exit 2
+        sys.exit(2)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", type=int, required=True, help="plan phase 1-6")
+    from megatron_omni.config.phases import PHASES
+
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", type=int, required=True, choices=sorted(PHASES), help="plan phase")
     parser.add_argument("--config", help="YAML config (defaults: the tiny CPU model)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C",
                         help="override a config field, e.g. --set training.lr=1e-4 (repeatable)")
@@ -72,7 +87,8 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        if first_rank():
+            print(f"config error: {err}", file=sys.stderr)
         return 2
     return 0
 

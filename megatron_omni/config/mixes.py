@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-MODALITIES = ("text", "image_text", "video", "audio", "cross_modal")
+from megatron_omni.contract.batch import MODALITIES
 
 PHASE_MIXES: dict[int, dict[str, float]] = {
     1: {"image_text": 2 / 3, "audio": 1 / 3},

@@ -9,8 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-MODALITIES = ("text", "image", "video", "audio", "cross")
-"""Values of OmniBatch.sample_modality (cross: more than one kind of media in the sample)."""
+MODALITIES = ("text", "image_text", "video", "audio", "cross_modal")
+"""The modalities of the data mix (data.multimodal.<m>, config/mixes.py): the one naming of
+the training log (loss/<m> beside data/mix/<m>)."""
+
+SAMPLE_MODALITY = {"text": "text", "image": "image_text", "video": "video", "audio": "audio",
+                   "cross": "cross_modal"}
+"""Values of OmniBatch.sample_modality (what media a sample holds; cross: more than one kind)
+and the mix modality each is logged under."""
 
 
 @dataclass
@@ -24,7 +30,7 @@ class OmniBatch:
     position_ids: torch.Tensor      # int64 [b, 3, s] (TMRoPE) or [b, s]
     sample_index: torch.Tensor      # int64 [b, s], sample number in the micro-batch, -1 padding
     sample_ids: list[str]           # per sample
-    sample_modality: list[str]      # per sample, one of MODALITIES
+    sample_modality: list[str]      # per sample, a key of SAMPLE_MODALITY
     sample_kinds: list[str]         # per sample, the source kind (manifest kind)
     images: torch.Tensor            # float32 [n_img, 3, S, S]
     videos: list[torch.Tensor]      # n_vid x float32 [T_v, 3, S, S]
@@ -42,10 +48,14 @@ class OmniBatch:
         """Valid mel frames of each audio clip."""
         return [int(f) for f in self.audio_frames.reshape(-1).tolist()]
 
+    def non_padding_tokens(self) -> int:
+        """Positions that hold a sample's token (padding excluded)."""
+        return int((self.sample_index >= 0).sum())
+
     def modality_index(self) -> torch.Tensor:
-        """[b, s] (or the shape of sample_index) index into MODALITIES of each position's sample,
-        -1 in padding."""
-        kinds = torch.tensor([MODALITIES.index(m) for m in self.sample_modality] + [-1])
+        """[b, s] (or the shape of sample_index) index into MODALITIES (the mix's naming) of
+        each position's sample, -1 in padding."""
+        kinds = torch.tensor([MODALITIES.index(SAMPLE_MODALITY[m]) for m in self.sample_modality] + [-1])
         return kinds[self.sample_index]  # sample -1 (padding) -> the trailing -1
 
     def as_one_row(self) -> OmniBatch:

@@ -1,14 +1,26 @@
-"""Console and TensorBoard logging of training steps; model FLOPs for MFU."""
+"""The training log: one console line per logged step and TensorBoard scalars, from one rank.
+
+`step_report` turns known values into the line and the scalars (no clocks, no collectives);
+`StepLogger` keeps the clocks and writes. A logged line reads
+
+    step 10/100 | loss 2.3456 | lr 1.000e-04 | lr/projectors 1.000e-03 | grad_norm 0.812
+    | 0.41 s/step | elapsed 0:00:04 | ETA 0:00:37 | samples 80 | tokens 19,874
+    | tok/s/GPU 12,345 | MFU 31.2% | peak_mem 1.2 GiB | skipped_steps 0 | loss/image_text 2.1
+    | mix image_text 0.62 audio 0.38 | skipped corrupt_image 1 too_long 0
+
+(one line; MFU only where the GPU's peak is known, mix/skipped only for the omni loader).
+"""
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from dataclasses import dataclass
 
-from megatron_omni import platform
-from megatron_omni.config.schema import OmniConfig
+from megatron_omni.training.flops import mfu, peak_flops
 
-# Dense bf16 tensor-core peak per GPU (datasheets).
-_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "H800": 989e12, "A800": 312e12}
+LOSS_PARTS = ("kl", "mse", "lm")
+"""Parts of a composite training loss logged beside it (distillation: training/distill.py)."""
 
 
 def setup_logging(rank: int, megatron_level: str = "WARNING") -> None:
@@ -21,77 +33,128 @@ def setup_logging(rank: int, megatron_level: str = "WARNING") -> None:
     logging.getLogger("megatron").setLevel(megatron_level)
 
 
-def peak_flops() -> float | None:
-    """The GPU's dense bf16 peak, or None (CPU or an unknown GPU: MFU is not reported)."""
-    name = platform.gpu_name()
-    if name is None:
-        return None
-    return next((v for k, v in _PEAK_BF16.items() if k in name), None)
+def duration(seconds: float) -> str:
+    """H:MM:SS."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def train_flops_per_token(cfg: OmniConfig, vocab_size: int) -> float:
-    """Forward+backward FLOPs per token: 6 × matmul parameters + causal attention scores."""
-    m, s = cfg.model, cfg.data.seq_length
-    attn_dim = m.num_attention_heads * m.head_dim
-    per_layer = (m.hidden_size * (attn_dim + 2 * m.num_query_groups * m.head_dim)
-                 + attn_dim * m.hidden_size + 3 * m.hidden_size * m.ffn_hidden_size)
-    matmul_params = m.num_layers * per_layer + m.hidden_size * vocab_size
-    return 6 * matmul_params + 6 * m.num_layers * s * attn_dim
+def eta_seconds(elapsed: float, steps_done: int, steps_left: int) -> float:
+    """Time to the last step at the mean step time so far."""
+    return elapsed / steps_done * steps_left if steps_done else 0.0
 
 
-LOSS_PARTS = ("kl", "mse", "lm")
-"""Parts of a composite training loss logged beside it (distillation: training/distill.py)."""
+@dataclass
+class Progress:
+    """Where the run stands at a logged step. Times count from when this process started
+    training, tokens and skipped steps from when it started (a resumed run starts them again);
+    samples from the run's start (checkpointed)."""
+
+    elapsed_s: float
+    steps_done: int
+    steps_left: int
+    interval_s: float        # since the previous logged step
+    consumed_samples: int
+    consumed_tokens: float   # non-padding tokens
+    skipped_steps: int       # optimizer steps skipped for non-finite gradients
+
+
+def _progress(p: Progress, interval: dict, world: int, peak: float | None) -> tuple[list, dict]:
+    """(line parts, scalars) of the progress and the interval's throughput, MFU and memory."""
+    eta = eta_seconds(p.elapsed_s, p.steps_done, p.steps_left)
+    tps = interval["tokens"] / p.interval_s / world if p.interval_s > 0 else 0.0
+    parts = [f"elapsed {duration(p.elapsed_s)}", f"ETA {duration(eta)}", f"samples {p.consumed_samples}",
+             f"tokens {p.consumed_tokens:,.0f}", f"tok/s/GPU {tps:,.0f}"]
+    scalars = {"train/elapsed_s": p.elapsed_s, "train/eta_s": eta,
+               "train/consumed_samples": p.consumed_samples, "train/consumed_tokens": p.consumed_tokens,
+               "train/tokens_per_s_per_gpu": tps}
+    util = mfu(interval["flops"], p.interval_s, world, peak)
+    if util is not None:
+        parts.append(f"MFU {100 * util:.1f}%")
+        scalars["train/mfu"] = util
+    parts += [f"peak_mem {interval['peak_mem_gib']:.1f} GiB", f"skipped_steps {p.skipped_steps}"]
+    scalars.update({"train/peak_mem_gib": interval["peak_mem_gib"], "train/skipped_steps": p.skipped_steps})
+    return parts, scalars
+
+
+def step_report(step: int, total: int, m: dict, lrs: dict[str, float], seconds: float,
+                progress: Progress | None = None, interval: dict | None = None, world: int = 1,
+                peak: float | None = None) -> tuple[str, dict[str, float]]:
+    """(console line, TensorBoard scalars) of a step: ``m`` train_step's metrics, ``lrs`` the
+    learning rate of each parameter group ("lr", "lr/<group>"); at logged steps ``progress`` and
+    ``interval`` (training/data_stats.py DataStats.collect) add the rest."""
+    parts = [f"step {step:>6}/{total}", f"loss {m['loss']:.4f}"]
+    scalars = {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"], "train/step_time_s": seconds}
+    for name in LOSS_PARTS:
+        if name in m:
+            scalars[f"train/{name}"] = m[name]
+            parts.append(f"{name} {m[name]:.4f}")
+    for name, lr in lrs.items():
+        scalars[f"train/{name}"] = lr
+        parts.append(f"{name} {lr:.3e}")
+    parts += [f"grad_norm {m['grad_norm']:.3f}", f"{seconds:.2f} s/step"]
+    if progress is not None:
+        more, values = _progress(progress, interval, world, peak)
+        parts += more
+        scalars.update(values)
+    for name in sorted(k for k in m if k.startswith("loss/")):  # omni: loss/<mix modality>
+        scalars[f"train/{name}"] = m[name]
+        parts.append(f"{name} {m[name]:.4f}")
+    if m["skipped"]:
+        parts.append("step skipped (non-finite grads)")
+    data = {k: v for k, v in (interval or {}).items() if k.startswith("data/")}
+    scalars.update(data)
+    groups = {"mix": [], "skipped": []}
+    for key, value in data.items():  # data/mix/<m>: share, data/skipped/<reason>: count
+        _, kind, name = key.split("/")
+        groups[kind].append(f"{name} {value:.2f}" if kind == "mix" else f"{name} {value:.0f}")
+    parts += [f"{kind} {' '.join(p)}" for kind, p in groups.items() if p]
+    return " | ".join(parts), scalars
 
 
 class StepLogger:
-    """One readable console line per logged step and TensorBoard scalars, from one rank."""
+    """Writes step_report's line and scalars from the logging rank; keeps the clocks."""
 
-    def __init__(self, enabled: bool, tensorboard_dir: str | None, total_steps: int,
-                 flops_per_token: float, world_size: int):
-        self.enabled, self.total = enabled, total_steps
-        self.flops_per_token, self.world = flops_per_token, world_size
+    def __init__(self, enabled: bool, tensorboard_dir: str | None, total_steps: int, world_size: int):
+        self.enabled, self.total, self.world = enabled, total_steps, world_size
         self.peak = peak_flops()
         self.tb = None
         if enabled and tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(tensorboard_dir)
+        self.tokens, self.skipped = 0.0, 0  # since this process started
+        self.start(0)
 
-    def train(self, step: int, m: dict, seconds: float, tokens: int, log_line: bool,
-              data: dict | None = None) -> None:
-        """``data``: the omni loader's stats (training/data_stats.py), on the line and as scalars."""
+    def start(self, step: int) -> None:
+        """Training (re)starts at ``step``: elapsed time and the ETA count from here."""
+        self.t0 = self.last = time.perf_counter()
+        self.first_step = step
+
+    def parameters(self, step: int, trainable: int, total: int) -> None:
         if not self.enabled:
             return
-        tps = tokens / seconds
-        scalars = {"train/loss": m["loss"], "train/lr": m["lr"], "train/grad_norm": m["grad_norm"],
-                   "train/tokens_per_s": tps, "train/step_time_s": seconds}
-        line = f"step {step:>6}/{self.total} | loss {m['loss']:.4f} | "
-        for name in LOSS_PARTS:
-            if name in m:
-                scalars[f"train/{name}"] = m[name]
-                line += f"{name} {m[name]:.4f} | "
-        line += (f"lr {m['lr']:.3e} | grad_norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | "
-                 f"{seconds:.2f} s/step")
-        if self.peak:
-            mfu = tps * self.flops_per_token / (self.world * self.peak)
-            scalars["train/mfu"] = mfu
-            line += f" | MFU {100 * mfu:.1f}%"
-        if platform.has_cuda():
-            line += f" | mem {platform.peak_memory_gib()[0]:.1f} GiB"
-        for name in sorted(k for k in m if k.startswith("loss/")):  # omni batches: loss/<modality>
-            scalars[f"train/{name}"] = m[name]
-            line += f" | {name} {m[name]:.4f}"
-        if m["skipped"]:
-            line += " | step skipped (non-finite grads)"
-        if data:
-            scalars.update(data)
-            parts = {"mix": [], "skipped": []}
-            for key, value in data.items():  # data/mix/<m>: share, data/skipped/<reason>: count
-                _, kind, name = key.split("/")
-                parts[kind].append(f"{name} {value:.2f}" if kind == "mix" else f"{name} {value:.0f}")
-            line += "".join(f" | {kind} {' '.join(p)}" for kind, p in parts.items() if p)
+        print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.1f}%)",
+              flush=True)
+        self._write(step, {"params/trainable": trainable, "params/total": total})
+
+    def train(self, step: int, m: dict, lrs: dict[str, float], seconds: float, consumed_samples: int,
+              interval: dict | None = None) -> None:
+        """A step's metrics; with ``interval`` (a logged step) the console line too."""
+        self.skipped += int(m["skipped"])
+        if not self.enabled:
+            return
+        progress = None
+        if interval is not None:
+            now = time.perf_counter()
+            self.tokens += interval["tokens"]
+            progress = Progress(now - self.t0, step - self.first_step, self.total - step, now - self.last,
+                                consumed_samples, self.tokens, self.skipped)
+            self.last = now
+        line, scalars = step_report(step, self.total, m, lrs, seconds, progress, interval, self.world,
+                                    self.peak)
         self._write(step, scalars)
-        if log_line:
+        if interval is not None:
             print(line, flush=True)
 
     def valid(self, step: int, loss: float) -> None:

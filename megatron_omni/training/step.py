@@ -38,8 +38,9 @@ def local_batch(batch: dict, device) -> tuple:
 
 
 def omni_loss_func(loss_mask: torch.Tensor, modality: torch.Tensor, output_tensor: torch.Tensor):
-    """loss_func plus, per modality m, the loss sum and token count of its samples as
-    "loss/<m>" (``modality`` [b, s]: index into MODALITIES per token, -1 for padding)."""
+    """loss_func plus, per mix modality m (contract/batch.py MODALITIES, the names of
+    data/mix/<m>), the loss sum and token count of its samples as "loss/<m>" (``modality``
+    [b, s]: index into MODALITIES per token, -1 for padding)."""
     loss_sum, num_tokens, report = loss_func(loss_mask, output_tensor)
     losses = output_tensor.float().reshape(-1) * loss_mask.reshape(-1).float()
     mask = loss_mask.reshape(-1).float()

@@ -32,7 +32,9 @@ from megatron_omni.config import encoders
 from megatron_omni.models.omni.model import OmniModel
 from megatron_omni.training.data_stats import DataStats
 from megatron_omni.training.freeze import apply_trainable, check_something_trains, group_lr_overrides
-from megatron_omni.training.metrics import StepLogger, setup_logging, train_flops_per_token
+from megatron_omni.training.flops import StepFlops, non_padding_tokens
+from megatron_omni.training.metrics import StepLogger, setup_logging
+from megatron_omni.training.param_counts import model_parameters, projector_parameters
 from megatron_omni.training.distill import Distiller
 from megatron_omni.training.step import evaluate, forward_step, train_step
 from megatron_omni.training.writer_queue import STOP_SIGNALS
@@ -135,19 +137,17 @@ class Trainer:
                      and ps.get_tensor_model_parallel_rank() == 0 and self.dp_rank == 0
                      and ps.get_context_parallel_rank() == 0)
         tb_dir = cfg.logging.tensorboard_dir or str(Path(cfg.checkpoint.dir) / "tensorboard")
-        self.logger = StepLogger(is_logger, tb_dir, t.train_steps,
-                                 train_flops_per_token(cfg, padded_vocab_size(self.vocab_size)),
-                                 torch.distributed.get_world_size())
-        self.data_stats = DataStats(cfg) if self.omni and cfg.data.multimodal is not None else None
+        self.logger = StepLogger(is_logger, tb_dir, t.train_steps, torch.distributed.get_world_size())
+        self.flops = StepFlops(cfg, padded_vocab_size(self.vocab_size), projector_parameters(self.model))
+        self.data_stats = DataStats(cfg)
         self._signalled = False
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
-        log.info("phase %d (%s): %s, %d ranks (tp=%d pp=%d vpp=%s cp=%d dp=%d), %.2fM parameters "
-                 "on this rank", cfg.phase, self.phase_name, cfg.model.preset,
-                 torch.distributed.get_world_size(), cfg.parallel.tp, cfg.parallel.pp,
-                 cfg.parallel.vpp, cfg.parallel.cp, self.dp,
-                 sum(p.numel() for c in self.model for p in c.parameters()) / 1e6)
+        log.info("phase %d (%s): %s, %d ranks (tp=%d pp=%d vpp=%s cp=%d dp=%d)", cfg.phase,
+                 self.phase_name, cfg.model.preset, torch.distributed.get_world_size(), cfg.parallel.tp,
+                 cfg.parallel.pp, cfg.parallel.vpp, cfg.parallel.cp, self.dp)
+        self.logger.parameters(self.iteration, *model_parameters(self.model))  # collective
 
     def _restore(self) -> tuple[int, int]:
         """(iteration, consumed samples) from the newest checkpoint of this run, or from a given
@@ -184,6 +184,14 @@ class Trainer:
     def _next_global_batch(self, data) -> list:
         return list(itertools.islice(data, self.num_micro))
 
+    def _group_lrs(self) -> dict[str, float]:
+        """{"lr/<group>": the learning rate of the step about to run} of training.group_lr's
+        groups (megatron's scheduler gives each its own peak and floor: training/freeze.py)."""
+        t = self.cfg.training
+        return {f"lr/{group}": self.scheduler.get_lr(
+                    {"max_lr": float(peak), "min_lr": float(peak) * t.min_lr / t.lr})
+                for group, peak in (t.group_lr or {}).items()}
+
     def save(self, weights_only: bool = False) -> None:
         """Checkpoint the run as it stands (collective); weights_only leaves out the optimizer,
         scheduler and RNG state (e.g. step-0 weights to start other runs from)."""
@@ -213,20 +221,23 @@ class Trainer:
                 else micro_batches(self.train_data, self.consumed, self.cfg, self.dp_rank, self.dp))
         history = {"train": {}, "valid": {}}
         end = t.train_steps if max_steps is None else min(t.train_steps, self.iteration + max_steps)
+        self.logger.start(self.iteration)
         while self.iteration < end:
             start = time.perf_counter()
-            metrics = train_step(self.model, self.optimizer, self.scheduler,
-                                 self._next_global_batch(data), self.cfg.data.seq_length,
-                                 t.micro_batch_size, self.forward_step)
+            batches, group_lrs = self._next_global_batch(data), self._group_lrs()
+            metrics = train_step(self.model, self.optimizer, self.scheduler, batches,
+                                 self.cfg.data.seq_length, t.micro_batch_size, self.forward_step)
             self.iteration += 1
             self.consumed += t.global_batch_size
-            log_line = self.iteration % self.cfg.logging.log_interval == 0
-            # collective: the loader's counts reach the logging rank (training/data_stats.py)
-            data_stats = self.data_stats.collect(data) if self.data_stats and log_line else None
+            self.data_stats.count(sum(non_padding_tokens(b) for b in batches),
+                                  sum(self.flops.of(b) for b in batches))
+            # collective: the counts of other ranks reach the logging rank (training/data_stats.py)
+            interval = (self.data_stats.collect(data if self.omni else None)
+                        if self.iteration % self.cfg.logging.log_interval == 0 else None)
             if "loss" in metrics:
                 history["train"][self.iteration] = metrics["loss"]
-                self.logger.train(self.iteration, metrics, time.perf_counter() - start,
-                                  t.global_batch_size * self.cfg.data.seq_length, log_line, data_stats)
+                self.logger.train(self.iteration, metrics, {"lr": metrics["lr"], **group_lrs},
+                                  time.perf_counter() - start, self.consumed, interval)
             if t.eval_interval and self.iteration % t.eval_interval == 0:
                 loss = self.validate()
                 if loss is not None:

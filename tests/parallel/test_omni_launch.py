@@ -1,10 +1,13 @@
 """`launch/pretrain_omni.py --phase 1|2|3` with examples/omni_tiny_cpu.yaml on 2 CPU ranks, on the
 synthetic media corpus the data path makes (data_prep/multimodal/demo.py) with a few corrupt
 samples planted, read by the omni loader: each phase trains, logging the loss of every modality
-in its mix, the realised mix and the skip counts (console and TensorBoard). The phases run at
+in its mix under the mix's names, the realised mix, the skip counts (every reason, 0 included),
+progress (elapsed, ETA, samples, non-padding tokens, tokens/s per GPU), peak memory and the
+parameter counts (console and TensorBoard). The phases run at
 TP=2 (the example; phase 1 also with the contrastive loss), DP=2 and PP=2, so the loader's
 counts are summed over data-parallel ranks, once per TP group, and reach a logging rank (last
-pipeline stage) that is not the one counting (first stage)."""
+pipeline stage) that is not the one counting (first stage). A mistake in the command or the
+config is reported once, not once per rank."""
 import collections
 import io
 import os
@@ -15,17 +18,19 @@ from pathlib import Path
 
 import pytest
 
+from megatron_omni.data.bad_samples import LOADER_SKIP_REASONS
 from omni_data_prep.multimodal.demo import prepare_omni_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "omni_tiny_cpu.yaml"
-MIX = {1: ("image", "audio", "cross"), 2: ("image", "audio"), 3: ("text", "image", "video")}
+MIX = {1: ("image_text", "audio", "cross_modal"), 2: ("image_text", "audio"),
+       3: ("text", "image_text", "video")}
 """Modalities each run's mix surely draws in 2 steps of 8 samples (phase 3 samples audio and
 cross-modal at 10 % each)."""
 LAYOUT = {1: [], 2: ["parallel.tp=1"], 3: ["parallel.tp=1", "parallel.pp=2"]}
 RUN = {1: ["model.omni.contrastive_weight=0.2",  # cross_modal: videos with their audio track
            "data.multimodal.schedule={mix: {image_text: 0.5, audio: 0.25, cross_modal: 0.25}}"],
-       2: [], 3: []}
+       2: ["training.group_lr={projectors: 5.0e-3}"], 3: []}
 CORRUPT = {"images": (0, 3, 6, 9), "audio": (0,)}
 """Samples (of shard 0) whose media bytes the demo fixture breaks: corrupt_image, corrupt_audio."""
 
@@ -59,7 +64,8 @@ def demo(tmp_path_factory):
 
 def _expected_log(phase: int, sets: list[str], world: int) -> list[dict[str, float]]:
     """Per step, the data stats the log must show, from the loader of every data-parallel rank
-    read here: the mix of the step's delivered samples, the skips summed since step 1."""
+    read here: the mix of the step's delivered samples, the skips summed since step 1, the
+    non-padding tokens of the step ("tokens")."""
     from megatron_omni.config import load_config, validate
     from megatron_omni.data.multimodal.loader import loader_stats
     from megatron_omni.data.tokenizer import load_tokenizer
@@ -72,14 +78,14 @@ def _expected_log(phase: int, sets: list[str], world: int) -> list[dict[str, flo
     loaders = [omni_micro_batches(cfg, tokenizer, 0, r, dp) for r in range(dp)]
     skips, expected = collections.Counter(), []
     for _ in range(t.train_steps):
-        mix = collections.Counter()
+        mix, tokens = collections.Counter(), 0
         for loader in loaders:
             for _ in range(t.global_batch_size // dp // t.micro_batch_size):
-                next(loader)
+                tokens += next(loader).non_padding_tokens()
             m, s = loader.counts()
             mix += m
             skips += s
-        expected.append(loader_stats(loaders[0].modalities, mix, skips))
+        expected.append({**loader_stats(loaders[0].modalities, mix, skips), "tokens": tokens})
     return expected
 
 
@@ -89,6 +95,35 @@ def _tensorboard(run_dir: Path) -> dict[str, dict[int, float]]:
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+TOTALS: dict[int, float] = {}
+"""params/total of each phase run so far: one model, whatever the layout (TP, DP or PP)."""
+
+
+def _check_parameters(stdout: str, scalars: dict, phase: int) -> None:
+    """The start of the log: the model's trainable and total parameters, once."""
+    starts = [line for line in stdout.splitlines() if line.startswith("parameters: ")]
+    assert len(starts) == 1, stdout[-3000:]
+    trainable, total = scalars["params/trainable"][0], scalars["params/total"][0]
+    assert starts[0].startswith(f"parameters: {int(trainable):,} trainable of {int(total):,} ")
+    assert 0 < trainable < total if phase in (1, 2) else trainable == total > 0
+    TOTALS[phase] = total
+    assert len(set(TOTALS.values())) == 1, TOTALS
+
+
+def _check_progress(parts: dict, scalars: dict, step: int, tokens: int, phase: int) -> None:
+    """A logged step's progress fields: samples and non-padding tokens so far, times, memory."""
+    assert parts["samples"] == [str(8 * step)] and scalars["train/consumed_samples"][step] == 8 * step
+    assert parts["tokens"] == [f"{tokens:,}"] and scalars["train/consumed_tokens"][step] == tokens
+    assert 0 < tokens < 8 * 256 * step  # padding is not counted
+    assert scalars["train/tokens_per_s_per_gpu"][step] > 0 and parts["tok/s/GPU"]
+    assert len(parts["elapsed"][0].split(":")) == 3 and len(parts["ETA"][0].split(":")) == 3
+    assert scalars["train/eta_s"][step] >= 0 and (step < 2 or scalars["train/eta_s"][step] == 0)
+    assert float(parts["peak_mem"][0]) > 0 and parts["peak_mem"][1] == "GiB"
+    assert parts["skipped_steps"] == ["0"] and scalars["train/skipped_steps"][step] == 0
+    if phase == 2:
+        assert parts["lr/projectors"] and scalars["train/lr/projectors"][step] > scalars["train/lr"][step]
 
 
 @pytest.mark.parametrize("phase", [1, 2, 3])
@@ -111,16 +146,39 @@ def test_pretrain_omni_phase_on_two_ranks(demo, tmp_path, phase):
     expected = _expected_log(phase, sets, 2)
     assert expected[-1]["data/skipped/corrupt_image"] > 0, expected  # the planted samples were read
     scalars = _tensorboard(tmp_path / "run")
+    _check_parameters(done.stdout, scalars, phase)
+    tokens = 0
     for step, (line, want) in enumerate(zip(lines, expected), start=1):
         parts = {p.split()[0]: p.split()[1:] for p in line.split(" | ")}
         shown = dict(zip(parts["mix"][::2], map(float, parts["mix"][1::2])))
         shown_skips = dict(zip(parts["skipped"][::2], map(int, parts["skipped"][1::2])))
-        assert shown_skips == {k.split("/")[-1]: int(v) for k, v in want.items() if "skipped" in k}, line
+        assert shown_skips == {r: int(want.get(f"data/skipped/{r}", 0)) for r in LOADER_SKIP_REASONS}, line
         mix = {k.split("/")[-1]: v for k, v in want.items() if "/mix/" in k}
         assert shown.keys() == mix.keys() and sum(mix.values()) == pytest.approx(1.0), (line, mix)
         assert all(abs(shown[m] - mix[m]) <= 0.005 for m in mix), (line, mix)
+        losses = {k.split("/", 1)[1] for k in parts if k.startswith("loss/")} - {"contrastive"}
+        assert losses <= shown.keys(), line  # loss/<m> beside mix <m>: one naming
+        tokens += want.pop("tokens")
+        _check_progress(parts, scalars, step, tokens, phase)
         for tag, value in want.items():
             assert scalars[tag][step] == pytest.approx(value, abs=1e-6), tag
+        for reason in LOADER_SKIP_REASONS:
+            assert scalars[f"data/skipped/{reason}"][step] == want.get(f"data/skipped/{reason}", 0), reason
     if phase == 1:
         assert all("loss/contrastive " in line for line in lines), lines
         assert set(scalars["train/loss/contrastive"]) == {1, 2}
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--phase", "9"], "error: argument --phase: invalid choice: 9"),
+    (["--phase", "1", "--set", "training.lr=-1"], "config error: "),
+], ids=["bad_phase", "config_error"])
+def test_a_mistake_is_reported_once_on_two_ranks(tmp_path, args, error):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "launch" / "pretrain_omni.py"), *args, "--config", str(EXAMPLE)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert output.count(error) == 1, output[-3000:]
+    assert 'pretrain_omni.py", line' not in output, output[-3000:]  # no traceback of ours

@@ -53,7 +53,7 @@ def test_tensorboard_has_the_step_scalars(runs):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "valid/loss"} <= tags
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s_per_gpu", "valid/loss"} <= tags
     logged = {e.step: e.value for e in events.Scalars("train/loss")}
     assert logged == pytest.approx({int(k): v for k, v in ref["train"].items()}, rel=1e-6)
     assert [e.value for e in events.Scalars("train/lr")][0] == pytest.approx(3e-3)

@@ -6,7 +6,7 @@ docs/omni_batch.md; built by `packing.collate`).
     for step in ...:
         micro_batches = [next(loader) for _ in range(num_micro)]
         logger.log(loader.stats())   # {"data/mix/<m>": share, "data/skipped/<reason>": n}
-        # (or loader.counts(), summed over ranks, then loader_stats: training/data_stats.py)
+        # (or loader.counts(), summed over ranks: training/data_stats.py)
 
 The plan. Rows (of data.seq_length positions) are grouped in steps of training.global_batch_size
 rows; step k's rows are filled, in order, with samples drawn by mixture.MixtureStream under the
