@@ -10,8 +10,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from megatron_omni.contract.batch import MODALITIES
-
 PHASE_MIXES: dict[int, dict[str, float]] = {
     1: {"image_text": 2 / 3, "audio": 1 / 3},
     2: {"image_text": 2 / 3, "audio": 1 / 3},

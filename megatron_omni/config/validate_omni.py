@@ -6,9 +6,10 @@ import math
 
 from megatron_omni.config.encoders import AudioEncoderConfig, VisionEncoderConfig, audio_config, vision_config
 from megatron_omni.config.load import ConfigError
-from megatron_omni.config.mixes import MODALITIES, PHASE_MIXES, Schedule
+from megatron_omni.config.mixes import PHASE_MIXES, Schedule
 from megatron_omni.config.schema import OmniConfig
 from megatron_omni.config.validate_parallel import divisors
+from megatron_omni.contract.batch import MODALITIES
 from megatron_omni.contract.projectors import projector_layouts
 
 
