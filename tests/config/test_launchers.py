@@ -4,7 +4,7 @@ config's `# world_size: N` header; pretrain_omni.py --dry-run prints the config 
 dp (--layout-only: the examples' data is not here). Phases 5 and 6 stop with the config error
 naming what this build lacks. Phases 1-3 also run for real through their launchers, chained as
 the plan chains them (each starts from the previous run's checkpoint), with the tiny omni model
-on 2 CPU ranks."""
+on 2 CPU ranks, and phase 4 with the tiny text model."""
 import os
 import socket
 import subprocess
@@ -86,7 +86,7 @@ def test_slurm_script_refuses_an_unknown_phase(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("error: PHASE=7 is not a phase"), done.stderr
 
 
-def test_phases_1_to_3_run_chained_on_two_cpu_ranks(tmp_path):
+def test_phases_1_to_4_run_on_two_cpu_ranks(tmp_path):
     from omni_data_prep.multimodal.demo import prepare_omni_demo
 
     demo = prepare_omni_demo(tmp_path / "demo", num_images=12, num_audio=6, num_videos=3,
@@ -114,3 +114,13 @@ def test_phases_1_to_3_run_chained_on_two_cpu_ranks(tmp_path):
         if phase > 1:
             assert f"initialised weights from {tmp_path / f'run{phase - 1}' / 'iter_0000002'}" in done.stdout
         assert len(list((tmp_path / f"logs{phase}").glob("*/attempt_0/*/stdout.log"))) == 2
+    # phase 4 continues the text LLM at long context: the tiny text model on the demo's documents
+    run = tmp_path / "run4"
+    text = [f"data.tokenizer={demo['tokenizer']}", f"data.train_blend=[{demo['multimodal']['text'][0]}]",
+            "training.train_steps=2", "training.warmup_steps=1", "training.eval_interval=0",
+            f"checkpoint.dir={run}"]
+    done = launch(["bash", str(ROOT / "launch" / "phase4.sh"), *[a for s in text for a in ("--set", s)]],
+                  dry_run=False, CONFIG=TINY, GPUS_PER_NODE="2", CUDA_VISIBLE_DEVICES="", MASTER_PORT=port,
+                  LOG_DIR=str(tmp_path / "logs4"), OMP_NUM_THREADS="1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (run / "iter_0000002").is_dir() and "phase 4" in done.stderr + done.stdout
