@@ -9,6 +9,7 @@ see them): our loads are of local folders and take milliseconds, so the bars onl
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -52,9 +53,20 @@ KNOWN_CPU_WARNINGS: list[tuple[type[Warning], str, str]] = [
 """Filtered only without CUDA: on a GPU they are real advice."""
 
 
+QUIET_LOGGERS = [
+    ("megatron.core.rerun_state_machine",
+     "logs 'Implicit initialization of Rerun State Machine!' and its mode at INFO on every run; we "
+     "never enable rerun mode, so both lines say nothing (its warnings and errors still show)"),
+]
+"""Library loggers raised to WARNING: (logger name, why its INFO lines carry no signal)."""
+
+
 def quiet_known_warnings() -> None:
-    """Ignore the KNOWN_WARNINGS (and, without CUDA, the KNOWN_CPU_WARNINGS) in this process;
-    Hugging Face progress bars off unless HF_HUB_DISABLE_PROGRESS_BARS is set."""
+    """Ignore the KNOWN_WARNINGS (and, without CUDA, the KNOWN_CPU_WARNINGS) in this process,
+    raise the QUIET_LOGGERS to WARNING; Hugging Face progress bars off unless
+    HF_HUB_DISABLE_PROGRESS_BARS is set."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name, _why in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for category, message, _why in KNOWN_WARNINGS + ([] if has_cuda() else KNOWN_CPU_WARNINGS):
         warnings.filterwarnings("ignore", message=re.escape(message), category=category)

@@ -43,3 +43,19 @@ def test_known_warnings_are_filtered_and_others_still_show():
     for _, message, _ in KNOWN_WARNINGS + KNOWN_CPU_WARNINGS:
         assert message not in done.stderr, message
     assert "omni test: a fresh warning that nobody filters" in done.stderr
+
+
+def test_quiet_loggers_drop_info_and_keep_warnings(caplog):
+    """The rerun state machine's two INFO lines per run are dropped; its warnings still show."""
+    import logging
+
+    from megatron_omni.platform.console import QUIET_LOGGERS, quiet_known_warnings
+
+    quiet_known_warnings()
+    for name, _ in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        with caplog.at_level(logging.INFO):
+            logger.info("Implicit initialization of Rerun State Machine!")
+            logger.warning("a real problem")
+        assert [r.getMessage() for r in caplog.records if r.name == name] == ["a real problem"]
+        caplog.clear()
