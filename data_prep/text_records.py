@@ -26,22 +26,24 @@ PARQUET_SUFFIXES = (".parquet",)
 class Chunk:
     """Consecutive records of one file: `records` holds (line number, raw record) pairs, where a
     raw record is a jsonl line (bytes) or a parquet cell value. Parquet line numbers are 1-based
-    row numbers."""
+    row numbers. `nbytes` is the share of the file's bytes the chunk covers (for progress)."""
 
     path: str
     is_jsonl: bool
     records: list[tuple[int, object]]
+    nbytes: int = 0
 
 
 @dataclass
 class EncodedChunk:
     """Tokens of a chunk's good records, concatenated, with one length per record, and the bad
-    records as (line number, reason, detail)."""
+    records as (line number, reason, detail); `nbytes` is the chunk's."""
 
     path: str
     tokens: np.ndarray
     lengths: list[int]
     bad: list[tuple[int, str, str]]
+    nbytes: int = 0
 
 
 def expand_inputs(patterns: Sequence[str],
@@ -92,8 +94,10 @@ def chunked(path: Path, is_jsonl: bool, records: Iterable[tuple[int | str, objec
 
 def _jsonl_chunks(path: Path, chunk_size: int) -> Iterator[Chunk]:
     with open(path, "rb") as f:
-        yield from chunked(path, True, ((line_no, line) for line_no, line in
-                                        enumerate(f, start=1) if line.strip()), chunk_size)
+        for chunk in chunked(path, True, ((line_no, line) for line_no, line in
+                                          enumerate(f, start=1) if line.strip()), chunk_size):
+            chunk.nbytes = sum(len(line) for _, line in chunk.records)
+            yield chunk
 
 
 def _parquet_chunks(path: Path, key: str, chunk_size: int) -> Iterator[Chunk]:
@@ -103,10 +107,11 @@ def _parquet_chunks(path: Path, key: str, chunk_size: int) -> Iterator[Chunk]:
     if key not in parquet.schema_arrow.names:
         raise ValueError(f"{path} has no column {key!r} (columns: {parquet.schema_arrow.names}); "
                          f"choose one with --json-key")
-    row = 1
+    row, rows, size = 1, max(parquet.metadata.num_rows, 1), path.stat().st_size
     for batch in parquet.iter_batches(batch_size=chunk_size, columns=[key]):
         values = batch.column(0).to_pylist()
-        yield Chunk(str(path), False, list(enumerate(values, start=row)))
+        yield Chunk(str(path), False, list(enumerate(values, start=row)),
+                    round(size * len(values) / rows))
         row += len(values)
 
 
@@ -175,7 +180,7 @@ class ChunkEncoder:
         lengths = [len(ids) for ids in docs]
         tokens = np.fromiter(itertools.chain.from_iterable(docs), dtype=self.dtype,
                              count=sum(lengths))
-        return EncodedChunk(chunk.path, tokens, lengths, bad)
+        return EncodedChunk(chunk.path, tokens, lengths, bad, chunk.nbytes)
 
 
 _WORKER_ENCODER: ChunkEncoder | None = None
