@@ -95,10 +95,12 @@ def preprocess(inputs: Sequence[str], tokenizer: str | Path, output_prefix: str 
 
 
 def _add_documents(builder: IndexedDatasetBuilder, chunk: EncodedChunk) -> None:
-    offset = 0
-    for length in chunk.lengths:
-        builder.add_document(chunk.tokens[offset:offset + length], [length])
-        offset += length
+    # What builder.add_document does per document, once per chunk: one write of all tokens,
+    # one sequence per document.
+    builder.data_file.write(chunk.tokens.tobytes(order="C"))
+    first = len(builder.sequence_lengths) + 1
+    builder.sequence_lengths.extend(chunk.lengths)
+    builder.document_indices.extend(range(first, first + len(chunk.lengths)))
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ megatron_omni/data/bad_samples.py `TEXT_SKIP_REASONS`.
 from __future__ import annotations
 
 import glob
-import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -167,19 +166,20 @@ class ChunkEncoder:
         self.dtype = dtype
 
     def __call__(self, chunk: Chunk) -> EncodedChunk:
-        docs, bad = [], []
+        texts, bad = [], []
         for line_no, raw in chunk.records:
             text, reason, detail = parse_record(raw, chunk.is_jsonl, self.key)
             if text is None:
                 bad.append((line_no, reason, detail))
-                continue
-            ids = self.tokenizer.encode(text)
-            if self.append_eod:
-                ids.append(self.tokenizer.eod_id)
-            docs.append(ids)
-        lengths = [len(ids) for ids in docs]
-        tokens = np.fromiter(itertools.chain.from_iterable(docs), dtype=self.dtype,
-                             count=sum(lengths))
+            else:
+                texts.append(text)
+        parts = [np.array(ids, dtype=self.dtype)
+                 for ids in (self.tokenizer.encode_batch(texts) if texts else [])]
+        lengths = [len(part) + self.append_eod for part in parts]
+        if self.append_eod:
+            eod = np.array([self.tokenizer.eod_id], dtype=self.dtype)
+            parts = [a for part in parts for a in (part, eod)]
+        tokens = np.concatenate(parts) if parts else np.empty(0, dtype=self.dtype)
         return EncodedChunk(chunk.path, tokens, lengths, bad, chunk.nbytes)
 
 

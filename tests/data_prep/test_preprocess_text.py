@@ -132,9 +132,10 @@ def test_strict_names_file_and_line(tmp_path, documents, spm_path, capsys, worke
 class _CountingBuilder(preprocess_text.IndexedDatasetBuilder):
     documents_added = 0
 
-    def add_document(self, *args, **kwargs):
-        type(self).documents_added += 1
-        super().add_document(*args, **kwargs)
+
+def _counting_add_documents(builder, chunk, add=preprocess_text._add_documents):
+    _CountingBuilder.documents_added += len(chunk.lengths)
+    add(builder, chunk)
 
 
 def test_failure_midway_leaves_no_output(tmp_path, documents, spm_path, monkeypatch):
@@ -150,6 +151,7 @@ def test_failure_midway_leaves_no_output(tmp_path, documents, spm_path, monkeypa
     old_bytes = {p: p.read_bytes() for p in old.parent.iterdir()}
 
     monkeypatch.setattr(preprocess_text, "IndexedDatasetBuilder", _CountingBuilder)
+    monkeypatch.setattr(preprocess_text, "_add_documents", _counting_add_documents)
     for prefix in (tmp_path / "new" / "text", old):
         _CountingBuilder.documents_added = 0
         with pytest.raises(BadSampleError, match=f"{bad}:{len(documents) + 1}: malformed_json"):
