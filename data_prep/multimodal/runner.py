@@ -205,9 +205,7 @@ def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
                          "tokenizer": tok_info["sha256"], "format": FORMAT_VERSION},
                         sort_keys=True)
     task_bytes = collections.deque()  # input bytes of the tasks made and not yet done
-    tasks = (_ShardTask(i, chunk, _fingerprint(config, chunk))
-             for i, chunk in enumerate(source.chunks(paths, samples_per_shard))
-             if task_bytes.append(chunk.nbytes) is None)
+    tasks = _tasks(source.chunks(paths, samples_per_shard), config, task_bytes)
     state = (source, str(tokenizer), out, dtype, strict,
              Path(media_root) if media_root is not None else None)
     bar = Progress(sum(path.stat().st_size for path in paths), "records", progress)
@@ -221,6 +219,13 @@ def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
     with atomic_file(out / MANIFEST_NAME) as tmp:
         tmp.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
     return manifest
+
+
+def _tasks(chunks: Iterable[Chunk], config: str, task_bytes: collections.deque
+           ) -> Iterator[_ShardTask]:
+    for index, chunk in enumerate(chunks):
+        task_bytes.append(chunk.nbytes)
+        yield _ShardTask(index, chunk, _fingerprint(config, chunk))
 
 
 def _collect(results: Iterable[ShardInfo], task_bytes: collections.deque, bar: Progress
