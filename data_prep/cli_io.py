@@ -38,6 +38,12 @@ def add_workers(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"{what} processes (default: 1, in this process)")
 
 
+def add_allow_empty(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="write an empty output when the input has no usable record "
+                             "(default: fail with an error)")
+
+
 def add_strict(parser: argparse.ArgumentParser, where: str = "file and line") -> None:
     """`--strict`: stop at the first bad record, naming `where` it is."""
     parser.add_argument("--strict", action="store_true",
@@ -63,6 +69,18 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def check_not_empty(written: int, records: int, skipped: Mapping[str, int], what: str,
+                    allow_empty: bool) -> None:
+    """Raise ValueError when nothing was `written` (counted in `what`) and not `allow_empty`,
+    saying whether the input held no record or every one of its `records` was skipped."""
+    if written or allow_empty:
+        return
+    cause = (f"every one of its {records:,} records was skipped "
+             f"({skipped_line({r: n for r, n in skipped.items() if n})})"
+             if records else "the input holds no record")
+    raise ValueError(f"no {what} to write: {cause}; pass --allow-empty to write an empty output")
+
+
 def skipped_line(skipped: Mapping[str, int]) -> str:
     """`skipped: <reason> <n>, ...` (or `none`), in the order of `skipped`."""
     return "skipped: " + (", ".join(f"{reason} {n}" for reason, n in skipped.items()) or "none")
@@ -70,6 +88,28 @@ def skipped_line(skipped: Mapping[str, int]) -> str:
 
 def _tmp_name(path: Path | str) -> str:
     return f"{path}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale_temps(folder: Path, name_glob: str) -> list[Path]:
+    """Delete the temporary files (`atomic_file`, `atomic_output`) of `folder/<name_glob>` left
+    by runs that were killed, i.e. whose process no longer exists; returns them."""
+    stale = [path for path in folder.glob(f"{name_glob}{TMP_TAG}*")
+             if not _pid_alive(path.name.rpartition(TMP_TAG)[2].split("-")[0])]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _pid_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -6,13 +6,17 @@
 Every good record becomes one document (its tokens, then `<eod>`). Bad records are skipped and
 counted per reason (`--strict` stops at the first one instead). The output appears atomically:
 both files are written under temporary names beside the prefix and moved into place at the end,
-`.idx` last, so an interrupted or failed run never leaves a loadable index behind.
+`.idx` last, so an interrupted or failed run never leaves a loadable index behind, and a rerun
+deletes the temporary files that a killed run of the same prefix left. An input without a usable
+record is an error unless `--allow-empty`.
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import contextlib
+import glob
+import json
 import multiprocessing
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,18 +24,19 @@ from pathlib import Path
 
 import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-from tqdm import tqdm
 
 from megatron_omni.data.bad_samples import TEXT_SKIP_REASONS, SkipCounter, SkipSample
 from megatron_omni.data.tokenizer import load_tokenizer
 from omni_data_prep import cli_io
+from omni_data_prep.progress import Progress
 from omni_data_prep.text_records import (Chunk, ChunkEncoder, EncodedChunk, encode_in_worker,
                                          expand_inputs, init_worker, read_chunks)
 
 
 def preprocess(inputs: Sequence[str], tokenizer: str | Path, output_prefix: str | Path,
                json_key: str = "text", workers: int = 1, append_eod: bool = True,
-               strict: bool = False, chunk_size: int = 256, progress: bool = True) -> dict:
+               strict: bool = False, chunk_size: int = 256, progress: bool = True,
+               allow_empty: bool = False) -> dict:
     """Tokenize the records of `inputs` (glob patterns of jsonl/parquet files) into
     `<output_prefix>.bin/.idx`, one document per record, in input order.
 
@@ -45,10 +50,13 @@ def preprocess(inputs: Sequence[str], tokenizer: str | Path, output_prefix: str 
         strict: raise BadSampleError (naming file and line) at the first bad record instead of
             skipping it; nothing is written then.
         chunk_size: records per task sent to a worker.
-        progress: show a tqdm bar (on a terminal) with documents and tokens/s.
+        progress: print progress lines on stderr (data_prep/progress.py).
+        allow_empty: write an empty dataset when no record is usable, instead of raising
+            ValueError (megatron's IndexedDataset cannot open an empty one).
 
-    Returns a summary: docs, tokens, seconds, tokens_per_s, skipped (count per reason in
-    TEXT_SKIP_REASONS), dtype, bin and idx paths.
+    Returns a summary: docs, tokens, input_bytes, workers, seconds, docs_per_s, tokens_per_s,
+    skipped (count per reason in TEXT_SKIP_REASONS), dtype, bin, idx and summary paths; it is
+    also written (atomically) to `<output_prefix>.summary.json`.
     """
     if workers < 1 or chunk_size < 1:
         raise ValueError(f"workers and chunk_size must be >= 1, got {workers} and {chunk_size}")
@@ -56,37 +64,43 @@ def preprocess(inputs: Sequence[str], tokenizer: str | Path, output_prefix: str 
     dtype = DType.optimal_dtype(load_tokenizer(tokenizer).vocab_size)
     prefix = Path(output_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    cli_io.remove_stale_temps(prefix.parent, glob.escape(prefix.name))
 
     skips = SkipCounter(strict, log_first=0)  # the summary has the counts
-    docs = tokens = 0
-    start = time.perf_counter()
+    bar = Progress(sum(path.stat().st_size for path in paths), enabled=progress)
     chunks = read_chunks(paths, json_key, chunk_size)
     with (cli_io.atomic_output(prefix) as (bin_tmp, idx_tmp),
-          _encode(chunks, workers, (str(tokenizer), json_key, append_eod, dtype)) as encoded,
-          tqdm(unit="doc", disable=None if progress else True) as bar):
+          _encode(chunks, workers, (str(tokenizer), json_key, append_eod, dtype)) as encoded):
         builder = IndexedDatasetBuilder(bin_tmp, dtype=dtype)
         for chunk in encoded:
             for line, reason, detail in chunk.bad:
                 skips.skip(SkipSample(reason, detail), f"{chunk.path}:{line}")
             _add_documents(builder, chunk)
-            docs += len(chunk.lengths)
-            tokens += chunk.tokens.size
-            bar.update(len(chunk.lengths))
-            bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):,.0f} tokens/s",
-                                refresh=False)
+            bar.update(chunk.nbytes, len(chunk.lengths), chunk.tokens.size,
+                       skips.table(TEXT_SKIP_REASONS) if chunk.bad else bar.skipped)
+        skipped = skips.table(TEXT_SKIP_REASONS)
+        cli_io.check_not_empty(bar.items, bar.items + sum(skipped.values()), skipped,
+                               "documents", allow_empty)
         builder.finalize(idx_tmp)
-    seconds = time.perf_counter() - start
-    return {"docs": docs, "tokens": tokens, "seconds": seconds,
-            "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-            "skipped": skips.table(TEXT_SKIP_REASONS),
-            "dtype": np.dtype(dtype).name, "bin": f"{prefix}.bin", "idx": f"{prefix}.idx"}
+    bar.close()
+    seconds = time.perf_counter() - bar.start
+    summary = {"docs": bar.items, "tokens": bar.tokens, "input_bytes": bar.total,
+               "workers": workers, "seconds": seconds, "docs_per_s": bar.items / seconds,
+               "tokens_per_s": bar.tokens / seconds, "skipped": skipped,
+               "dtype": np.dtype(dtype).name, "bin": f"{prefix}.bin", "idx": f"{prefix}.idx",
+               "summary": f"{prefix}.summary.json"}
+    with cli_io.atomic_file(Path(summary["summary"])) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def _add_documents(builder: IndexedDatasetBuilder, chunk: EncodedChunk) -> None:
-    offset = 0
-    for length in chunk.lengths:
-        builder.add_document(chunk.tokens[offset:offset + length], [length])
-        offset += length
+    # What builder.add_document does per document, once per chunk: one write of all tokens,
+    # one sequence per document.
+    builder.data_file.write(chunk.tokens.tobytes(order="C"))
+    first = len(builder.sequence_lengths) + 1
+    builder.sequence_lengths.extend(chunk.lengths)
+    builder.document_indices.extend(range(first, first + len(chunk.lengths)))
 
 
 @contextlib.contextmanager
@@ -115,7 +129,8 @@ def _bounded_ordered_map(pool, chunks: Iterable[Chunk], window: int) -> Iterator
 def format_summary(summary: dict) -> str:
     """Two lines for a `preprocess` summary: totals and the skipped records per reason."""
     return (f"docs {summary['docs']:,}, tokens {summary['tokens']:,}, "
-            f"seconds {summary['seconds']:.2f}, tokens/s {summary['tokens_per_s']:,.0f}\n"
+            f"seconds {summary['seconds']:.2f}, docs/s {summary['docs_per_s']:,.0f}, "
+            f"tokens/s {summary['tokens_per_s']:,.0f}\n"
             f"{cli_io.skipped_line(summary['skipped'])}")
 
 
@@ -136,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-append-eod", dest="append_eod", action="store_false",
                         help="do not end each document with <eod>")
     cli_io.add_strict(parser)
+    cli_io.add_allow_empty(parser)
     return parser
 
 
@@ -147,9 +163,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         summary = preprocess(args.input, args.tokenizer, args.output_prefix,
                              json_key=args.json_key, workers=args.workers,
                              append_eod=args.append_eod, strict=args.strict,
-                             chunk_size=args.chunk_size)
+                             chunk_size=args.chunk_size, allow_empty=args.allow_empty)
     print(format_summary(summary))
-    print(f"wrote {summary['bin']} and {summary['idx']} ({summary['dtype']})")
+    print(f"wrote {summary['bin']} and {summary['idx']} ({summary['dtype']}), "
+          f"summary {summary['summary']}")
     return summary
 
 

@@ -8,7 +8,6 @@ megatron_omni/data/bad_samples.py `TEXT_SKIP_REASONS`.
 from __future__ import annotations
 
 import glob
-import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,22 +25,24 @@ PARQUET_SUFFIXES = (".parquet",)
 class Chunk:
     """Consecutive records of one file: `records` holds (line number, raw record) pairs, where a
     raw record is a jsonl line (bytes) or a parquet cell value. Parquet line numbers are 1-based
-    row numbers."""
+    row numbers. `nbytes` is the share of the file's bytes the chunk covers (for progress)."""
 
     path: str
     is_jsonl: bool
     records: list[tuple[int, object]]
+    nbytes: int = 0
 
 
 @dataclass
 class EncodedChunk:
     """Tokens of a chunk's good records, concatenated, with one length per record, and the bad
-    records as (line number, reason, detail)."""
+    records as (line number, reason, detail); `nbytes` is the chunk's."""
 
     path: str
     tokens: np.ndarray
     lengths: list[int]
     bad: list[tuple[int, str, str]]
+    nbytes: int = 0
 
 
 def expand_inputs(patterns: Sequence[str],
@@ -92,8 +93,10 @@ def chunked(path: Path, is_jsonl: bool, records: Iterable[tuple[int | str, objec
 
 def _jsonl_chunks(path: Path, chunk_size: int) -> Iterator[Chunk]:
     with open(path, "rb") as f:
-        yield from chunked(path, True, ((line_no, line) for line_no, line in
-                                        enumerate(f, start=1) if line.strip()), chunk_size)
+        for chunk in chunked(path, True, ((line_no, line) for line_no, line in
+                                          enumerate(f, start=1) if line.strip()), chunk_size):
+            chunk.nbytes = sum(len(line) for _, line in chunk.records)
+            yield chunk
 
 
 def _parquet_chunks(path: Path, key: str, chunk_size: int) -> Iterator[Chunk]:
@@ -103,10 +106,11 @@ def _parquet_chunks(path: Path, key: str, chunk_size: int) -> Iterator[Chunk]:
     if key not in parquet.schema_arrow.names:
         raise ValueError(f"{path} has no column {key!r} (columns: {parquet.schema_arrow.names}); "
                          f"choose one with --json-key")
-    row = 1
+    row, rows, size = 1, max(parquet.metadata.num_rows, 1), path.stat().st_size
     for batch in parquet.iter_batches(batch_size=chunk_size, columns=[key]):
         values = batch.column(0).to_pylist()
-        yield Chunk(str(path), False, list(enumerate(values, start=row)))
+        yield Chunk(str(path), False, list(enumerate(values, start=row)),
+                    round(size * len(values) / rows))
         row += len(values)
 
 
@@ -162,20 +166,21 @@ class ChunkEncoder:
         self.dtype = dtype
 
     def __call__(self, chunk: Chunk) -> EncodedChunk:
-        docs, bad = [], []
+        texts, bad = [], []
         for line_no, raw in chunk.records:
             text, reason, detail = parse_record(raw, chunk.is_jsonl, self.key)
             if text is None:
                 bad.append((line_no, reason, detail))
-                continue
-            ids = self.tokenizer.encode(text)
-            if self.append_eod:
-                ids.append(self.tokenizer.eod_id)
-            docs.append(ids)
-        lengths = [len(ids) for ids in docs]
-        tokens = np.fromiter(itertools.chain.from_iterable(docs), dtype=self.dtype,
-                             count=sum(lengths))
-        return EncodedChunk(chunk.path, tokens, lengths, bad)
+            else:
+                texts.append(text)
+        parts = [np.array(ids, dtype=self.dtype)
+                 for ids in (self.tokenizer.encode_batch(texts) if texts else [])]
+        lengths = [len(part) + self.append_eod for part in parts]
+        if self.append_eod:
+            eod = np.array([self.tokenizer.eod_id], dtype=self.dtype)
+            parts = [a for part in parts for a in (part, eod)]
+        tokens = np.concatenate(parts) if parts else np.empty(0, dtype=self.dtype)
+        return EncodedChunk(chunk.path, tokens, lengths, bad, chunk.nbytes)
 
 
 _WORKER_ENCODER: ChunkEncoder | None = None

@@ -47,6 +47,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
                         help="folder relative media paths start from (default: the folder of "
                              "the input file)")
     cli_io.add_strict(parser, "file and line (or tar key)")
+    cli_io.add_allow_empty(parser)
     for f in dataclasses.fields(source):
         if isinstance(f.default, bool):
             parser.add_argument(f"--no-{f.name.removeprefix('with_')}", dest=f.name,
@@ -67,7 +68,8 @@ def main(kind: str, argv: Sequence[str] | None = None) -> Manifest:
     with cli_io.user_errors():
         manifest = run(source, args.input, args.tokenizer, args.output_dir,
                        workers=args.workers, samples_per_shard=args.samples_per_shard,
-                       strict=args.strict, media_root=args.media_root)
+                       strict=args.strict, media_root=args.media_root,
+                       allow_empty=args.allow_empty)
     print(format_summary(manifest, time.perf_counter() - start))
     print(f"wrote {len(manifest.shards)} shards and {MANIFEST_NAME} to {args.output_dir}")
     return manifest

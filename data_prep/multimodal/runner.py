@@ -13,7 +13,9 @@ when complete, then a marker `<shard>.done.json` records its `ShardInfo` and a f
 the options, tokenizer and raw records that made it. A rerun reuses every shard whose marker
 matches and writes the rest. `manifest.json` is removed when a run starts and written last, so
 a folder holding a manifest is complete and consistent. (A changed media file behind an
-unchanged record is not noticed: delete the shard's marker to redo it.)
+unchanged record is not noticed: delete the shard's marker to redo it.) A run also deletes the
+temporary files that killed runs left in the folder. No sample at all is an error (no manifest is
+written) unless `allow_empty`.
 """
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ from typing import ClassVar
 
 import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-from tqdm import tqdm
 
 from megatron_omni.data.bad_samples import PREPARE_SKIP_REASONS, SkipCounter, SkipSample
 from megatron_omni.data.media_items import MediaInfo, media_field, write_media_sizes
@@ -43,7 +44,9 @@ from megatron_omni.data.sample_format import (FORMAT_VERSION, LOSS_MASK_SUFFIX, 
                                               ShardInfo, build_token_stream, placeholder_kinds,
                                               sample_id, shard_name)
 from megatron_omni.data.tokenizer import load_tokenizer
-from omni_data_prep.cli_io import TMP_TAG, atomic_file, atomic_output
+from omni_data_prep.cli_io import (atomic_file, atomic_output, check_not_empty,
+                                   remove_stale_temps)
+from omni_data_prep.progress import Progress
 from omni_data_prep.text_records import Chunk, expand_inputs, read_chunks
 
 MARKER_SUFFIX = ".done.json"
@@ -163,7 +166,7 @@ class _WorkerState:
 def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
         output_dir: str | Path, workers: int = 1, samples_per_shard: int = 1000,
         strict: bool = False, media_root: str | Path | None = None,
-        progress: bool = True) -> Manifest:
+        progress: bool = True, allow_empty: bool = False) -> Manifest:
     """Preprocess the records of `inputs` (glob patterns) into `output_dir` with `source`.
 
     Args:
@@ -179,7 +182,9 @@ def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
             skipping it; the manifest is not written then.
         media_root: folder that relative media paths are relative to (default: the folder of
             the input file holding the record).
-        progress: show a tqdm bar of records read.
+        progress: print progress lines on stderr (data_prep/progress.py).
+        allow_empty: write the manifest even when no record made a sample, instead of raising
+            ValueError.
 
     Returns the Manifest, also written to `output_dir/manifest.json`.
     """
@@ -194,29 +199,45 @@ def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for stale in out.glob(f"shard-*{TMP_TAG}*"):
-        stale.unlink()
+    remove_stale_temps(out, "*")
 
     config = json.dumps({"kind": source.kind, "options": source.options(),
                          "tokenizer": tok_info["sha256"], "format": FORMAT_VERSION},
                         sort_keys=True)
-    tasks = (_ShardTask(i, chunk, _fingerprint(config, chunk))
-             for i, chunk in enumerate(source.chunks(paths, samples_per_shard)))
+    task_bytes = collections.deque()  # input bytes of the tasks made and not yet done
+    tasks = _tasks(source.chunks(paths, samples_per_shard), config, task_bytes)
     state = (source, str(tokenizer), out, dtype, strict,
              Path(media_root) if media_root is not None else None)
-    shards = []
-    with (_shard_results(tasks, state, workers) as results,
-          tqdm(unit="record", disable=None if progress else True) as bar):
-        for shard in results:
-            shards.append(shard)
-            bar.update(shard.records)
-            bar.set_postfix(samples=sum(s.samples for s in shards),
-                            skipped=sum(sum(s.skipped.values()) for s in shards), refresh=False)
+    bar = Progress(sum(path.stat().st_size for path in paths), "records", progress)
+    with _shard_results(tasks, state, workers) as results:
+        shards = _collect(results, task_bytes, bar)
     manifest = Manifest(source.kind, [str(p) for p in paths], tok_info,
                         np.dtype(dtype).name, source.options(), shards)
+    totals = manifest.totals()
+    check_not_empty(totals["counts"]["samples"], totals["counts"]["records"], totals["skipped"],
+                    "samples", allow_empty)
     with atomic_file(out / MANIFEST_NAME) as tmp:
         tmp.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
     return manifest
+
+
+def _tasks(chunks: Iterable[Chunk], config: str, task_bytes: collections.deque
+           ) -> Iterator[_ShardTask]:
+    for index, chunk in enumerate(chunks):
+        task_bytes.append(chunk.nbytes)
+        yield _ShardTask(index, chunk, _fingerprint(config, chunk))
+
+
+def _collect(results: Iterable[ShardInfo], task_bytes: collections.deque, bar: Progress
+             ) -> list[ShardInfo]:
+    """The shards of `results`, reporting progress (`task_bytes`: their input bytes, in order)."""
+    shards, skipped = [], collections.Counter()
+    for shard in results:
+        shards.append(shard)
+        skipped.update(shard.skipped)
+        bar.update(task_bytes.popleft(), shard.records, shard.tokens, skipped)
+    bar.close()
+    return shards
 
 
 @contextlib.contextmanager

@@ -50,6 +50,10 @@ class Tokenizer(ABC):
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with no BOS/EOS added."""
 
+    @abstractmethod
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each text, in one call into the tokenizer library."""
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; `<pad>` and `<eod>` render as nothing."""
         return self._decode([i for i in ids if i != self.pad_id and i != self.eod_id])
@@ -102,6 +106,9 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.encode(texts, num_threads=1)
+
     def _token_id(self, token: str) -> int | None:
         token_id = self._sp.piece_to_id(token)
         return None if self._sp.is_unknown(token_id) else token_id
@@ -145,6 +152,9 @@ class HFJsonTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
     def _token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)

@@ -61,11 +61,13 @@ def test_kernel_benchmark_smoke(kernel_runs, name):
 
 
 def test_preprocess_benchmark_smoke(tmp_path):
-    path = bench_preprocess.main(["--workers", "1", "--num-docs", "200",
+    path = bench_preprocess.main(["--workers", "1", "--num-docs", "200", "--repeats", "1",
                                   "--output", str(tmp_path / "preprocess.json")])
-    (row,) = load_results(path, "preprocess_text")["rows"]
-    assert row["workers"] == 1 and row["docs"] == 200
-    assert row["tokens"] > row["docs"] and row["tokens_per_s"] > 0
+    short, long = load_results(path, "preprocess_text")["rows"]
+    assert (short["shape"], short["workers"], short["docs"]) == ("short", 1, 200)
+    assert (long["shape"], long["docs"]) == ("long", 5)
+    for row in (short, long):
+        assert row["tokens"] > row["docs"] and row["ours"]["tokens_per_s"] > 0
 
 
 def test_hybrid_benchmark_smoke(tmp_path):

@@ -1,7 +1,9 @@
 """preprocess_text: exact round trip through megatron-core's IndexedDataset, bad-record
 accounting, --strict, and atomic output."""
+import io
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +14,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron_omni.data.bad_samples import BadSampleError
 from omni_data_prep import preprocess_text
 from omni_data_prep.preprocess_text import main, preprocess
+from omni_data_prep.progress import Progress
 
 
 def _write_parts(folder, docs, fmt, parts=3):
@@ -129,9 +132,10 @@ def test_strict_names_file_and_line(tmp_path, documents, spm_path, capsys, worke
 class _CountingBuilder(preprocess_text.IndexedDatasetBuilder):
     documents_added = 0
 
-    def add_document(self, *args, **kwargs):
-        type(self).documents_added += 1
-        super().add_document(*args, **kwargs)
+
+def _counting_add_documents(builder, chunk, add=preprocess_text._add_documents):
+    _CountingBuilder.documents_added += len(chunk.lengths)
+    add(builder, chunk)
 
 
 def test_failure_midway_leaves_no_output(tmp_path, documents, spm_path, monkeypatch):
@@ -147,6 +151,7 @@ def test_failure_midway_leaves_no_output(tmp_path, documents, spm_path, monkeypa
     old_bytes = {p: p.read_bytes() for p in old.parent.iterdir()}
 
     monkeypatch.setattr(preprocess_text, "IndexedDatasetBuilder", _CountingBuilder)
+    monkeypatch.setattr(preprocess_text, "_add_documents", _counting_add_documents)
     for prefix in (tmp_path / "new" / "text", old):
         _CountingBuilder.documents_added = 0
         with pytest.raises(BadSampleError, match=f"{bad}:{len(documents) + 1}: malformed_json"):
@@ -170,3 +175,19 @@ def test_interrupted_index_write_leaves_no_index(tmp_path, documents, spm_path, 
     with pytest.raises(KeyboardInterrupt):
         preprocess([str(path)], str(spm_path), str(tmp_path / "out" / "text"), progress=False)
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_progress_lines_and_summary_json(tmp_path, documents, spm_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in documents)
+                    + '{"text": 3}\n')
+    stream = io.StringIO()
+    bar = Progress(path.stat().st_size, enabled=True, interval=0.0, stream=stream)
+    bar.update(path.stat().st_size // 4, 10, 500, {"non_string": 1, "empty_text": 0})
+    assert re.fullmatch(r"progress: [\d.]+ KB of [\d.]+ KB \(25%\), [\d,]+ docs/s, "
+                        r"[\d,]+ tokens/s, ETA 0:00:\d\d, skipped: non_string 1\n",
+                        stream.getvalue())
+    summary = preprocess([str(path)], str(spm_path), str(tmp_path / "text"), progress=False)
+    assert json.loads((tmp_path / "text.summary.json").read_text()) == summary
+    assert summary["input_bytes"] == path.stat().st_size and summary["docs_per_s"] > 0
+    assert summary["skipped"]["non_string"] == 1
