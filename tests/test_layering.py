@@ -26,7 +26,8 @@ ALLOWED = {
     "megatron_omni.models": BASE | {"megatron_omni.config", "megatron_omni.parallel", "omni_kernels"},
     "megatron_omni.data": BASE | {"megatron_omni.config", "megatron_omni.parallel"},
     "megatron_omni.training": BASE | {"megatron_omni.config", "megatron_omni.parallel",
-                                      "megatron_omni.models", "megatron_omni.data", "omni_kernels"},
+                                      "megatron_omni.models", "megatron_omni.data", "omni_kernels",
+                                      "megatron_omni.plan"},   # the planner's FLOP counts
     "megatron_omni.conversion": BASE | {"megatron_omni.config", "megatron_omni.parallel",
                                         "megatron_omni.models", "megatron_omni.data",
                                         "megatron_omni.training"},

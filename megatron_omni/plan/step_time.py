@@ -19,13 +19,23 @@ from megatron_omni.plan.memory import dtype_bytes, encoder_tokens, micro_batches
 from megatron_omni.plan.params import decoder_layer, padded_vocab, stage_layers
 
 
+PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "H800": 989e12, "A800": 312e12}
+"""Dense bf16 tensor-core peak per GPU (datasheets); the training log's MFU uses it too."""
+
+
+def tower_forward_flops(tokens: int, layers: int, hidden: int, ffn: int) -> float:
+    """Forward FLOPs of a bidirectional transformer tower (q, k, v, out projections, a 2-matrix
+    MLP, full attention) over one sequence of ``tokens``."""
+    return tokens * layers * (2 * (4 * hidden ** 2 + 2 * hidden * ffn) + 4 * tokens * hidden)
+
+
 @dataclass(frozen=True)
 class Hardware:
     """The GPUs the plan targets: A100-SXM 80GB in 8-GPU NVLink nodes with one 200 Gb/s HDR
     InfiniBand port per GPU (docs/planner.md gives the sources)."""
 
     gpu_memory_gib: float = 80.0
-    peak_tflops: float = 312.0
+    peak_tflops: float = PEAK_BF16["A100"] / 1e12
     """Dense bf16 tensor-core peak."""
     efficiency: float = 0.5
     """Achieved share of peak in the matmuls (Megatron-LM on A100: 163 of 312 TFLOP/s)."""
@@ -80,14 +90,14 @@ def stage_flops(cfg: OmniConfig, stage: int) -> float:
 
 
 def encoder_flops(cfg: OmniConfig) -> float:
-    """Forward + backward FLOPs of the encoders for one micro-batch (encoder_tokens per sample)."""
-    total = 0.0
+    """Forward + backward FLOPs of the encoders' towers for one micro-batch (encoder_tokens per
+    sample: frames of num_patches tokens, one clip of max_source_positions)."""
     vision, audio = vision_config(cfg.model.omni), audio_config(cfg.model.omni)
+    total = 0.0
     for shape, tokens, window in zip((vision, audio), encoder_tokens(cfg),
                                      (vision.num_patches, audio.max_source_positions)):
-        h, f = shape.hidden_size, shape.ffn_hidden_size
-        per_token = shape.num_layers * (2 * (4 * h * h + 2 * h * f) + 4 * window * h)
-        total += 3 * per_token * tokens
+        sequence = tower_forward_flops(window, shape.num_layers, shape.hidden_size, shape.ffn_hidden_size)
+        total += 3 * sequence * tokens / window
     return total * cfg.training.micro_batch_size
 
 

@@ -15,9 +15,8 @@ from megatron_omni.config.encoders import audio_config, media_tokens, vision_con
 from megatron_omni.config.phases import trainable_groups
 from megatron_omni.config.schema import OmniConfig
 from megatron_omni.contract.batch import OmniBatch
-
-PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "H800": 989e12, "A800": 312e12}
-"""Dense bf16 tensor-core peak per GPU (datasheets)."""
+from megatron_omni.contract.projectors import stride2_length
+from megatron_omni.plan.step_time import PEAK_BF16, tower_forward_flops
 
 
 def peak_flops() -> float | None:
@@ -39,12 +38,6 @@ def llm_forward_flops_per_token(cfg: OmniConfig, vocab_size: int) -> float:
     return 2 * matmul_params + 2 * m.num_layers * s * attn_dim
 
 
-def tower_forward_flops(tokens: int, layers: int, hidden: int, ffn: int) -> float:
-    """Forward FLOPs of a bidirectional transformer tower (q, k, v, out projections, a 2-matrix
-    MLP, full attention) over one sequence of ``tokens``."""
-    return tokens * layers * (2 * (4 * hidden ** 2 + 2 * hidden * ffn) + 4 * tokens * hidden)
-
-
 def image_forward_flops(cfg: OmniConfig) -> float:
     """Vision encoder forward FLOPs of one image (or video frame): patch embedding + tower."""
     v = vision_config(cfg.model.omni)
@@ -54,9 +47,9 @@ def image_forward_flops(cfg: OmniConfig) -> float:
 
 def audio_forward_flops(cfg: OmniConfig, mel_frames: int) -> float:
     """Audio encoder forward FLOPs of one clip of ``mel_frames`` valid frames: the two k=3
-    convolutions (the second at stride 2) + the tower over the (frames - 1) // 2 + 1 tokens."""
+    convolutions (the second at stride 2) + the tower over the stride-2 length of the frames."""
     a = audio_config(cfg.model.omni)
-    tokens = (mel_frames - 1) // 2 + 1
+    tokens = stride2_length(mel_frames)
     convs = 2 * 3 * a.hidden_size * (mel_frames * a.num_mel_bins + tokens * a.hidden_size)
     return convs + tower_forward_flops(tokens, a.num_layers, a.hidden_size, a.ffn_hidden_size)
 
