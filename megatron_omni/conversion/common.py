@@ -1,6 +1,6 @@
-"""Helpers shared by the importers (qwen3.py, encoder_import.py, omni.py).
+"""Helpers shared by the converters (qwen3.py, encoder_import.py, omni.py, checkpoints.py).
 
-ConversionError; reading Hugging Face folders (config.json + safetensors, single file or sharded);
+ConversionError; ``staged_folder`` (an output folder published only when complete); reading Hugging Face folders (config.json + safetensors, single file or sharded);
 loading a full (TP=1) state dict into a tensor-parallel megatron-core module.
 
 TP loading: each rank keeps its slice of every tensor-parallel parameter: megatron marks those with
@@ -13,7 +13,11 @@ Everything else (norms, embeddings, convolutions, buffers) is copied whole.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,6 +34,27 @@ StateDict = dict[str, torch.Tensor]
 class ConversionError(ValueError):
     """A state dict, config or folder that does not fit the expected layout; the message names the
     key or field and what was expected."""
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder of ``out`` to write into; when the block finishes without an
+    exception (write *and* verify inside it), publish it as ``out``; otherwise delete it, so a
+    failed conversion leaves nothing behind. Refuses an ``out`` that already exists (never merges
+    into or overwrites an earlier output)."""
+    final = Path(out)
+    if final.exists():
+        raise ConversionError(f"{final}: already exists; give a new output folder or remove it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, final)
 
 
 def read_hf_config(path: str | Path) -> dict:
