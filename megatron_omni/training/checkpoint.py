@@ -17,6 +17,7 @@ distributed optimizer uses the ``fully_reshardable`` format for the same reason.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -178,6 +179,30 @@ def _unwrap(chunk):
     return chunk.module if isinstance(chunk, DistributedDataParallel) else chunk
 
 
+def _paramless_state_dict(opt: DistributedOptimizer) -> dict:
+    """megatron's ``DistributedOptimizer.state_dict`` for a rank whose optimizer holds no
+    parameter (a pipeline stage with everything frozen, e.g. phase 1 or 2 at PP > 1). Without
+    TE/apex megatron reads the step from the (empty) parameter state and asserts it has one value
+    (and its load wants a number there): such a rank has taken no step, so it stores step 0."""
+    inner = opt.optimizer.state_dict()
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "step": 0}
+              for g in inner["param_groups"]]
+    state = {"optimizer": {"param_groups": groups}}
+    if opt.grad_scaler:
+        state["grad_scaler"] = opt.grad_scaler.state_dict()
+    return state
+
+
+def allow_paramless_ranks(optimizer) -> None:
+    """Make the distributed optimizers of this rank that hold no parameter saveable (see
+    ``_paramless_state_dict``); call once after building the optimizer."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if (isinstance(opt, DistributedOptimizer) and inner is not None
+                and not any(g["params"] for g in inner.param_groups)):
+            opt.state_dict = lambda opt=opt: _paramless_state_dict(opt)
+
+
 def _sharded_state(model, optimizer=None, loading: bool = False) -> dict:
     state = {f"model{i}": _unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(model)}
     if optimizer is not None:
@@ -285,29 +310,61 @@ def _load_optimizer_state(optimizer, state) -> None:
     parameter state a 'step' that the fully-reshardable parameter-state loader then looks for in
     the checkpoint's per-parameter tensors (KeyError), and that 'step' is ONE tensor shared by all
     parameters, which Adam's in-place increment then advances once per parameter per step. The
-    steps are set aside while the tensors load and come back as one tensor per parameter."""
+    steps are set aside while the tensors load and come back as one tensor per parameter. Each
+    group keeps the run's learning rates (``_run_peak_lrs``)."""
     subs = getattr(optimizer, "chained_optimizers", [optimizer])
     states = [state] if len(subs) == 1 else [v for _, v in sorted(state.items())] if isinstance(state, dict) else list(state)
     for opt, sub_state in zip(subs, states):
-        inner = getattr(opt, "optimizer", None)
-        if not (isinstance(opt, DistributedOptimizer) and isinstance(inner, torch.optim.Adam)
-                and sub_state.get("param_state_sharding_type") == "fully_reshardable"):
-            opt.load_state_dict(sub_state)
-            continue
-        param_state = sub_state.pop("param_state")
-        opt.load_state_dict(sub_state)
-        steps = {p: st.pop("step") for p, st in inner.state.items() if "step" in st}
-        opt.load_parameter_state_from_fully_reshardable(param_state)
-        for p, step in steps.items():
-            inner.state[p]["step"] = step.clone()
+        _load_one(opt, getattr(opt, "optimizer", None), sub_state)
     if len(subs) > 1:
         optimizer._synchronize_steps()
+
+
+@contextlib.contextmanager
+def _run_peak_lrs(optimizer):
+    """Keep each parameter group's peak and final learning rate (``max_lr``/``min_lr``: the
+    run's training.lr / training.group_lr) across a load: megatron-core 0.16.1 matches saved
+    groups to the run's by (wd_mult, lr_mult, is_expert_parallel, is_decoupled_lr) only (in
+    load_state_dict, which its sharded_state_dict also calls when loading), so groups that differ
+    in their learning rate alone (training.group_lr) would take each other's."""
+    inners = [o.optimizer for o in getattr(optimizer, "chained_optimizers", [optimizer])
+              if getattr(o, "optimizer", None) is not None]
+    kept = [[{k: g[k] for k in ("max_lr", "min_lr") if k in g} for g in inner.param_groups]
+            for inner in inners]
+    yield
+    for inner, groups in zip(inners, kept):  # load_state_dict made new group dicts
+        for group, lrs in zip(inner.param_groups, groups):
+            group.update(lrs)
+
+
+def _load_one(opt, inner, sub_state) -> None:
+    if not (isinstance(opt, DistributedOptimizer) and isinstance(inner, torch.optim.Adam)
+            and sub_state.get("param_state_sharding_type") == "fully_reshardable"
+            and "param_state" in sub_state):  # absent on a rank without parameters
+        opt.load_state_dict(sub_state)
+        return
+    param_state = sub_state.pop("param_state")
+    opt.load_state_dict(sub_state)
+    steps = {p: st.pop("step") for p, st in inner.state.items() if "step" in st}
+    opt.load_parameter_state_from_fully_reshardable(param_state)
+    for p, step in steps.items():
+        inner.state[p]["step"] = step.clone()
 
 
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> dict:
     """Load a checkpoint into model chunks (any TP/PP/VPP layout); also optimizer, scheduler and
     RNG when given. Returns the common part (iteration, consumed_samples, config, layout)."""
     common = read_common(path)
+    if optimizer is None:
+        _load(path, common, model)
+        return common
+    with _run_peak_lrs(optimizer):
+        _load(path, common, model, optimizer)
+    scheduler.load_state_dict(common["scheduler"])  # sets each group's lr from its max_lr
+    return common
+
+
+def _load(path: Path, common: dict, model, optimizer=None) -> None:
     if optimizer is not None:
         _materialise_adam_state(optimizer)
     state = _sharded_state(model, optimizer, loading=True)
@@ -322,11 +379,9 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
         _unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
     if optimizer is not None:
         _load_optimizer_state(optimizer, loaded["optimizer"])
-        scheduler.load_state_dict(common["scheduler"])
         if same_layout:
             _set_rng_state(loaded["rng_state"])
         else:
             log.warning("checkpoint layout %s differs from this run's %s: RNG streams restart "
                         "from the seed (model, optimizer, scheduler and data position are restored)",
                         common.get("layout"), _layout())
-    return common

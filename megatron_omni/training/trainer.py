@@ -93,6 +93,7 @@ def build_optimizer(cfg: OmniConfig, model):
         bf16=dtype == torch.bfloat16, params_dtype=dtype,
         use_distributed_optimizer=cfg.parallel.distributed_optimizer)
     optimizer = get_megatron_optimizer(opt_config, model, group_lr_overrides(opt_config, t.group_lr))
+    checkpoint.allow_paramless_ranks(optimizer)
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr, lr_warmup_steps=t.warmup_steps,
         lr_decay_steps=t.lr_decay_steps or t.train_steps, lr_decay_style=t.lr_decay_style,

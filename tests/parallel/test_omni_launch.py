@@ -11,6 +11,7 @@ config is reported once, not once per rank."""
 import collections
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -126,18 +127,23 @@ def _check_progress(parts: dict, scalars: dict, step: int, tokens: int, phase: i
         assert parts["lr/projectors"] and scalars["train/lr/projectors"][step] > scalars["train/lr"][step]
 
 
-@pytest.mark.parametrize("phase", [1, 2, 3])
-def test_pretrain_omni_phase_on_two_ranks(demo, tmp_path, phase):
-    sets = demo + LAYOUT[phase] + RUN[phase] + [
-        "training.train_steps=2", "training.warmup_steps=1", f"checkpoint.dir={tmp_path / 'run'}"]
+def _launch(phase: int, sets: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """pretrain_omni.py on 2 CPU ranks; the run and its console step lines."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "launch" / "pretrain_omni.py"), "--phase", str(phase), "--config", str(EXAMPLE)]
     for s in sets:
         cmd += ["--set", s]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("step ")]
+    return done, [line for line in done.stdout.splitlines() if line.startswith("step ")]
+
+
+@pytest.mark.parametrize("phase", [1, 2, 3])
+def test_pretrain_omni_phase_on_two_ranks(demo, tmp_path, phase):
+    sets = demo + LAYOUT[phase] + RUN[phase] + [
+        "training.train_steps=2", "training.warmup_steps=1", f"checkpoint.dir={tmp_path / 'run'}"]
+    done, lines = _launch(phase, sets, tmp_path)
     assert [line.split("|")[0].split()[1] for line in lines] == ["1/2", "2/2"], done.stdout[-2000:]
     for modality in MIX[phase]:
         assert any(f"loss/{modality} " in line for line in lines), (modality, lines)
@@ -167,6 +173,29 @@ def test_pretrain_omni_phase_on_two_ranks(demo, tmp_path, phase):
     if phase == 1:
         assert all("loss/contrastive " in line for line in lines), lines
         assert set(scalars["train/loss/contrastive"]) == {1, 2}
+
+
+def test_frozen_stage_saves_and_group_lr_resumes_exactly(demo, tmp_path):
+    """Phase 2 at PP=2: the last stage holds only the frozen LLM, so its optimizer has no
+    parameter (megatron's save asserted on it), and training.group_lr gives groups that differ
+    in their learning rate alone (megatron's load swapped their rates). Resumed from step 2, steps
+    3 and 4 log the same loss, learning rates and grad norm as the run that went straight on."""
+    sets = demo + ["parallel.tp=1", "parallel.pp=2", "training.train_steps=4",
+                   "training.warmup_steps=0", "training.group_lr={projectors: 5.0e-3}",
+                   "checkpoint.save_interval=1", "checkpoint.keep_last=0"]
+    _, straight = _launch(2, sets + [f"checkpoint.dir={tmp_path / 'a'}"], tmp_path)
+    resumed_dir = tmp_path / "b"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "a" / "iter_0000002", resumed_dir / "iter_0000002")
+    (resumed_dir / "latest_checkpointed_iteration.txt").write_text("2")
+    _, resumed = _launch(2, sets + [f"checkpoint.dir={resumed_dir}"], tmp_path)
+
+    def fields(line: str) -> dict:
+        parts = {p.split()[0]: p.split()[1] for p in line.split(" | ")}
+        return {k: parts[k] for k in ("step", "loss", "lr", "lr/projectors", "grad_norm")}
+
+    assert [fields(line) for line in resumed] == [fields(line) for line in straight[2:]], resumed
+    assert float(fields(resumed[0])["lr/projectors"]) > 4 * float(fields(resumed[0])["lr"])
 
 
 @pytest.mark.parametrize("args, error", [
