@@ -15,6 +15,7 @@ import importlib
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from megatron_omni.data.sample_format import MANIFEST_NAME, Manifest
 from omni_data_prep import cli_io
@@ -71,6 +72,9 @@ def main(kind: str, argv: Sequence[str] | None = None) -> Manifest:
                        strict=args.strict, media_root=args.media_root,
                        allow_empty=args.allow_empty)
     print(format_summary(manifest, time.perf_counter() - start))
+    report = source.report(Path(args.output_dir), manifest)
+    if report:
+        print(report)
     print(f"wrote {len(manifest.shards)} shards and {MANIFEST_NAME} to {args.output_dir}")
     return manifest
 

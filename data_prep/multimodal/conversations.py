@@ -5,30 +5,55 @@
 
 Input: jsonl records
     {"id", "images": [path, ...], "audio": path, "audio_segments": [{"path", "start", "end"}],
-     "videos": [path, ...],
-     "conversations": [{"from": "human" | "gpt" | "system", "value": "<image><audio>\\n..."}]}
+     "videos": [path, ...], "reasoning_mode": "short" | "long",
+     "conversations": [{"from": "human" | "gpt" | "system", "value": "<image><audio>\\n...",
+                        "reasoning": "...", "loss": true}]}
 (every media key optional; "audio" and "audio_segments" exclusive). The k-th `<image>` in the
 turns is images[k], the k-th `<audio>` the k-th audio segment, the k-th `<video>` videos[k]; the
 counts must match (else `placeholder_mismatch`). Audio longer than 30 s becomes consecutive clips,
 each with its own `<audio>`. Turns are rendered by `sample_format.render_conversation`; only the
 assistant ("gpt") turns' content and turn-end markers are training targets, `<eod>` is not.
+
+Reasoning mode (docs/sft.md). `reasoning_mode` (default "short") is rendered the way the model is
+asked at inference, right after each assistant header: short puts the empty block
+`THINK_EMPTY` there as prompt (not a target), long puts `<think>\\n` there as prompt and the
+turn's `reasoning` as the target `{reasoning}\\n</think>\\n\\n` before the answer (a long
+sample whose trained assistant turn has no `reasoning` is skipped as `bad_field`). The mode is
+kept in the sample's metadata (`SampleMeta.extra["reasoning_mode"]`) and the command prints the
+count of each.
+
+Per assistant turn, `"loss": false` makes it context (no target at all), as interruption samples
+(interruptions.py) do with the turns before the interruption; a turn whose value is exactly
+`STOP_MARKER` has the marker as its only target (its turn end is not one: inference stops at the
+marker). A record's `interruption` field is kept in `SampleMeta.extra` as it is.
 """
 from __future__ import annotations
 
+import collections
+import json
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_omni.data.bad_samples import SkipSample
 from megatron_omni.data.media_items import MAX_AUDIO_SECONDS
-from megatron_omni.data.sample_format import (PLACEHOLDERS, ROLES, Manifest, Placeholder,
+from megatron_omni.data.sample_format import (PLACEHOLDERS, ROLES, Manifest, Placeholder, Text,
                                               placeholder_kinds, render_conversation,
-                                              split_placeholders)
+                                              shard_name, split_placeholders)
 from omni_data_prep.multimodal import cli
 from omni_data_prep.multimodal.media import (audio_items, load_audio, load_image, load_video,
                                              read_bytes)
 from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
                                               option)
+
+REASONING_MODES = ("short", "long")
+THINK_EMPTY = "<think>\n\n</think>\n\n"
+"""The prompt after the assistant header in short mode (Qwen3's non-thinking prompt)."""
+THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"
+"""Long mode: THINK_OPEN is prompt, the reasoning + THINK_CLOSE the first target text."""
+STOP_MARKER = "[INTERRUPTED]"
+"""The whole reply to an interruption command: encoded as its own piece, a fixed token sequence."""
 
 
 @dataclass
@@ -46,11 +71,15 @@ class ConversationSource(SampleSource):
                    "loss on assistant turns only.")
 
     def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
+        mode = field_of(record, "reasoning_mode", str, required=False) or "short"
+        if mode not in REASONING_MODES:
+            raise SkipSample("bad_field", f"reasoning_mode is {mode!r}, not one of "
+                                          f"{', '.join(REASONING_MODES)}")
         turns = _turns(field_of(record, "conversations", list))
         media = {"image": [ctx.resolve(p, "images[]") for p in _list(record, "images")],
                  "audio": _audio_segments(record, ctx),
                  "video": [ctx.resolve(p, "videos[]") for p in _list(record, "videos")]}
-        found = placeholder_kinds([p for _, content in turns for p in content])
+        found = placeholder_kinds([p for turn in turns for p in turn.content])
         for kind in PLACEHOLDERS:
             if found.count(kind) != len(media[kind]):
                 raise SkipSample("placeholder_mismatch",
@@ -59,17 +88,25 @@ class ConversationSource(SampleSource):
         next_item = {kind: iter(items) for kind, items in media.items()}
         stored = []
         expanded = []
-        for role, content in turns:
+        for turn in turns:
             pieces = []
-            for piece in content:
+            for piece in turn.content:
                 if isinstance(piece, Placeholder):
                     items = self._load(piece.kind, next(next_item[piece.kind]))
                     stored.extend(items)
                     pieces.extend(Placeholder(info.kind) for info, _ in items)
                 else:
                     pieces.append(piece)
-            expanded.append((role, pieces))
-        return Prepared(render_conversation(expanded), stored, eod_loss=False)
+            expanded.extend(_render_turn(turn, pieces, mode))
+        extra = {"reasoning_mode": mode}
+        if record.get("interruption") is not None:
+            extra["interruption"] = record["interruption"]
+        return Prepared(expanded, stored, eod_loss=False, extra=extra)
+
+    def report(self, output_dir: Path, manifest: Manifest) -> str:
+        """The samples per reasoning mode."""
+        counts = reasoning_mode_counts(output_dir, manifest)
+        return "reasoning_mode: " + ", ".join(f"{m} {counts[m]:,}" for m in REASONING_MODES)
 
     def _load(self, kind: str, item) -> list:
         if kind == "image":
@@ -86,20 +123,56 @@ def _list(record: dict, key: str) -> list:
     return field_of(record, key, list, required=False) or []
 
 
-def _turns(conversations: list) -> list[tuple[str, list]]:
+@dataclass(frozen=True)
+class _Turn:
+    role: str
+    content: list
+    reasoning: str | None
+    trains: bool
+
+
+def _turns(conversations: list) -> list[_Turn]:
     turns = []
     for i, turn in enumerate(conversations):
         if not isinstance(turn, dict) or turn.get("from") not in ROLES:
             raise SkipSample("bad_field", f"turn {i} has no known 'from' ({sorted(ROLES)})")
-        value = turn.get("value")
+        value, reasoning, trains = turn.get("value"), turn.get("reasoning"), turn.get("loss", True)
         if not isinstance(value, str):
             raise SkipSample("bad_field", f"turn {i} value is {type(value).__name__}")
         if not value.strip():
             raise SkipSample("empty_text", f"turn {i} is empty")
-        turns.append((ROLES[turn["from"]], split_placeholders(value, loss=False)))
-    if not any(role == "assistant" for role, _ in turns):
-        raise SkipSample("bad_field", "no assistant turn")
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise SkipSample("bad_field", f"turn {i} reasoning is {type(reasoning).__name__}")
+        if not isinstance(trains, bool):
+            raise SkipSample("bad_field", f"turn {i} loss is {trains!r}, not true or false")
+        role = ROLES[turn["from"]]
+        turns.append(_Turn(role, split_placeholders(value, loss=False), reasoning,
+                           trains and role == "assistant"))
+    if not any(t.trains for t in turns):
+        raise SkipSample("bad_field", "no assistant turn that trains")
     return turns
+
+
+def _render_turn(turn: _Turn, content: list, mode: str) -> list:
+    """`render_conversation` of one turn, with the reasoning mode's prompt (and, long, the
+    reasoning) after an assistant header, and the targets the module doc describes."""
+    header, *body, end = render_conversation([(turn.role, content)])
+    if turn.role != "assistant":
+        return [header, *body, end]
+    if not turn.trains:
+        body = [Text(p.text, False) if isinstance(p, Text) else p for p in body]
+        end = Text(end.text, False)
+    elif len(body) == 1 and isinstance(body[0], Text) and body[0].text == STOP_MARKER:
+        end = Text(end.text, False)
+    if mode == "short":
+        return [header, Text(THINK_EMPTY, False), *body, end]
+    if not turn.reasoning or not turn.reasoning.strip():
+        if turn.trains:
+            raise SkipSample("bad_field", "reasoning_mode long but a trained assistant turn has "
+                                          "no 'reasoning'")
+        return [header, Text(THINK_EMPTY, False), *body, end]
+    return [header, Text(THINK_OPEN, False), Text(turn.reasoning + THINK_CLOSE, turn.trains),
+            *body, end]
 
 
 def _audio_segments(record: dict, ctx: RecordContext) -> list[tuple[Path, float, float | None]]:
@@ -125,6 +198,21 @@ def _audio_segments(record: dict, ctx: RecordContext) -> list[tuple[Path, float,
 def main(argv: Sequence[str] | None = None) -> Manifest:
     """The `conversations` command (cli); returns the Manifest."""
     return cli.main("conversations", argv)
+
+
+def reasoning_mode_counts(folder: str | Path, manifest: Manifest) -> collections.Counter:
+    """Samples per reasoning mode of a prepared conversations folder, from the tars' metadata
+    members (the media are skipped, not read)."""
+    counts = collections.Counter()
+    for shard in manifest.shards:
+        if not shard.samples:
+            continue
+        with tarfile.open(Path(folder) / f"{shard_name(shard.index)}.tar") as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    meta = json.load(tar.extractfile(member))
+                    counts[meta.get("extra", {}).get("reasoning_mode", "short")] += 1
+    return counts
 
 
 if __name__ == "__main__":

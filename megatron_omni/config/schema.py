@@ -90,12 +90,19 @@ class TrainingConfig:
     """Optimisation and schedule."""
 
     train_steps: int = 40
+    num_epochs: int | None = None
+    """Train this many passes over the finite omni data instead (SFT): train_steps becomes the
+    steps in which the plan draws num_epochs x the samples of all sources
+    (data/multimodal/loader.py epoch_steps); null = train_steps. Needs model.omni."""
     micro_batch_size: int = 2
     global_batch_size: int = 8
     """Samples per optimizer step = micro_batch_size · dp · number of micro-batches."""
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 4
+    warmup_ratio: float | None = None
+    """Warmup as a share of the training steps (e.g. 0.03): warmup_steps becomes
+    round(warmup_ratio x train_steps) once train_steps is known; null = warmup_steps."""
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     """cosine, linear or constant (after warmup)."""
     lr_decay_steps: int | None = None

@@ -23,7 +23,7 @@ from megatron_omni import platform
 from megatron_omni.config import ConfigError, OmniConfig, config_to_dict, validate
 from megatron_omni.config.phases import PHASES, trainable_groups
 from megatron_omni.contract.media import PLACEHOLDERS
-from megatron_omni.data.multimodal.loader import build_omni_loader
+from megatron_omni.data.multimodal.loader import build_omni_loader, epoch_steps
 from megatron_omni.data.text import build_text_datasets, micro_batches
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config
@@ -108,6 +108,19 @@ def omni_micro_batches(cfg: OmniConfig, tokenizer, consumed_samples: int, dp_ran
                              dp_rank, dp)
 
 
+def resolve_schedule(cfg: OmniConfig, tokenizer) -> None:
+    """training.num_epochs into train_steps (the steps of that many passes over the omni data)
+    and training.warmup_ratio into warmup_steps, in place, before the scheduler is built."""
+    t = cfg.training
+    if t.num_epochs is not None:
+        t.train_steps = epoch_steps(cfg, tokenizer, encoders.media_tokens(cfg.model.omni), t.num_epochs)
+        log.info("%d epochs of the data: %d steps", t.num_epochs, t.train_steps)
+    if t.warmup_ratio is not None:
+        decay = t.lr_decay_steps or t.train_steps
+        t.warmup_steps = min(round(t.warmup_ratio * decay), decay - 1)  # megatron: warmup < decay
+        log.info("warmup_ratio %g: %d warmup steps", t.warmup_ratio, t.warmup_steps)
+
+
 class Trainer:
     def __init__(self, cfg: OmniConfig):
         self.cfg = cfg
@@ -118,6 +131,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
         placeholder_ids = {kind: self.tokenizer.special_ids[text] for kind, text in PLACEHOLDERS.items()}
+        resolve_schedule(cfg, self.tokenizer)
         self.model = build_model(cfg, self.vocab_size, placeholder_ids)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         # phase-4 distillation trains on the teacher's outputs; validation stays the LM loss
