@@ -303,6 +303,10 @@ class MultimodalDataConfig:
     """Prepared folders of audio transcripts."""
     cross_modal: list = field(default_factory=list)
     """Prepared folders mixing modalities (videos with their audio track, conversations)."""
+    valid: list = field(default_factory=list)
+    """Prepared folders of held-out samples (e.g. SFT conversations) for validation at
+    training.eval_interval: training.eval_steps global batches of them, the same ones each time;
+    empty = no omni validation (eval_interval must be 0)."""
     schedule: dict | list | None = None
     """The mix, as config/mixes.py Schedule.from_config reads it: {phase: 3}, {mix: {text: 0.4, ...}},
     {stages: [{start_step, mix, name}, ...]}, {progressive: true | [start steps]}; null = the

@@ -5,6 +5,7 @@ optimizer → scheduler → checkpoint → data), then Trainer.train.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import signal
@@ -121,6 +122,15 @@ def resolve_schedule(cfg: OmniConfig, tokenizer) -> None:
         log.info("warmup_ratio %g: %d warmup steps", t.warmup_ratio, t.warmup_steps)
 
 
+def held_out_config(cfg: OmniConfig) -> OmniConfig:
+    """The config whose omni loader yields the validation batches: data.multimodal.valid as the
+    only source (in order of a fixed mix), training.eval_steps steps from the first."""
+    mm = dataclasses.replace(cfg.data.multimodal, cross_modal=cfg.data.multimodal.valid,
+                             schedule={"mix": {"cross_modal": 1.0}})
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, multimodal=mm),
+                               training=dataclasses.replace(cfg.training, train_steps=cfg.training.eval_steps))
+
+
 class Trainer:
     def __init__(self, cfg: OmniConfig):
         self.cfg = cfg
@@ -219,10 +229,13 @@ class Trainer:
     def validate(self) -> float | None:
         """Mean validation loss over training.eval_steps fixed global batches (last stage)."""
         t = self.cfg.training
-        if self.valid_data is None:
+        if self.omni and self.cfg.data.multimodal.valid:
+            data = omni_micro_batches(held_out_config(self.cfg), self.tokenizer, 0, self.dp_rank, self.dp)
+        elif self.valid_data is None:
             raise ConfigError("no validation data: set training.eval_interval > 0 (and give "
                               "data.valid_blend or a validation share in data.split)")
-        data = micro_batches(self.valid_data, 0, self.cfg, self.dp_rank, self.dp)
+        else:
+            data = micro_batches(self.valid_data, 0, self.cfg, self.dp_rank, self.dp)
         batches = [self._next_global_batch(data) for _ in range(t.eval_steps)]
         return evaluate(self.model, batches, self.cfg.data.seq_length, t.micro_batch_size)
 

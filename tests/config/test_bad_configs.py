@@ -22,8 +22,8 @@ OMNI_SETS = ["parallel.tp=1", "phase=1", "data.tokenizer={data}/tok.model"] + [
 # name: (omni example?, overrides, pieces of the message: the field(s) and a valid value)
 CASES = {
     "omni_with_eval_interval": (True, ["training.eval_interval=5"],
-                                ["training.eval_interval must be 0 with model.omni",
-                                 "set training.eval_interval=0"]),
+                                ["training.eval_interval must be 0 with model.omni unless "
+                                 "data.multimodal.valid lists", "set training.eval_interval=0"]),
     "no_tokenizer": (False, ["data.tokenizer=null"],
                      ["data.tokenizer is not set", "e.g. data.tokenizer=hf/Qwen3-0.6B/tokenizer.json"]),
     "tokenizer_missing": (False, ["data.tokenizer={data}/missing.model"],
