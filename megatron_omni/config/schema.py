@@ -116,8 +116,7 @@ class TrainingConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
     eval_interval: int = 20
-    """Run validation every N steps (0 = never; must be 0 with model.omni, which has no
-    validation data yet)."""
+    """Run validation every N steps (0 = never; with model.omni it needs data.multimodal.valid)."""
     eval_steps: int = 2
     """Global batches per validation."""
     recompute: Literal["selective", "full"] | None = None
