@@ -14,13 +14,14 @@ counts must match (else `placeholder_mismatch`). Audio longer than 30 s becomes 
 each with its own `<audio>`. Turns are rendered by `sample_format.render_conversation`; only the
 assistant ("gpt") turns' content and turn-end markers are training targets, `<eod>` is not.
 
-Reasoning mode (docs/sft.md). `reasoning_mode` (default "short") is rendered the way the model is
-asked at inference, right after each assistant header: short puts the empty block
-`THINK_EMPTY` there as prompt (not a target), long puts `<think>\\n` there as prompt and the
-turn's `reasoning` as the target `{reasoning}\\n</think>\\n\\n` before the answer (a long
-sample whose trained assistant turn has no `reasoning` is skipped as `bad_field`). The mode is
-kept in the sample's metadata (`SampleMeta.extra["reasoning_mode"]`) and the command prints the
-count of each.
+Reasoning mode (docs/sft.md). `reasoning_mode` is rendered the way the model is asked at
+inference, right after each assistant header: short puts the empty block `THINK_EMPTY` there as
+prompt (not a target), long puts `<think>\\n` there as prompt and the turn's `reasoning` as the
+target `{reasoning}\\n</think>\\n\\n` before the answer (a long sample whose trained assistant
+turn has no `reasoning` is skipped as `bad_field`). A record without `reasoning_mode` is long for
+a `--long-share` of those whose trained assistant turns all have `reasoning` (picked by a hash of
+the turns, so a rerun picks the same), else short. The mode is kept in the sample's metadata
+(`SampleMeta.extra["reasoning_mode"]`) and the command prints the count of each.
 
 Per assistant turn, `"loss": false` makes it context (no target at all), as interruption samples
 (interruptions.py) do with the turns before the interruption; a turn whose value is exactly
@@ -32,6 +33,7 @@ from __future__ import annotations
 import collections
 import json
 import tarfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,23 +61,30 @@ STOP_MARKER = "[INTERRUPTED]"
 @dataclass
 class ConversationSource(SampleSource):
     """Options: the longest audio clip, the lowest accepted sample rate, video frame
-    sampling."""
+    sampling, the share of long reasoning mode among records that leave it open."""
 
     max_audio_seconds: float = option(MAX_AUDIO_SECONDS, "longest audio clip")
     min_sample_rate: int = option(8000, "skip audio recorded below this rate")
     fps: float = option(1.0, "video frames sampled per second")
     max_frames: int = option(64, "most frames per video")
+    long_share: float = option(0.0, "share of the records without reasoning_mode whose assistant "
+                                    "turns all have reasoning rendered long (chosen by a hash "
+                                    "of the turns); the rest short")
 
     kind = "conversation"
     description = ("SFT conversations (images/audio/videos + turns) -> multimodal shards with "
                    "loss on assistant turns only.")
 
     def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
-        mode = field_of(record, "reasoning_mode", str, required=False) or "short"
-        if mode not in REASONING_MODES:
+        if not 0 <= self.long_share <= 1:
+            raise ValueError(f"long_share={self.long_share} must be in [0, 1], e.g. 0.3")
+        mode = field_of(record, "reasoning_mode", str, required=False)
+        if mode is not None and mode not in REASONING_MODES:
             raise SkipSample("bad_field", f"reasoning_mode is {mode!r}, not one of "
                                           f"{', '.join(REASONING_MODES)}")
         turns = _turns(field_of(record, "conversations", list))
+        if mode is None:
+            mode = "long" if _draws_long(turns, self.long_share) else "short"
         media = {"image": [ctx.resolve(p, "images[]") for p in _list(record, "images")],
                  "audio": _audio_segments(record, ctx),
                  "video": [ctx.resolve(p, "videos[]") for p in _list(record, "videos")]}
@@ -151,6 +160,17 @@ def _turns(conversations: list) -> list[_Turn]:
     if not any(t.trains for t in turns):
         raise SkipSample("bad_field", "no assistant turn that trains")
     return turns
+
+
+def _draws_long(turns: list[_Turn], share: float) -> bool:
+    """Whether a record that leaves its mode open is long: every trained assistant turn has
+    reasoning, and a hash of the turns falls below `share`."""
+    if not all(t.reasoning and t.reasoning.strip() for t in turns if t.trains):
+        return False
+    text = json.dumps([(t.role, t.reasoning,
+                        [p.text if isinstance(p, Text) else p.kind for p in t.content])
+                       for t in turns], ensure_ascii=False)
+    return zlib.crc32(text.encode()) / 2**32 < share
 
 
 def _render_turn(turn: _Turn, content: list, mode: str) -> list:

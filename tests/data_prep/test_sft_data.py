@@ -157,3 +157,20 @@ def test_epochs_are_the_steps_that_draw_every_sample_that_many_times(tmp_path, s
                              "data.multimodal.packing=false", f"training.global_batch_size={global_batch}"])
     # one sample per row: ceil(epochs x 7 samples / rows per step)
     assert epoch_steps(cfg, tokenizer, CONFIG.media_tokens, epochs) == -(-epochs * 7 // global_batch)
+
+
+def test_long_share_picks_the_mode_of_open_records(tmp_path, spm_path, capsys):
+    records = [{"conversations": [{"from": "human", "value": f"q{i}"},
+                                  {"from": "gpt", "value": f"a{i}", "reasoning": f"r{i}"}]} for i in range(40)]
+    records += [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "no reasoning"}]},
+                {"reasoning_mode": "short", "conversations": records[0]["conversations"]}]
+    counts = {}
+    for share in (0.0, 0.5, 1.0):
+        out = tmp_path / f"share{share}"
+        conversations.main(["--input", write_jsonl(tmp_path / "in.jsonl", records), "--tokenizer", str(spm_path),
+                            "--output-dir", str(out), "--long-share", str(share)])
+        modes = [s.meta.extra["reasoning_mode"] for s in iter_samples(out, decode=False)]
+        assert f"reasoning_mode: short {modes.count('short')}, long {modes.count('long')}" in capsys.readouterr().out
+        assert modes[-2:] == ["short", "short"]   # no reasoning to render; the record's own mode
+        counts[share] = modes.count("long")
+    assert counts[0.0] == 0 and counts[1.0] == 40 and 10 < counts[0.5] < 30, counts
