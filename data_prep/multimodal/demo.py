@@ -154,7 +154,8 @@ def _sft_chats(captions: list[dict], transcripts: list[dict], videos: list[dict]
     """`n` SFT conversations of each kind (module doc), by the mix modality they go to."""
     image, video, audio, text = [], [], [], []
     for i in range(n):
-        cap, rec, vid = captions[i % len(captions)], transcripts[i % len(transcripts)], videos[i % len(videos)]
+        cap, rec = captions[i % len(captions)], transcripts[i % len(transcripts)]
+        vid = videos[i % len(videos)]
         colour, shape = cap["caption"].split()[1:]
         chat = {"id": f"image{i}", "images": [cap["image_path"]], "conversations": [
             {"from": "human", "value": "<image>\nWhat colour is the shape?"},

@@ -114,7 +114,8 @@ def resolve_schedule(cfg: OmniConfig, tokenizer) -> None:
     and training.warmup_ratio into warmup_steps, in place, before the scheduler is built."""
     t = cfg.training
     if t.num_epochs is not None:
-        t.train_steps = epoch_steps(cfg, tokenizer, encoders.media_tokens(cfg.model.omni), t.num_epochs)
+        media_tokens = encoders.media_tokens(cfg.model.omni)
+        t.train_steps = epoch_steps(cfg, tokenizer, media_tokens, t.num_epochs)
         log.info("%d epochs of the data: %d steps", t.num_epochs, t.train_steps)
     if t.warmup_ratio is not None:
         decay = t.lr_decay_steps or t.train_steps
@@ -124,11 +125,12 @@ def resolve_schedule(cfg: OmniConfig, tokenizer) -> None:
 
 def held_out_config(cfg: OmniConfig) -> OmniConfig:
     """The config whose omni loader yields the validation batches: data.multimodal.valid as the
-    only source (in order of a fixed mix), training.eval_steps steps from the first."""
+    only source (one mix modality), its plan's first training.eval_steps steps (the same
+    samples at every validation)."""
     mm = dataclasses.replace(cfg.data.multimodal, cross_modal=cfg.data.multimodal.valid,
                              schedule={"mix": {"cross_modal": 1.0}})
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, multimodal=mm),
-                               training=dataclasses.replace(cfg.training, train_steps=cfg.training.eval_steps))
+    steps = dataclasses.replace(cfg.training, train_steps=cfg.training.eval_steps)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, multimodal=mm), training=steps)
 
 
 class Trainer:
@@ -230,7 +232,8 @@ class Trainer:
         """Mean validation loss over training.eval_steps fixed global batches (last stage)."""
         t = self.cfg.training
         if self.omni and self.cfg.data.multimodal.valid:
-            data = omni_micro_batches(held_out_config(self.cfg), self.tokenizer, 0, self.dp_rank, self.dp)
+            data = omni_micro_batches(held_out_config(self.cfg), self.tokenizer, 0, self.dp_rank,
+                                      self.dp)
         elif self.valid_data is None:
             raise ConfigError("no validation data: set training.eval_interval > 0 (and give "
                               "data.valid_blend or a validation share in data.split)")
