@@ -10,6 +10,8 @@ One command per source shape, each `python -m omni_data_prep.multimodal <name> -
     video_caption     videos with captions and/or subtitles (frames at 1 fps, audio track)
     conversations     the unified SFT conversation format (loss on assistant turns only)
     demo              a synthetic omni corpus for the trainer made with all of the above
+    interruptions     conversation jsonl -> the same plus interruption samples (jsonl, then
+                      `conversations`; docs/sft.md)
 The shared machinery (shards, workers, resume, skip accounting) is in `runner`, media decoding
 in `media`; the demo has its own command.
 """

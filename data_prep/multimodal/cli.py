@@ -15,6 +15,7 @@ import importlib
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from megatron_omni.data.sample_format import MANIFEST_NAME, Manifest
 from omni_data_prep import cli_io
@@ -24,6 +25,9 @@ KINDS = {"image_caption": "ImageCaptionSource", "interleaved": "InterleavedSourc
          "audio_transcript": "AudioTranscriptSource", "video_caption": "VideoCaptionSource",
          "conversations": "ConversationSource"}
 """Command name (= module of omni_data_prep.multimodal) -> its SampleSource class."""
+TOOLS = ("interruptions",)
+"""Commands (modules of omni_data_prep.multimodal, each with its own `main`) that rewrite input
+records rather than prepare shards."""
 
 
 def source_class(kind: str) -> type[SampleSource]:
@@ -71,6 +75,9 @@ def main(kind: str, argv: Sequence[str] | None = None) -> Manifest:
                        strict=args.strict, media_root=args.media_root,
                        allow_empty=args.allow_empty)
     print(format_summary(manifest, time.perf_counter() - start))
+    report = source.report(Path(args.output_dir), manifest)
+    if report:
+        print(report)
     print(f"wrote {len(manifest.shards)} shards and {MANIFEST_NAME} to {args.output_dir}")
     return manifest
 
@@ -85,11 +92,13 @@ def format_summary(manifest: Manifest, seconds: float) -> str:
             f"{cli_io.skipped_line(totals['skipped'])}")
 
 
-def dispatch(argv: Sequence[str]) -> Manifest:
-    """`<kind> <options>`: command `kind` (one of KINDS) on the options."""
+def dispatch(argv: Sequence[str]) -> Manifest | dict:
+    """`<kind> <options>`: command `kind` (one of KINDS, or of TOOLS) on the options."""
+    if argv and argv[0] in TOOLS:
+        return importlib.import_module(f"omni_data_prep.multimodal.{argv[0]}").main(argv[1:])
     if not argv or argv[0] not in KINDS:
-        print(f"usage: python -m omni_data_prep.multimodal {{{','.join(KINDS)}}} ...\n"
-              f"error: the first argument must be a sample kind: {', '.join(KINDS)}",
-              file=sys.stderr)
+        print(f"usage: python -m omni_data_prep.multimodal {{{','.join((*KINDS, *TOOLS))}}} ...\n"
+              f"error: the first argument must be a sample kind ({', '.join(KINDS)}) or a tool "
+              f"({', '.join(TOOLS)})", file=sys.stderr)
         sys.exit(2)
     return main(argv[0], argv[1:])

@@ -14,8 +14,14 @@ What it makes (sizes are arguments):
     videos/           clips of a square moving left or right, no audio track
     videos_audio/     the same with a tone track ("... with a <f> hertz tone")
     conversations/    questions about an image ("what colour is it?") or a sound
+    sft_text/, sft_image/, sft_video/, sft_audio/
+                      SFT conversations (phase 5, docs/sft.md): counting questions (text only),
+                      about an image (a third of them long reasoning mode, with a <think>
+                      block), a video and a sound; interruptions.py adds an interruption
+                      sample for a quarter of the image and sound ones
 The mix modalities: text <- text_document; image_text <- images; video <- videos; audio <- audio;
-cross_modal <- videos_audio + conversations.
+cross_modal <- videos_audio + conversations. The SFT sources are returned apart, under "sft",
+as the phase-5 data.multimodal values (text, image_text, video, audio).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from omni_data_prep.make_demo_corpus import make_demo_corpus
 from omni_data_prep.multimodal.audio_transcript import AudioTranscriptSource
 from omni_data_prep.multimodal.conversations import ConversationSource
 from omni_data_prep.multimodal.image_caption import ImageCaptionSource
+from omni_data_prep.multimodal.interruptions import generate
 from omni_data_prep.multimodal.runner import run
 from omni_data_prep.multimodal.video_caption import VideoCaptionSource
 from omni_data_prep.preprocess_text import preprocess
@@ -142,12 +149,41 @@ def _chats(captions: list[dict], transcripts: list[dict], n: int) -> list[dict]:
     return chats
 
 
+def _sft_chats(captions: list[dict], transcripts: list[dict], videos: list[dict], n: int
+               ) -> dict[str, list[dict]]:
+    """`n` SFT conversations of each kind (module doc), by the mix modality they go to."""
+    image, video, audio, text = [], [], [], []
+    for i in range(n):
+        cap, rec = captions[i % len(captions)], transcripts[i % len(transcripts)]
+        vid = videos[i % len(videos)]
+        colour, shape = cap["caption"].split()[1:]
+        chat = {"id": f"image{i}", "images": [cap["image_path"]], "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+            {"from": "gpt", "value": f"It is {colour}.",
+             "reasoning": f"The shape is a {shape}. Its colour is {colour}."},
+            {"from": "human", "value": "And its form?"},
+            {"from": "gpt", "value": f"A {shape}.", "reasoning": f"It is a {colour} {shape}."}]}
+        image.append(dict(chat, reasoning_mode="long" if i % 3 == 0 else "short"))
+        direction = vid["caption"].split()[-1]
+        video.append({"id": f"video{i}", "videos": [vid["video_path"]], "conversations": [
+            {"from": "human", "value": "<video>\nWhere does the square move?"},
+            {"from": "gpt", "value": f"It moves {direction}."}]})
+        audio.append({"id": f"audio{i}", "audio": rec["audio_path"], "conversations": [
+            {"from": "human", "value": "<audio>\nWhat do you hear?"},
+            {"from": "gpt", "value": rec["transcript"].capitalize() + "."}]})
+        text.append({"id": f"text{i}", "conversations": [
+            {"from": "human", "value": f"What comes after {i}?"},
+            {"from": "gpt", "value": f"{i + 1} comes after {i}."}]})
+    return {"text": text, "image_text": image, "video": video, "audio": audio}
+
+
 def prepare_omni_demo(out_dir: str | Path, num_images: int = 48, num_audio: int = 16,
                       num_videos: int = 8, num_conversations: int = 16, num_docs: int = 300,
                       vocab_size: int = 400, seed: int = 0) -> dict:
     """Write the demo corpus (module doc) under `out_dir`; returns {"tokenizer": path,
-    "multimodal": {text, image_text, video, audio, cross_modal: [sources]}}. Reruns reuse the
-    finished folders (the CLIs resume)."""
+    "multimodal": {text, image_text, video, audio, cross_modal: [sources]}, "sft": {text,
+    image_text, video, audio: [sources]}}. Reruns reuse the finished folders (the CLIs
+    resume)."""
     out = Path(out_dir)
     media = out / "media"
     media.mkdir(parents=True, exist_ok=True)
@@ -183,7 +219,16 @@ def prepare_omni_demo(out_dir: str | Path, num_images: int = 48, num_audio: int 
                                   (ConversationSource(), "conversations", chats)]:
         run(source, [_jsonl(out / f"{name}.jsonl", records)], tokenizer, out / name,
             progress=False, media_root=media)
-    return {"tokenizer": str(tokenizer),
+    sft = {}
+    for modality, records in _sft_chats(captions, transcripts, silent, num_conversations).items():
+        name = f"sft_{modality.split('_')[0]}"
+        plain = _jsonl(out / f"{name}_plain.jsonl", records)
+        rate = 0.25 if modality in ("image_text", "audio") else 0.0
+        generate([plain], out / f"{name}.jsonl", rate, seed)
+        run(ConversationSource(), [str(out / f"{name}.jsonl")], tokenizer, out / name,
+            progress=False, media_root=media)
+        sft[modality] = [str(out / name)]
+    return {"tokenizer": str(tokenizer), "sft": sft,
             "multimodal": {"text": [str(out / "text_document")],
                            "image_text": [str(out / "images")], "video": [str(out / "videos")],
                            "audio": [str(out / "audio")],
@@ -202,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     print(yaml.safe_dump({"data": {"tokenizer": values["tokenizer"],
                                    "multimodal": values["multimodal"]}}, sort_keys=False))
+    print("# phase 5 (SFT): data.multimodal sources\n"
+          + yaml.safe_dump({"sft": values["sft"]}, sort_keys=False))
     return values
 
 

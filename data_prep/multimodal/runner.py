@@ -142,6 +142,10 @@ class SampleSource(ABC):
     def options(self) -> dict:
         return dataclasses.asdict(self)
 
+    def report(self, output_dir: Path, manifest: Manifest) -> str | None:
+        """A kind-specific line the command prints after its summary, or None."""
+        return None
+
 
 @dataclass
 class _ShardTask:

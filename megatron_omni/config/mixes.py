@@ -14,10 +14,13 @@ PHASE_MIXES: dict[int, dict[str, float]] = {
     1: {"image_text": 2 / 3, "audio": 1 / 3},
     2: {"image_text": 2 / 3, "audio": 1 / 3},
     3: {"text": 0.40, "image_text": 0.25, "video": 0.15, "audio": 0.10, "cross_modal": 0.10},
+    5: {"text": 0.10, "image_text": 0.39, "video": 0.31, "audio": 0.20},
 }
 """Per training phase, the data mix: phase 1 (image captions + ASR pairs) and 2 (OCR-dense
 documents + audio events) 2:1 as the plan's batch sizes and sample counts (3.1.2, 3.1.3);
-phase 3 the omni pretraining mix (3.1.4)."""
+phase 3 the omni pretraining mix (3.1.4); phase 5 the stage-1 SFT mix (3.1.6, 7.1.2): ~10%
+text-only conversations against regression, the rest image : video : audio instructions
+100K : 80K : 50K."""
 
 PROGRESSIVE_SCHEDULE: list[dict] = [
     {"name": "image_text", "start_step": 0, "mix": {"text": 0.40, "image_text": 0.60}},

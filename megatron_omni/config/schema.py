@@ -90,12 +90,19 @@ class TrainingConfig:
     """Optimisation and schedule."""
 
     train_steps: int = 40
+    num_epochs: int | None = None
+    """Train this many passes over the finite omni data instead (SFT): train_steps becomes the
+    steps in which the plan draws num_epochs x the samples of all sources
+    (data/multimodal/loader.py epoch_steps); null = train_steps. Needs model.omni."""
     micro_batch_size: int = 2
     global_batch_size: int = 8
     """Samples per optimizer step = micro_batch_size · dp · number of micro-batches."""
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 4
+    warmup_ratio: float | None = None
+    """Warmup as a share of the training steps (e.g. 0.03): warmup_steps becomes
+    round(warmup_ratio x train_steps) once train_steps is known; null = warmup_steps."""
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     """cosine, linear or constant (after warmup)."""
     lr_decay_steps: int | None = None
@@ -109,8 +116,7 @@ class TrainingConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
     eval_interval: int = 20
-    """Run validation every N steps (0 = never; must be 0 with model.omni, which has no
-    validation data yet)."""
+    """Run validation every N steps (0 = never; with model.omni it needs data.multimodal.valid)."""
     eval_steps: int = 2
     """Global batches per validation."""
     recompute: Literal["selective", "full"] | None = None
@@ -296,6 +302,10 @@ class MultimodalDataConfig:
     """Prepared folders of audio transcripts."""
     cross_modal: list = field(default_factory=list)
     """Prepared folders mixing modalities (videos with their audio track, conversations)."""
+    valid: list = field(default_factory=list)
+    """Prepared folders of held-out samples (e.g. SFT conversations) for validation at
+    training.eval_interval: training.eval_steps global batches of them, the same ones each time;
+    empty = no omni validation (eval_interval must be 0)."""
     schedule: dict | list | None = None
     """The mix, as config/mixes.py Schedule.from_config reads it: {phase: 3}, {mix: {text: 0.4, ...}},
     {stages: [{start_step, mix, name}, ...]}, {progressive: true | [start steps]}; null = the

@@ -69,6 +69,15 @@ def _validate_schedule(cfg: OmniConfig) -> None:
                           "(= train_steps)")
     if t.warmup_steps < 0:
         raise ConfigError(f"training.warmup_steps={t.warmup_steps} must be >= 0")
+    if t.num_epochs is not None and t.num_epochs < 1:
+        raise ConfigError(f"training.num_epochs={t.num_epochs} must be >= 1, or null (= train_steps)")
+    if t.num_epochs is not None and cfg.model.omni is None:
+        raise ConfigError("training.num_epochs needs model.omni (the text data is sampled, not "
+                          "finite); set training.num_epochs=null and training.train_steps")
+    if t.warmup_ratio is not None:
+        if not 0 <= t.warmup_ratio < 1:
+            raise ConfigError(f"training.warmup_ratio={t.warmup_ratio} must be in [0, 1), e.g. 0.03")
+        return  # warmup_steps follows from it once train_steps is known (training/trainer.py)
     decay = t.lr_decay_steps or t.train_steps
     if t.warmup_steps >= decay:
         raise ConfigError(

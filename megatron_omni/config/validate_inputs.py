@@ -44,10 +44,10 @@ def _validate_tokenizer(cfg: OmniConfig) -> None:
 
 
 def _validate_multimodal_sources(cfg: OmniConfig) -> None:
-    """Each source of a modality the mix draws exists: a folder or an indexed-binary prefix (the
-    loader then checks that a folder is a prepared one)."""
+    """Each source of a modality the mix draws, and of data.multimodal.valid, exists: a folder or
+    an indexed-binary prefix (the loader then checks that a folder is a prepared one)."""
     mm = cfg.data.multimodal
-    for m in Schedule.from_config(schedule_config(cfg)).modalities:
+    for m in [*Schedule.from_config(schedule_config(cfg)).modalities, "valid"]:
         for i, path in enumerate(getattr(mm, m)):
             if not (Path(path).is_dir() or all(Path(f"{path}{ext}").is_file() for ext in (".bin", ".idx"))):
                 raise ConfigError(f"data.multimodal.{m}[{i}]={path} does not exist; give a prepared "
@@ -82,8 +82,11 @@ def _validate_validation_data(cfg: OmniConfig) -> None:
     if not t.eval_interval:
         return
     if cfg.model.omni is not None:
-        raise ConfigError("training.eval_interval must be 0 with model.omni (omni validation "
-                          "data is not wired up yet); set training.eval_interval=0")
+        if d.multimodal is None or not d.multimodal.valid:
+            raise ConfigError("training.eval_interval must be 0 with model.omni unless "
+                              "data.multimodal.valid lists held-out prepared folders; set "
+                              "training.eval_interval=0")
+        return
     if t.train_steps >= t.eval_interval and d.valid_blend is None and shares[1] == 0:
         raise ConfigError(f"training.eval_interval={cfg.training.eval_interval} but data.split="
                           f"{cfg.data.split!r} leaves no validation documents; give it a "

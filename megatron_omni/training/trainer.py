@@ -5,6 +5,7 @@ optimizer → scheduler → checkpoint → data), then Trainer.train.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import signal
@@ -23,7 +24,7 @@ from megatron_omni import platform
 from megatron_omni.config import ConfigError, OmniConfig, config_to_dict, validate
 from megatron_omni.config.phases import PHASES, trainable_groups
 from megatron_omni.contract.media import PLACEHOLDERS
-from megatron_omni.data.multimodal.loader import build_omni_loader
+from megatron_omni.data.multimodal.loader import build_omni_loader, epoch_steps
 from megatron_omni.data.text import build_text_datasets, micro_batches
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config
@@ -109,6 +110,30 @@ def omni_micro_batches(cfg: OmniConfig, tokenizer, consumed_samples: int, dp_ran
                              dp_rank, dp)
 
 
+def resolve_schedule(cfg: OmniConfig, tokenizer) -> None:
+    """training.num_epochs into train_steps (the steps of that many passes over the omni data)
+    and training.warmup_ratio into warmup_steps, in place, before the scheduler is built."""
+    t = cfg.training
+    if t.num_epochs is not None:
+        media_tokens = encoders.media_tokens(cfg.model.omni)
+        t.train_steps = epoch_steps(cfg, tokenizer, media_tokens, t.num_epochs)
+        log.info("%d epochs of the data: %d steps", t.num_epochs, t.train_steps)
+    if t.warmup_ratio is not None:
+        decay = t.lr_decay_steps or t.train_steps
+        t.warmup_steps = min(round(t.warmup_ratio * decay), decay - 1)  # megatron: warmup < decay
+        log.info("warmup_ratio %g: %d warmup steps", t.warmup_ratio, t.warmup_steps)
+
+
+def held_out_config(cfg: OmniConfig) -> OmniConfig:
+    """The config whose omni loader yields the validation batches: data.multimodal.valid as the
+    only source (one mix modality), its plan's first training.eval_steps steps (the same
+    samples at every validation)."""
+    mm = dataclasses.replace(cfg.data.multimodal, cross_modal=cfg.data.multimodal.valid,
+                             schedule={"mix": {"cross_modal": 1.0}})
+    steps = dataclasses.replace(cfg.training, train_steps=cfg.training.eval_steps)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, multimodal=mm), training=steps)
+
+
 class Trainer:
     def __init__(self, cfg: OmniConfig):
         self.cfg = cfg
@@ -119,6 +144,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
         placeholder_ids = {kind: self.tokenizer.special_ids[text] for kind, text in PLACEHOLDERS.items()}
+        resolve_schedule(cfg, self.tokenizer)
         self.model = build_model(cfg, self.vocab_size, placeholder_ids)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         # phase-4 distillation trains on the teacher's outputs; validation stays the LM loss
@@ -206,10 +232,14 @@ class Trainer:
     def validate(self) -> float | None:
         """Mean validation loss over training.eval_steps fixed global batches (last stage)."""
         t = self.cfg.training
-        if self.valid_data is None:
+        if self.omni and self.cfg.data.multimodal.valid:
+            data = omni_micro_batches(held_out_config(self.cfg), self.tokenizer, 0, self.dp_rank,
+                                      self.dp)
+        elif self.valid_data is None:
             raise ConfigError("no validation data: set training.eval_interval > 0 (and give "
                               "data.valid_blend or a validation share in data.split)")
-        data = micro_batches(self.valid_data, 0, self.cfg, self.dp_rank, self.dp)
+        else:
+            data = micro_batches(self.valid_data, 0, self.cfg, self.dp_rank, self.dp)
         batches = [self._next_global_batch(data) for _ in range(t.eval_steps)]
         return evaluate(self.model, batches, self.cfg.data.seq_length, t.micro_batch_size)
 

@@ -22,8 +22,15 @@ OMNI_SETS = ["parallel.tp=1", "phase=1", "data.tokenizer={data}/tok.model"] + [
 # name: (omni example?, overrides, pieces of the message: the field(s) and a valid value)
 CASES = {
     "omni_with_eval_interval": (True, ["training.eval_interval=5"],
-                                ["training.eval_interval must be 0 with model.omni",
-                                 "set training.eval_interval=0"]),
+                                ["training.eval_interval must be 0 with model.omni unless "
+                                 "data.multimodal.valid lists", "set training.eval_interval=0"]),
+    "omni_valid_missing": (True, ["training.eval_interval=5", "data.multimodal.valid=[{data}/nowhere]"],
+                           ["data.multimodal.valid[0]={data}/nowhere does not exist"]),
+    "num_epochs_text": (False, ["training.num_epochs=2"],
+                        ["training.num_epochs needs model.omni", "training.num_epochs=null"]),
+    "num_epochs_zero": (True, ["training.num_epochs=0"], ["training.num_epochs=0 must be >= 1"]),
+    "warmup_ratio_bad": (False, ["training.warmup_ratio=1.5"],
+                         ["training.warmup_ratio=1.5 must be in [0, 1)", "e.g. 0.03"]),
     "no_tokenizer": (False, ["data.tokenizer=null"],
                      ["data.tokenizer is not set", "e.g. data.tokenizer=hf/Qwen3-0.6B/tokenizer.json"]),
     "tokenizer_missing": (False, ["data.tokenizer={data}/missing.model"],

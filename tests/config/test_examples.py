@@ -6,6 +6,7 @@ import pytest
 
 from megatron_omni.config import load_config, validate
 from megatron_omni.config.mixes import PHASE_MIXES, Schedule
+from megatron_omni.plan import Hardware, check_fits
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLES = sorted(EXAMPLE_DIR.glob("*.yaml"))
@@ -64,3 +65,22 @@ def test_phase_examples_follow_the_plan():
         if cfg.phase == 4:
             assert cfg.training.lr == 5e-6 and cfg.data.seq_length == 32768, path.name
             assert cfg.parallel.sequence_parallel and cfg.parallel.cp > 1, path.name
+
+
+def test_sft_examples_follow_the_plan():
+    """Seed plan 3.1.6 / 7.1.2 phase 5: lr 2e-5, 3 epochs, warmup ratio 0.03, stage 1 at 8K with
+    the ~10% text share (the phase-5 mix), stage 2 at 32K on long-CoT data (no CP until the omni
+    model has it: a layout the planner fits into 80 GiB without), each from the stage before;
+    8 GPUs."""
+    s1 = load_config(EXAMPLE_DIR / "omni_8b_sft_stage1_8gpu.yaml")
+    s2 = load_config(EXAMPLE_DIR / "omni_8b_sft_stage2_8gpu.yaml")
+    for cfg, seq in ((s1, 8192), (s2, 32768)):
+        t = cfg.training
+        assert (cfg.phase, t.lr, t.num_epochs, t.warmup_ratio, t.trainable) == (5, 2e-5, 3, 0.03, None)
+        assert cfg.data.seq_length == seq and cfg.parallel.cp == 1 and cfg.data.multimodal.packing
+    assert s1.data.multimodal.schedule is None and PHASE_MIXES[5]["text"] == pytest.approx(0.10)
+    assert Schedule.from_config(s2.data.multimodal.schedule).stages[0].weights["text"] == pytest.approx(0.10)
+    assert s1.checkpoint.load.startswith("runs/phase3/") and s2.checkpoint.load == s1.checkpoint.dir
+    for name, cfg in (("omni_8b_sft_stage1_8gpu.yaml", s1), ("omni_8b_sft_stage2_8gpu.yaml", s2)):
+        assert header_world_size(EXAMPLE_DIR / name) == 8
+        check_fits(cfg, validate(cfg, 8), 8, Hardware(gpu_memory_gib=80.0))  # the planner: it fits an A100 80GB

@@ -19,6 +19,7 @@ from megatron_omni.data.multimodal import features, images as image_io
 from megatron_omni.data.multimodal.dataset import LoaderConfig, MultimodalDataset, TextDocuments
 from megatron_omni.data.multimodal.packing import collate, fit, pack_row
 from megatron_omni.data.sample_format import TURN_END, TURN_START, sample_id
+from omni_data_prep.multimodal.conversations import THINK_EMPTY
 
 from ..synthetic_media import special_id
 from .conftest import CAPTIONS
@@ -172,6 +173,7 @@ def test_conversation_loss_mask_is_exactly_the_assistant_turns(corpus, tokenizer
                                   ("user", enc("Sure?"), False),
                                   ("assistant", enc("Yes."), True)]:
         header, end = enc(f"{TURN_START}{role}\n"), enc(TURN_END)
+        header += enc(THINK_EMPTY) if role == "assistant" else []  # short reasoning mode
         pieces.append((header + content + end,
                        [0] * len(header) + [int(target)] * (len(content) + len(end))))
     pieces.append(([tokenizer.eod_id], [0]))

@@ -253,6 +253,7 @@ def test_conversation_loss_mask_covers_exactly_assistant_turns(tmp_path, spm_pat
             ("user", enc("And ") + [image] + enc(" with ") + [audio] + enc("?"), False),
             ("assistant", enc("Another image, a shorter tone."), True)]:
         header, end = enc(f"{TURN_START}{role}\n"), enc(TURN_END)
+        header += enc(conversations.THINK_EMPTY) if role == "assistant" else []  # short reasoning mode
         expected += header + content + end
         mask += [False] * len(header) + [target] * (len(content) + len(end))
     assert sample.tokens.tolist() == expected + [tokenizer.eod_id]

@@ -30,6 +30,7 @@ and key.
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -245,24 +246,12 @@ def build_omni_loader(cfg: OmniConfig, tokenizer, media_tokens: MediaTokens,
         consumed_samples: rows already trained on (a multiple of training.global_batch_size).
         dp_rank, dp: this rank's data-parallel rank and the data-parallel size.
     """
-    from megatron_omni.config.validate_omni import schedule_config
-
-    mm, t = cfg.data.multimodal, cfg.training
-    if mm is None:
-        raise ConfigError("data.multimodal is null: this run has no omni data")
+    t = cfg.training
     if consumed_samples % t.global_batch_size:
         raise ValueError(f"consumed_samples={consumed_samples} is not a whole number of steps "
                          f"of training.global_batch_size={t.global_batch_size}")
-    schedule = Schedule.from_config(schedule_config(cfg))
-    config = LoaderConfig(image_size=mm.image_size, image_backend=mm.image_backend,
-                          max_video_frames=mm.max_video_frames, n_mels=mm.n_mels,
-                          pad_audio_to_30s=mm.pad_audio_to_30s, media_tokens=media_tokens,
-                          compute_position_ids=mm.tmrope)
-    sources = open_sources(cfg, tokenizer, config, schedule.modalities)
-    seed = t.seed if mm.seed is None else mm.seed
-    stream = MixtureStream(schedule, {m: len(s) for m, s in sources.items()}, seed)
-    plan = plan_steps(stream, {m: s.lengths for m, s in sources.items()}, cfg.data.seq_length,
-                      t.global_batch_size, mm.packing)
+    mm = cfg.data.multimodal
+    schedule, sources, plan, seed = _plan(cfg, tokenizer, media_tokens)
     first = consumed_samples // t.global_batch_size
     batches = _micro_batch_rows(plan, first, t.train_steps, dp_rank, dp, t.micro_batch_size)
     reader = RowReader(sources, cfg.data.seq_length, tokenizer.pad_id, mm.tmrope)
@@ -273,3 +262,33 @@ def build_omni_loader(cfg: OmniConfig, tokenizer, media_tokens: MediaTokens,
         generator=torch.Generator().manual_seed(seed))
     num_micro = max(0, t.train_steps - first) * (t.global_batch_size // dp // t.micro_batch_size)
     return OmniLoader(loader, schedule.modalities, num_micro)
+
+
+def epoch_steps(cfg: OmniConfig, tokenizer, media_tokens: MediaTokens, num_epochs: int) -> int:
+    """The steps of training.global_batch_size rows in which the plan (module doc) draws
+    num_epochs times the samples of all sources of the schedule's modalities: the train_steps of
+    training.num_epochs (metadata only, nothing decoded)."""
+    _, sources, plan, _ = _plan(cfg, tokenizer, media_tokens)
+    target = num_epochs * sum(len(s) for s in sources.values())
+    drawn = itertools.accumulate(sum(len(row) for row in rows) for rows in plan)
+    return next(step for step, n in enumerate(drawn, start=1) if n >= target)
+
+
+def _plan(cfg: OmniConfig, tokenizer, media_tokens: MediaTokens):
+    """(schedule, sources per modality, the plan's steps from step 0, seed) of the config."""
+    from megatron_omni.config.validate_omni import schedule_config
+
+    mm, t = cfg.data.multimodal, cfg.training
+    if mm is None:
+        raise ConfigError("data.multimodal is null: this run has no omni data")
+    schedule = Schedule.from_config(schedule_config(cfg))
+    config = LoaderConfig(image_size=mm.image_size, image_backend=mm.image_backend,
+                          max_video_frames=mm.max_video_frames, n_mels=mm.n_mels,
+                          pad_audio_to_30s=mm.pad_audio_to_30s, media_tokens=media_tokens,
+                          compute_position_ids=mm.tmrope)
+    sources = open_sources(cfg, tokenizer, config, schedule.modalities)
+    seed = t.seed if mm.seed is None else mm.seed
+    stream = MixtureStream(schedule, {m: len(s) for m, s in sources.items()}, seed)
+    plan = plan_steps(stream, {m: s.lengths for m, s in sources.items()}, cfg.data.seq_length,
+                      t.global_batch_size, mm.packing)
+    return schedule, sources, plan, seed
