@@ -310,3 +310,16 @@ def hybrid_folder_to_megatron(hf_dir: str | Path, out_root: str | Path,
     with staged_folder(out_root) as tmp:
         saved = checkpoint.save_checkpoint(tmp, 0, [model], 0, config_to_dict(cfg), vocab_size)
     return Path(out_root) / saved.name
+
+
+def convert_if_hybrid(args) -> dict | None:
+    """launch/convert_checkpoint.py's hybrid dispatch: ``to-hf`` of a hybrid checkpoint and
+    ``from-hf`` of an omni_hybrid folder run here (returns the summary); None for anything else."""
+    if args.command == "to-hf":
+        common = checkpoint.read_common(checkpoint.resolve(args.checkpoint))
+        if not is_hybrid(config_from_dict(common["config"]).model):
+            return None
+        return export_hybrid(args.checkpoint, args.out, args.tokenizer, args.verify, args.tolerance)
+    if args.command == "from-hf" and is_hybrid_folder(args.hf):
+        return {"checkpoint": str(hybrid_folder_to_megatron(args.hf, args.out, args.tokenizer))}
+    return None

@@ -213,9 +213,8 @@ class HybridAttention(nn.Module):
         gated = {"S": config.sparse["output_gate"], "L": config.linear["output_gate"]}.get(kind, False)
         self.g_proj = nn.Linear(h, nh * d, bias=False) if gated else None
         self.out_norm = RMSNorm(nh * d, config.rms_norm_eps) if kind == "L" else None
-        if kind == "L":
-            self.register_buffer("slopes", decay_slopes(config.linear, nh, linear_index, num_linear),
-                                 persistent=False)
+        self.linear_layer = (linear_index, num_linear)  # slopes are made in forward: no buffer
+        # (from_pretrained builds modules on the meta device and loads only stored tensors)
 
     def forward(self, x, cos, sin):
         b, t, _ = x.shape
@@ -233,7 +232,8 @@ class HybridAttention(nn.Module):
         else:
             group = q.shape[1] // k.shape[1]
             k, v = (y.repeat_interleave(group, dim=1) for y in (k, v))
-            o = lightning_attention(q, k, v, self.slopes, self.config.linear["chunk_size"]).to(x.dtype)
+            slopes = decay_slopes(self.config.linear, q.shape[1], *self.linear_layer)
+            o = lightning_attention(q, k, v, slopes, self.config.linear["chunk_size"]).to(x.dtype)
         o = o.transpose(1, 2).reshape(b, t, -1)
         if self.out_norm is not None:
             o = self.out_norm(o)
