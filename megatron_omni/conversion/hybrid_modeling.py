@@ -136,20 +136,25 @@ def pool_keys(k, size: int, stride: int):
     return k.float().unfold(2, size, stride).mean(-1)
 
 
-def select_blocks(q, k, st: dict):
-    """Key blocks each query block attends: bool [b, hkv, NB, NB] (query block, key block).
+QUERY_CHUNK_BLOCKS = 16
+"""Query blocks a sparse layer scores and attends at a time (memory ~ chunk x sequence)."""
 
-    Token t scores window c (visible when it ends at or before t) by
-    exp(q_t . K1_c * scale - lse_t), lse_t the logsumexp of q_t against the coarser visible K2
-    windows (no K2 window yet: the token adds nothing); summed over the query heads of a group
-    and the tokens of the query block. A key block scores the max of the windows overlapping it;
-    the first init_blocks and the local_blocks most recent are forced, top-k of the rest by score
-    (ties to the lower block), never a block after the query block."""
-    b, hq, t, d = q.shape
-    hkv, bs = k.shape[1], st["block_size"]
+
+def select_blocks(q, k, st: dict, first_block: int = 0):
+    """Key blocks each query block attends: bool [b, hkv, NQB, NKB] (query block, key block).
+
+    q [b, hq, tq, d] holds positions [first_block * block_size, ... + tq), k [b, hkv, tk, d] the
+    keys [0, tk) up to the last query. Token t scores window c (visible when it ends at or
+    before t) by exp(q_t . K1_c * scale - lse_t), lse_t the logsumexp of q_t against the coarser
+    visible K2 windows (no K2 window yet: the token adds nothing); summed over the query heads of
+    a group and the tokens of the query block. A key block scores the max of the windows
+    overlapping it; the first init_blocks and the local_blocks most recent are forced, top-k of
+    the rest by score (ties to the lower block), never a block after the query block."""
+    b, hq, tq, d = q.shape
+    hkv, tk, bs = k.shape[1], k.shape[2], st["block_size"]
     scale = d ** -0.5
-    q = q.float().view(b, hkv, hq // hkv, t, d)
-    pos = torch.arange(t, device=q.device)
+    q = q.float().view(b, hkv, hq // hkv, tq, d)
+    pos = first_block * bs + torch.arange(tq, device=q.device)
     k1 = pool_keys(k, st["kernel_size"], st["kernel_stride"])
     k2 = pool_keys(k, st["lse_kernel_size"], st["lse_kernel_stride"])
     end1 = torch.arange(k1.shape[2], device=q.device) * st["kernel_stride"] + st["kernel_size"] - 1
@@ -158,15 +163,16 @@ def select_blocks(q, k, st: dict):
     lse = s2.masked_fill(end2 > pos[:, None], float("-inf")).logsumexp(-1, keepdim=True)
     lse = torch.where(torch.isfinite(lse), lse, float("inf"))
     s1 = torch.exp(torch.einsum("bhgtd,bhcd->bhgtc", q, k1) * scale - lse)
-    s1 = s1.masked_fill(end1 > pos[:, None], 0.0).sum(2)  # [b, hkv, t, C1]
-    nb = -(-t // bs)
-    s1 = F.pad(s1, (0, 0, 0, nb * bs - t)).view(b, hkv, nb, bs, -1).sum(3)  # [b, hkv, NB, C1]
+    s1 = s1.masked_fill(end1 > pos[:, None], 0.0).sum(2)  # [b, hkv, tq, C1]
+    nqb, nkb = -(-tq // bs), -(-tk // bs)
+    s1 = F.pad(s1, (0, 0, 0, nqb * bs - tq)).view(b, hkv, nqb, bs, -1).sum(3)  # [b, hkv, NQB, C1]
     pool_s = bs // st["kernel_stride"]
     pool_pad = st["kernel_size"] // st["kernel_stride"] - 1
-    # block j takes the max over windows [j*pool_s - pool_pad, (j+1)*pool_s) (zero outside)
-    s1 = F.pad(s1, (pool_pad, max(0, nb * pool_s - s1.shape[-1])))
-    score = s1.unfold(-1, pool_s + pool_pad, pool_s)[..., :nb, :].amax(-1)  # [b, hkv, NB, NB]
-    qb, kb = torch.arange(nb, device=q.device)[:, None], torch.arange(nb, device=q.device)[None, :]
+    # key block j takes the max over windows [j*pool_s - pool_pad, (j+1)*pool_s) (zero outside)
+    s1 = F.pad(s1, (pool_pad, max(0, nkb * pool_s - s1.shape[-1])))
+    score = s1.unfold(-1, pool_s + pool_pad, pool_s)[..., :nkb, :].amax(-1)  # [b, hkv, NQB, NKB]
+    qb = first_block + torch.arange(nqb, device=q.device)[:, None]
+    kb = torch.arange(nkb, device=q.device)[None, :]
     forced = (kb < st["init_blocks"]) | (kb > qb - st["local_blocks"])
     score = torch.where(kb > qb, float("-inf"), torch.where(forced, float("inf"), score))
     slots = st["init_blocks"] + st["local_blocks"] + st["topk"]
@@ -178,20 +184,25 @@ def select_blocks(q, k, st: dict):
 
 def infllmv2_attention(q, k, v, st: dict):
     """InfLLM-V2 attention, q [b, hq, t, d], k/v [b, hkv, t, d] -> [b, hq, t, d]: dense causal
-    below dense_len keys, else causal attention restricted to the selected blocks."""
+    below dense_len keys, else causal attention restricted to the selected blocks, computed
+    QUERY_CHUNK_BLOCKS query blocks at a time."""
     t, group = q.shape[2], q.shape[1] // k.shape[1]
     if t < st["dense_len"]:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=group > 1)
     bs = st["block_size"]
-    chosen = select_blocks(q, k, st)  # [b, hkv, NB, NB]
-    blk = torch.arange(t, device=q.device) // bs
-    allowed = chosen[:, :, blk][..., blk]  # [b, hkv, t, t]
-    allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    allowed = allowed.repeat_interleave(group, dim=1)
     kk, vv = (x.repeat_interleave(group, dim=1).float() for x in (k, v))
-    scores = (q.float() @ kk.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-    return (probs @ vv).to(q.dtype)
+    outs = []
+    for start in range(0, t, QUERY_CHUNK_BLOCKS * bs):
+        qc = q[:, :, start:start + QUERY_CHUNK_BLOCKS * bs]
+        end = start + qc.shape[2]
+        chosen = select_blocks(qc, k[:, :, :end], st, start // bs)  # [b, hkv, NQB, NKB]
+        pos_q, pos_k = torch.arange(start, end, device=q.device), torch.arange(end, device=q.device)
+        allowed = chosen[:, :, pos_q // bs - start // bs][..., pos_k // bs]  # [b, hkv, tq, end]
+        allowed = (allowed & (pos_k <= pos_q[:, None])).repeat_interleave(group, dim=1)
+        scores = (qc.float() @ kk[:, :, :end].transpose(-1, -2)) * q.shape[-1] ** -0.5
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        outs.append(probs @ vv[:, :, :end])
+    return torch.cat(outs, dim=2).to(q.dtype)
 
 
 class HybridAttention(nn.Module):

@@ -5,8 +5,10 @@ megatron above sparse.dense_len with blocks dropped, generate() against megatron
 the modeling file's sparse selection and Lightning recurrence against the kernels' naive
 references, the round trip through from-hf bit for bit, and every refusal leaving nothing on disk.
 """
+import contextlib
 import dataclasses
 import inspect
+import io
 import json
 import os
 import subprocess
@@ -21,8 +23,7 @@ from megatron_omni.config.schema import LinearAttentionConfig, OmniModelConfig, 
 from megatron_omni.conversion import hybrid_modeling
 from megatron_omni.conversion.checkpoints import plain_state, single_rank_config
 from megatron_omni.conversion.common import ConversionError
-from megatron_omni.conversion.hybrid_export import (check_exportable, export_hybrid,
-                                                    hybrid_folder_to_megatron)
+from megatron_omni.conversion.hybrid_export import check_exportable, hybrid_folder_to_megatron
 from megatron_omni.models.llm.model import build_llm
 from megatron_omni.training import checkpoint
 from tests.parallel.conftest import checkpoint_tensors
@@ -102,6 +103,17 @@ def megatron_logits(model, tokens):
         return model(tokens, torch.arange(tokens.shape[1]).expand_as(tokens), None)
 
 
+def to_hf(checkpoint_dir: Path, out: Path) -> dict:
+    """``convert_checkpoint.py to-hf --verify`` in this process; its JSON summary."""
+    from omni_launch.convert_checkpoint import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["to-hf", "--checkpoint", str(checkpoint_dir), "--out", str(out), "--verify",
+                     "--tolerance", "1e-4"]) == 0
+    return json.loads(printed.getvalue().strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Per case: the checkpoint, the folder, megatron's logits (sparse, and with dense_len above
@@ -113,7 +125,7 @@ def exported(tmp_path_factory):
         cfg = hybrid_cfg(pattern, case["gate"], case["linear"])
         model = build(cfg)
         ckpt = checkpoint.save_checkpoint(root / f"run-{pattern}", 0, [model], 0, config_to_dict(cfg), VOCAB)
-        summary = export_hybrid(root / f"run-{pattern}", root / f"hf-{pattern}", verify=True)
+        summary = to_hf(root / f"run-{pattern}", root / f"hf-{pattern}")
         dense = build(hybrid_cfg(pattern, case["gate"], case["linear"], dense_len=LENGTH + 1),
                       plain_state(model))
         cases[pattern] = dict(cfg=cfg, model=model, ckpt=ckpt, folder=root / f"hf-{pattern}",
@@ -136,7 +148,7 @@ def test_exported_logits_match_megatron_with_blocks_dropped(exported, pattern):
     tokens, cases, hf = exported
     case = cases[pattern]
     assert hf[pattern]["class"] == "OmniHybridForCausalLM"
-    assert case["summary"]["max_abs_logit_diff"] < 1e-4
+    assert case["summary"]["model_type"] == "omni_hybrid" and case["summary"]["max_abs_logit_diff"] < 1e-4
     assert LENGTH // SPARSE["block_size"] > SPARSE["init_blocks"] + SPARSE["local_blocks"] + SPARSE["topk"]
     # the sparse layers really select: megatron's dense attention over the same weights differs
     assert (case["sparse"] - case["dense"]).abs().max() > 1e-2
@@ -186,7 +198,7 @@ def test_from_hf_reads_the_folder_back_bit_identically(exported, tmp_path, capsy
     assert loaded["vocab_size"] == saved["vocab_size"] == VOCAB
 
 
-def test_sparse_selection_and_attention_match_the_naive_reference():
+def test_sparse_selection_and_attention_match_the_naive_reference(monkeypatch):
     from omni_kernels.infllmv2 import naive
 
     gen = torch.Generator().manual_seed(2)
@@ -204,6 +216,7 @@ def test_sparse_selection_and_attention_match_the_naive_reference():
     assert torch.equal(got, want)
     assert (~got).any(), "some blocks are dropped"
     ref = naive.infllmv2_attention(q, k, v, dense_len=st["dense_len"], **pool)
+    monkeypatch.setattr(hybrid_modeling, "QUERY_CHUNK_BLOCKS", 3)  # 10 query blocks: 4 chunks
     out = hybrid_modeling.infllmv2_attention(*(x.transpose(1, 2) for x in (q, k, v)), st).transpose(1, 2)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
