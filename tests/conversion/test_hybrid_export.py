@@ -40,7 +40,7 @@ PROMPT, NEW_TOKENS = 127, 2
 HEADS = dict(num_attention_heads=2, num_query_groups=1)
 """GQA with the fewest heads: the Triton interpreter's time grows with the heads."""
 CASES = {"DSLD": dict(gate=True, linear=LinearAttentionConfig(num_query_groups=1, slopes="minimax",
-                                                              chunk_size=16)),
+                                                              chunk_size=16), rope_scaling_factor=2.0),
          "SSSS": dict(gate=False, linear=LinearAttentionConfig())}
 
 # Run in a fresh interpreter, outside the repository, with this project made unimportable (it is
@@ -75,10 +75,12 @@ torch.save(out, sys.argv[3])
 """ % {"prompt": PROMPT, "new": NEW_TOKENS}
 
 
-def hybrid_cfg(pattern: str, gate: bool, linear: LinearAttentionConfig, **sparse):
+def hybrid_cfg(pattern: str, gate: bool, linear: LinearAttentionConfig, rope_scaling_factor: float = 1.0,
+               **sparse):
     cfg = load_config(None, ["model.backend=local", "training.precision=fp32"])
     cfg.model = dataclasses.replace(
         cfg.model, **HEADS, layer_pattern=pattern, rope_theta=10000.0, vocab_size=VOCAB, linear=linear,
+        rope_scaling_factor=rope_scaling_factor,  # linear position interpolation
         sparse=SparseAttentionConfig(**{**SPARSE, **sparse}, output_gate=gate))
     return single_rank_config(cfg, "float32")
 
@@ -122,11 +124,11 @@ def exported(tmp_path_factory):
     tokens = torch.randint(0, VOCAB, (1, LENGTH), generator=torch.Generator().manual_seed(1))
     cases = {}
     for pattern, case in CASES.items():
-        cfg = hybrid_cfg(pattern, case["gate"], case["linear"])
+        cfg = hybrid_cfg(pattern, **case)
         model = build(cfg)
         ckpt = checkpoint.save_checkpoint(root / f"run-{pattern}", 0, [model], 0, config_to_dict(cfg), VOCAB)
         summary = to_hf(root / f"run-{pattern}", root / f"hf-{pattern}")
-        dense = build(hybrid_cfg(pattern, case["gate"], case["linear"], dense_len=LENGTH + 1),
+        dense = build(hybrid_cfg(pattern, **case, dense_len=LENGTH + 1),
                       plain_state(model))
         cases[pattern] = dict(cfg=cfg, model=model, ckpt=ckpt, folder=root / f"hf-{pattern}",
                               summary=summary, sparse=megatron_logits(model, tokens),
