@@ -30,7 +30,9 @@ from tests.parallel.conftest import checkpoint_tensors
 
 pytestmark = pytest.mark.usefixtures("megatron_single_rank")
 
-VOCAB = 300
+VOCAB = 331
+"""The tokenizer's size (odd: the embedding pads it to 384)."""
+TEXT = "the quick brown fox"
 SPARSE = dict(dense_len=128, block_size=16, topk=2, init_blocks=1, local_blocks=2, kernel_size=16,
               kernel_stride=8)
 LENGTH = 160
@@ -59,25 +61,29 @@ try:
 except ModuleNotFoundError:
     pass
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 tokens = torch.load(sys.argv[1])
 out = {}
 for name, folder in json.loads(sys.argv[2]).items():
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    out["text_ids"] = AutoTokenizer.from_pretrained(folder)(%(text)r)["input_ids"]
     with torch.no_grad():
         out[name] = {"logits": model(tokens).logits, "class": type(model).__name__}
         if name == "DSLD":
-            gen = model.generate(tokens[:, :%(prompt)d], max_new_tokens=%(new)d, do_sample=False,
+            prompt = tokens[:, :%(prompt)d]  # random ids may hit pad_token_id: pass the mask
+            gen = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                 max_new_tokens=%(new)d, do_sample=False,
                                  output_logits=True, return_dict_in_generate=True)
             out[name]["generated"] = gen.sequences
             out[name]["step_logits"] = torch.stack(gen.logits, 1)
 torch.save(out, sys.argv[3])
-""" % {"prompt": PROMPT, "new": NEW_TOKENS}
+""" % {"prompt": PROMPT, "new": NEW_TOKENS, "text": TEXT}
 
 
 def hybrid_cfg(pattern: str, gate: bool, linear: LinearAttentionConfig, rope_scaling_factor: float = 1.0,
-               **sparse):
+               tokenizer: Path | None = None, **sparse):
     cfg = load_config(None, ["model.backend=local", "training.precision=fp32"])
+    cfg.data = dataclasses.replace(cfg.data, tokenizer=None if tokenizer is None else str(tokenizer))
     cfg.model = dataclasses.replace(
         cfg.model, **HEADS, layer_pattern=pattern, rope_theta=10000.0, vocab_size=VOCAB, linear=linear,
         rope_scaling_factor=rope_scaling_factor,  # linear position interpolation
@@ -120,18 +126,23 @@ def to_hf(checkpoint_dir: Path, out: Path) -> dict:
 def exported(tmp_path_factory):
     """Per case: the checkpoint, the folder, megatron's logits (sparse, and with dense_len above
     LENGTH), and what the project-free process computed from the folder."""
+    from omni_data_prep.make_demo_corpus import make_demo_corpus
+    from omni_data_prep.train_tokenizer import train_tokenizer
+
     root = tmp_path_factory.mktemp("hybrid")
+    corpus = make_demo_corpus(root / "corpus.jsonl", num_docs=100, seed=0)
+    tokenizer = train_tokenizer([str(corpus)], str(root / "tok"), vocab_size=VOCAB, threads=1)
     tokens = torch.randint(0, VOCAB, (1, LENGTH), generator=torch.Generator().manual_seed(1))
     cases = {}
     for pattern, case in CASES.items():
-        cfg = hybrid_cfg(pattern, **case)
+        cfg = hybrid_cfg(pattern, **case, tokenizer=tokenizer)
         model = build(cfg)
         ckpt = checkpoint.save_checkpoint(root / f"run-{pattern}", 0, [model], 0, config_to_dict(cfg), VOCAB)
         summary = to_hf(root / f"run-{pattern}", root / f"hf-{pattern}")
         dense = build(hybrid_cfg(pattern, **case, dense_len=LENGTH + 1),
                       plain_state(model))
         cases[pattern] = dict(cfg=cfg, model=model, ckpt=ckpt, folder=root / f"hf-{pattern}",
-                              summary=summary, sparse=megatron_logits(model, tokens),
+                              tokenizer=tokenizer, summary=summary, sparse=megatron_logits(model, tokens),
                               dense=megatron_logits(dense, tokens))
     torch.save(tokens, root / "tokens.pt")
     folders = json.dumps({p: str(c["folder"]) for p, c in cases.items()})
@@ -171,13 +182,21 @@ def test_generate_matches_megatron_step_by_step(exported):
 
 
 def test_folder_contents(exported):
-    _, cases, _ = exported
+    from megatron_omni.data.tokenizer import load_tokenizer
+
+    _, cases, hf = exported
     folder = cases["SSSS"]["folder"]
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "modeling_omni_hybrid.py"]
+        "config.json", "generation_config.json", "model.safetensors", "modeling_omni_hybrid.py",
+        "tokenizer.json", "tokenizer_config.json"]
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "omni_hybrid" and config["layer_pattern"] == "SSSS"
     assert config["sparse"]["output_gate"] is False and config["vocab_size"] == 384
+    tok = load_tokenizer(cases["SSSS"]["tokenizer"])
+    assert hf["text_ids"] == tok.encode(TEXT)
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert generation == {"use_cache": False, "eos_token_id": tok.eod_id, "pad_token_id": tok.pad_id}
+    assert (config["eos_token_id"], config["pad_token_id"]) == (tok.eod_id, tok.pad_id)
     assert (folder / "modeling_omni_hybrid.py").read_bytes() == Path(hybrid_modeling.__file__).read_bytes()
     kernel = inspect.signature(__import__("omni_kernels.infllmv2", fromlist=["x"]).infllmv2_attention)
     for name in ("lse_kernel_size", "lse_kernel_stride"):  # what the sparse layers run with
@@ -261,7 +280,8 @@ def test_cli_refusals_leave_nothing_behind(exported, tmp_path, capsys):
         main(["to-hf", "--checkpoint", str(tmp_path / "bad-run"), "--out", str(out)])
     assert "\n" not in str(exc.value)
 
-    with pytest.raises(SystemExit, match=r"^error: verify failed"):  # published only when verified
+    # published only when verified: not even the tokenizer files (written first) stay behind
+    with pytest.raises(SystemExit, match=r"^error: verify failed"):
         main(["to-hf", "--checkpoint", str(case["ckpt"]), "--out", str(out), "--verify",
               "--tolerance", "-1"])
 
