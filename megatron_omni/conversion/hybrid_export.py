@@ -115,10 +115,16 @@ def _split_qkv(qkv: torch.Tensor, m: ModelConfig, groups: int) -> tuple[torch.Te
     return tuple(t.reshape(-1, qkv.shape[-1]).contiguous() for t in (q, k, v))
 
 
-def _merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: ModelConfig,
-               groups: int) -> torch.Tensor:
-    h = q.shape[-1]
-    parts = [t.reshape(groups, -1, h) for t in (q, k, v)]
+def _merge_qkv(hf_state: dict, prefix: str, m: ModelConfig, groups: int) -> torch.Tensor:
+    """The fused [q heads of group g; k_g; v_g] weight from the HF q/k/v projections under
+    ``prefix``; ConversionError naming a projection of the wrong shape."""
+    h, rows = m.hidden_size, (m.num_attention_heads * m.head_dim, groups * m.head_dim, groups * m.head_dim)
+    parts = []
+    for name, n in zip(_HF_QKV, rows):
+        t = hf_state[prefix + name]
+        if tuple(t.shape) != (n, h):
+            raise ConversionError(f"{prefix + name}: shape {tuple(t.shape)}, expected {(n, h)}")
+        parts.append(t.reshape(groups, -1, h))
     return torch.cat(parts, dim=1).reshape(-1, h)
 
 
@@ -170,7 +176,11 @@ def hybrid_hf_to_megatron(hf_state: dict[str, torch.Tensor], m: ModelConfig) -> 
         if missing:
             raise ConversionError(f"missing key {missing[0]}")
         used.update(needed)
-        out[mp + _QKV] = _merge_qkv(*(hf_state[hp + k] for k in _HF_QKV), m, _groups(m, letter))
+        out[mp + _QKV] = _merge_qkv(hf_state, hp, m, _groups(m, letter))
+        for k in _HF_FC1:
+            if tuple(hf_state[hp + k].shape) != (m.ffn_hidden_size, m.hidden_size):
+                raise ConversionError(f"{hp + k}: shape {tuple(hf_state[hp + k].shape)}, expected "
+                                      f"{(m.ffn_hidden_size, m.hidden_size)}")
         out[mp + _FC1] = torch.cat([hf_state[hp + k] for k in _HF_FC1], dim=0)
     unknown = sorted(set(hf_state) - used)
     if unknown:

@@ -296,7 +296,14 @@ def test_cli_refusals_leave_nothing_behind(exported, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-run", "edited"]
 
 
-def test_import_refuses_missing_tensors(exported, tmp_path):
+@pytest.mark.parametrize("key, value, message", [
+    ("model.layers.2.self_attn.out_norm.weight", None,
+     r"missing decoder\.layers\.2\.self_attention\.out_norm\.weight"),
+    ("model.layers.1.self_attn.k_proj.weight", torch.zeros(8, 64),
+     r"model\.layers\.1\.self_attn\.k_proj\.weight: shape \(8, 64\), expected \(16, 64\)"),
+    ("model.layers.0.mlp.stray.weight", torch.zeros(1), r"no place for.*mlp\.stray\.weight"),
+], ids=["missing", "shape", "unknown"])
+def test_import_refuses_bad_weights(exported, tmp_path, key, value, message):
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path / "hf"
@@ -305,9 +312,11 @@ def test_import_refuses_missing_tensors(exported, tmp_path):
     for name in ("config.json", "modeling_omni_hybrid.py"):
         (folder / name).write_bytes((source / name).read_bytes())
     state = load_file(source / "model.safetensors")
-    del state["model.layers.2.self_attn.out_norm.weight"]
+    if value is None:
+        del state[key]
+    else:
+        state[key] = value
     save_file(state, folder / "model.safetensors")
-    with pytest.raises(ConversionError, match=r"missing decoder\.layers\.2\.self_attention\.out_norm\.weight"):
+    with pytest.raises(ConversionError, match=message):
         hybrid_folder_to_megatron(folder, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
