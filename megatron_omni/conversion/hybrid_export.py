@@ -324,10 +324,11 @@ def hybrid_folder_to_megatron(hf_dir: str | Path, out_root: str | Path,
 
 def convert_if_hybrid(args) -> dict | None:
     """launch/convert_checkpoint.py's hybrid dispatch: ``to-hf`` of a hybrid checkpoint and
-    ``from-hf`` of an omni_hybrid folder run here (returns the summary); None for anything else."""
+    ``from-hf`` of an omni_hybrid folder run here (returns the summary); None for anything else
+    (an omni checkpoint, hybrid or not, is the omni export's)."""
     if args.command == "to-hf":
-        common = checkpoint.read_common(checkpoint.resolve(args.checkpoint))
-        if not is_hybrid(config_from_dict(common["config"]).model):
+        model = config_from_dict(checkpoint.read_common(checkpoint.resolve(args.checkpoint))["config"]).model
+        if model.omni is not None or not is_hybrid(model):
             return None
         return export_hybrid(args.checkpoint, args.out, args.tokenizer, args.verify, args.tolerance)
     if args.command == "from-hf" and is_hybrid_folder(args.hf):
