@@ -6,6 +6,8 @@
         --audio whisper-medium --out runs/omni-init [--config RUN.yaml] [--set model.omni.preset=plan]
 
 ``to-hf`` takes a run folder (newest checkpoint) or one checkpoint folder saved at any TP/PP;
+a hybrid checkpoint (S/L layers in model.layer_pattern) becomes a self-contained ``omni_hybrid``
+folder (trust_remote_code; docs/hf_export.md), which ``from-hf`` reads back;
 ``--verify`` loads the written folder with transformers and compares logits on random tokens.
 ``from-hf`` writes a weights-only checkpoint; start a run from it with ``--set checkpoint.load=DIR``.
 ``from-hf-omni`` does the same for the omni model from HF Qwen3, SigLIP and Whisper folders
@@ -71,6 +73,16 @@ def main(argv=None) -> int:
     from megatron_omni.conversion.omni import hf_folders_to_omni
 
     platform.init_distributed()
+    if args.command in ("to-hf", "from-hf"):
+        from megatron_omni.conversion import hybrid_export
+
+        try:
+            summary = hybrid_export.convert_if_hybrid(args)
+        except hybrid_export.ConversionError as e:
+            raise SystemExit(f"error: {e}") from e
+        if summary is not None:
+            print(json.dumps(summary))
+            return 0
     if args.command == "to-hf":
         model, out = megatron_to_hf_folder(args.checkpoint, args.out, args.tokenizer)
         summary = {"hf_folder": str(out)}
