@@ -227,7 +227,8 @@ def build_pair_loader(cfg: OmniConfig, tokenizer, media_tokens: MediaTokens, con
         for step in range(last):
             mine = [next(order) for _ in range(pairs_per_step)][dp_rank * per_rank:(dp_rank + 1) * per_rank]
             if step >= first:
-                yield from (mine[m:m + pairs_per_micro] for m in range(0, per_rank, pairs_per_micro))
+                # one dataset index per micro-batch: the tuple of its pairs
+                yield from ([tuple(mine[m:m + pairs_per_micro])] for m in range(0, per_rank, pairs_per_micro))
 
     reader = PairReader(sources, cfg.data.seq_length, tokenizer.pad_id, mm.tmrope, mm.image_size,
                         mm.n_mels, modality, tables)
