@@ -7,21 +7,22 @@ from pathlib import Path
 from omni_data_prep.multimodal import preferences
 from tests.synthetic_media import make_image, write_jsonl
 
-WORDS = ["red", "blue", "green", "small", "large", "cat", "dog", "house", "tree", "river"]
+GOOD = ["red", "blue", "green", "small", "large"]
+BAD = ["cat", "dog", "house", "tree", "river"]
 
 
 def rule_records(folder: Path, n: int, seed: int = 0) -> list[dict]:
-    """n pairs: a prompt (an image every third record) asks to repeat a word; the chosen answer
-    repeats it, the rejected one says another word."""
+    """n pairs: a prompt (an image every third record) names a random word; the chosen answer
+    repeats a colour or size word, the rejected one an animal or thing."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     image = folder / "img.png"
     make_image(image, 16, 16, 40)
     records = []
     for i in range(n):
-        word, other = rng.sample(WORDS, 2)
+        word, other = rng.choice(GOOD), rng.choice(BAD)
         media = i % 3 == 0
-        prompt = [{"from": "human", "value": ("<image>" if media else "") + f"say {word}"}]
+        prompt = [{"from": "human", "value": ("<image>" if media else "") + f"say {rng.choice(GOOD + BAD)}"}]
         records.append({"id": f"r{i}", "images": [str(image)] if media else [], "prompt": prompt,
                         "chosen": f"{word} {word}", "rejected": f"{other} {other}"})
     return records
