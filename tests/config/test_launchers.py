@@ -1,9 +1,9 @@
 """launch/phaseN.sh and launch/slurm/pretrain.sbatch in DRY_RUN mode: the world size comes from
 GPUS_PER_NODE x NNODES (Slurm's when inside a job), or, on a machine without GPUs, from the
 config's `# world_size: N` header; pretrain_omni.py --dry-run prints the config with the derived
-dp (--layout-only: the examples' data is not here). Phases 5 and 6 stop with the config error
-naming what this build lacks. Phases 1-3 also run for real through their launchers, chained as
-the plan chains them (each starts from the previous run's checkpoint), with the tiny omni model
+dp (--layout-only: the examples' data is not here). Phase 5 stops with the config error naming
+what this build lacks; phase 6 runs for real in tests/parallel/test_dpo.py. Phases 1-3 also run
+for real through their launchers, chained as the plan chains them (each starts from the previous run's checkpoint), with the tiny omni model
 on 2 CPU ranks, and phase 4 with the tiny text model."""
 import os
 import socket
@@ -18,7 +18,7 @@ TINY = str(ROOT / "examples" / "tiny_cpu.yaml")
 OMNI_TINY = str(ROOT / "examples" / "omni_tiny_cpu.yaml")
 _LAUNCH_VARS = ("GPUS_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RDZV_BACKEND",
                 "CONFIG", "LOG_RANK", "WORLD_SIZE", "PHASE")
-PHASE_LAYOUT = {1: (1, 8), 2: (1, 8), 3: (4, 4), 4: (2, 2), 5: (4, None), 6: (4, None)}
+PHASE_LAYOUT = {1: (1, 8), 2: (1, 8), 3: (4, 4), 4: (2, 2), 5: (4, None), 6: (1, 2)}
 """phase -> (Slurm nodes of 8 GPUs for its default config, derived dp; None: the phase stops)."""
 
 
