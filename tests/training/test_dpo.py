@@ -104,3 +104,35 @@ def _tp2_equals_one_rank() -> None:
 
 def test_vocab_parallel_tp2_equals_one_rank():
     run_ranks(_tp2_equals_one_rank, 2)
+
+
+DPO_BASE = ["phase=6", "model.omni.preset=tiny", "model.omni.audio_overrides={num_mel_bins: 80}",
+            "model.omni.vision_overrides={image_size: 32}", "data.multimodal.image_size=32",
+            "data.multimodal.max_video_frames=4", "data.multimodal.cross_modal=[pairs]",
+            "data.multimodal.schedule={mix: {cross_modal: 1.0}}", "data.multimodal.packing=false",
+            "training.eval_interval=0", "dpo.reference=runs/sft"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ([], None),
+    (["dpo.beta=0"], "dpo.beta=0.0 must be > 0"),
+    (["dpo.label_smoothing=0.5"], r"dpo.label_smoothing=0.5 must be in \[0, 0.5\)"),
+    (["dpo.loss_type=ipo", "dpo.label_smoothing=0.1"], "dpo.label_smoothing=0.1 applies to loss_type=sigmoid"),
+    (["dpo.sft_weight=-1"], "dpo.sft_weight=-1.0 must be >= 0"),
+    (["dpo.reference_logprobs=ref.json"], "exactly one of dpo.reference .* both are set"),
+    (["dpo.reference=null"], "exactly one of dpo.reference .* neither is set"),
+    (["training.micro_batch_size=3", "training.global_batch_size=12"], "training.micro_batch_size=3 must be even"),
+    (["data.multimodal.packing=true"], "data.multimodal.packing=true: phase 6 puts one response per row"),
+    (["data.multimodal.schedule={mix: {cross_modal: 0.5, audio: 0.5}}", "data.multimodal.audio=[a]"],
+     "phase 6 reads the pairs of one modality's folders"),
+    (["phase=3"], "dpo.reference is set but phase=3"),
+])
+def test_dpo_configs_are_checked_naming_the_field(change, message):
+    from megatron_omni.config import ConfigError, load_config, validate
+
+    cfg = load_config(None, DPO_BASE + change)
+    if message is None:
+        assert validate(cfg, 1) == 1
+        return
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, 1)
