@@ -51,6 +51,13 @@ def test_without_gpus_the_config_header_gives_the_world_size():
     assert "would run: torchrun --nproc-per-node 1 --nnodes 1 --node-rank 0" in err
 
 
+def test_phase6_launcher_validates_the_tiny_dpo_config():
+    printed, err = dry_run("phase6.sh", [], CUDA_VISIBLE_DEVICES="", CONFIG=str(ROOT / "examples" / "omni_tiny_dpo_cpu.yaml"))
+    assert printed["phase"] == 6 and printed["derived"] == {"dp": 1}  # its 2 ranks at tp 2
+    assert printed["dpo"]["reference"] == printed["checkpoint"]["load"] == "runs/omni_tiny"
+    assert "validating for the config's world_size 2" in err
+
+
 def test_slurm_job_sets_nodes_master_and_c10d(tmp_path):
     printed, err = dry_run(
         "phase4.sh", ["--set", "training.micro_batch_size=2"], tmp_path, CONFIG=TINY,

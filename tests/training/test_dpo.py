@@ -136,3 +136,15 @@ def test_dpo_configs_are_checked_naming_the_field(change, message):
         return
     with pytest.raises(ConfigError, match=message):
         validate(cfg, 1)
+
+
+def test_rewards_reach_the_console_line_and_tensorboard():
+    from megatron_omni.training.metrics import step_report
+
+    m = {"loss": 0.5, "grad_norm": 1.0, "skipped": False, "rewards/chosen": 0.25, "rewards/rejected": -0.5,
+         "rewards/accuracy": 0.75, "rewards/margin": 0.75}
+    line, scalars = step_report(3, 10, m, {"lr": 1e-6}, 0.5)
+    assert ("loss 0.5000 | rewards/chosen 0.2500 | rewards/rejected -0.5000 | rewards/accuracy 0.7500 | "
+            "rewards/margin 0.7500 | lr 1.000e-06") in line
+    assert {k: scalars[f"train/rewards/{k}"] for k in ("chosen", "rejected", "accuracy", "margin")} == \
+        {"chosen": 0.25, "rejected": -0.5, "accuracy": 0.75, "margin": 0.75}
