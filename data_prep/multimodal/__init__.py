@@ -9,6 +9,7 @@ One command per source shape, each `python -m omni_data_prep.multimodal <name> -
     audio_transcript  jsonl manifests of audio path + transcript (16 kHz, clips <= 30 s)
     video_caption     videos with captions and/or subtitles (frames at 1 fps, audio track)
     conversations     the unified SFT conversation format (loss on assistant turns only)
+    preferences       DPO pairs: a prompt with media + chosen + rejected (trajectories too)
     demo              a synthetic omni corpus for the trainer made with all of the above
     interruptions     conversation jsonl -> the same plus interruption samples (jsonl, then
                       `conversations`; docs/sft.md)

@@ -23,7 +23,7 @@ from omni_data_prep.multimodal.runner import SampleSource, run
 
 KINDS = {"image_caption": "ImageCaptionSource", "interleaved": "InterleavedSource",
          "audio_transcript": "AudioTranscriptSource", "video_caption": "VideoCaptionSource",
-         "conversations": "ConversationSource"}
+         "conversations": "ConversationSource", "preferences": "PreferenceSource"}
 """Command name (= module of omni_data_prep.multimodal) -> its SampleSource class."""
 TOOLS = ("interruptions",)
 """Commands (modules of omni_data_prep.multimodal, each with its own `main`) that rewrite input

@@ -67,6 +67,9 @@ class Prepared:
     media: list[tuple[MediaInfo, bytes]]
     eod_loss: bool = True
     extra: dict = field(default_factory=dict)
+    marks: tuple[int, ...] = ()
+    """Piece indices whose token offsets the runner records as extra["token_offsets"] (e.g. where
+    each response of a preference pair starts)."""
 
 
 @dataclass(frozen=True)
@@ -326,8 +329,11 @@ def write_shard(state: _WorkerState, task: _ShardTask) -> ShardInfo:
                 record = state.source.parse(raw, chunk)
                 prepared = state.source.prepare(record, ctx)
                 _check_placeholders(prepared)
+                starts: list[int] = []
                 ids, mask = build_token_stream(prepared.pieces, state.tokenizer,
-                                               prepared.eod_loss)
+                                               prepared.eod_loss, starts)
+                if prepared.marks:
+                    prepared.extra["token_offsets"] = [starts[i] for i in prepared.marks]
             except SkipSample as err:
                 skips.skip(err, f"{chunk.path}:{location}")
                 continue

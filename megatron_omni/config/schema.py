@@ -203,6 +203,8 @@ class OmniConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig())
     """Phase-4 distillation from a dense teacher (defined at the end of this file)."""
+    dpo: DpoConfig = field(default_factory=lambda: DpoConfig())
+    """Phase-6 preference training (defined at the end of this file)."""
 
 
 @dataclass
@@ -354,3 +356,30 @@ class DistillConfig:
     teacher's hidden_size to equal the student's."""
     lm_weight: float = 0.0
     """Weight of the student's own LM cross-entropy on the labels."""
+
+
+@dataclass
+class DpoConfig:
+    """Phase-6 preference training (DPO; training/dpo.py, docs/dpo.md) of the omni model on
+    prepared preference pairs (data_prep/multimodal/preferences.py), listed in the one modality
+    of data.multimodal.schedule. training.micro_batch_size and global_batch_size count rows: two
+    per pair. Per pair, with h = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))
+    (log-probs summed over the response's target tokens): sigmoid loss
+    −(1−ε)·log σ(β·h) − ε·log σ(−β·h), or IPO (h − 1/(2β))²; plus sft_weight times the chosen
+    response's mean token NLL. Averaged over the global batch's pairs. Exactly one of
+    reference and reference_logprobs gives π_ref."""
+
+    beta: float = 0.1
+    """β: the strength of the KL constraint to the reference (> 0)."""
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    """sigmoid (DPO) or ipo."""
+    label_smoothing: float = 0.0
+    """ε of conservative DPO: the chance a label is flipped, in [0, 0.5); sigmoid only."""
+    sft_weight: float = 0.0
+    """Weight of the chosen response's mean token NLL added to each pair's loss (>= 0)."""
+    reference: str | None = None
+    """The reference model's run or checkpoint folder: built like this run's model (its config
+    must match) in this run's layout, frozen, run forward-only before each step."""
+    reference_logprobs: str | None = None
+    """Name of the reference log-prob table stored beside each preference folder (written by
+    launch/precompute_ref_logprobs.py), e.g. ref_logprobs.json; null = use reference."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from megatron_omni.config.load import ConfigError
 from megatron_omni.config.phases import GROUPS, PHASES, check_phase_runnable, model_groups
 from megatron_omni.config.schema import OmniConfig
+from megatron_omni.config.validate_dpo import validate_dpo, validate_dpo_inputs
 from megatron_omni.config.validate_inputs import validate_inputs
 from megatron_omni.config.validate_model import validate_model, validate_sizes
 from megatron_omni.config.validate_omni import validate_multimodal, validate_omni
@@ -33,8 +34,10 @@ def validate(cfg: OmniConfig, world_size: int, check_inputs: bool = False) -> in
     validate_multimodal(cfg)
     _validate_distill(cfg)
     check_phase_runnable(cfg.phase, cfg.model.omni is not None)
+    validate_dpo(cfg, dp)
     if check_inputs:
         validate_inputs(cfg)
+        validate_dpo_inputs(cfg)
     return dp
 
 

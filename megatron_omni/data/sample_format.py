@@ -304,16 +304,19 @@ def render_conversation(turns: Sequence[tuple[str, list[Piece]]]) -> list[Piece]
     return pieces
 
 
-def build_token_stream(pieces: Sequence[Piece], tokenizer, eod_loss: bool
-                       ) -> tuple[list[int], list[int]]:
+def build_token_stream(pieces: Sequence[Piece], tokenizer, eod_loss: bool,
+                       starts: list[int] | None = None) -> tuple[list[int], list[int]]:
     """(tokens, loss mask) of `pieces` followed by `<eod>`.
 
     Each Text is encoded on its own (`tokenizer.encode`), so a caption's tokens are exactly
-    `tokenizer.encode(caption)`; each Placeholder is its special id with mask 0.
+    `tokenizer.encode(caption)`; each Placeholder is its special id with mask 0. `starts`, when
+    given, receives the token offset at which each piece begins.
     """
     tokens: list[int] = []
     mask: list[int] = []
     for piece in pieces:
+        if starts is not None:
+            starts.append(len(tokens))
         if isinstance(piece, Placeholder):
             tokens.append(tokenizer.special_ids[PLACEHOLDERS[piece.kind]])
             mask.append(0)

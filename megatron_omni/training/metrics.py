@@ -21,6 +21,8 @@ from megatron_omni.training.flops import mfu, peak_flops
 
 LOSS_PARTS = ("kl", "mse", "lm")
 """Parts of a composite training loss logged beside it (distillation: training/distill.py)."""
+PREFERENCE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin")
+"""What preference training logs beside its loss (training/dpo.py): means over the step's pairs."""
 
 
 def setup_logging(rank: int, megatron_level: str = "WARNING") -> None:
@@ -85,7 +87,7 @@ def step_report(step: int, total: int, m: dict, lrs: dict[str, float], seconds: 
     ``interval`` (training/data_stats.py DataStats.collect) add the rest."""
     parts = [f"step {step:>6}/{total}", f"loss {m['loss']:.4f}"]
     scalars = {"train/loss": m["loss"], "train/grad_norm": m["grad_norm"], "train/step_time_s": seconds}
-    for name in LOSS_PARTS:
+    for name in LOSS_PARTS + PREFERENCE_METRICS:
         if name in m:
             scalars[f"train/{name}"] = m[name]
             parts.append(f"{name} {m[name]:.4f}")

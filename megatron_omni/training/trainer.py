@@ -37,6 +37,8 @@ from megatron_omni.training.flops import StepFlops, non_padding_tokens
 from megatron_omni.training.metrics import StepLogger, setup_logging
 from megatron_omni.training.param_counts import model_parameters, projector_parameters
 from megatron_omni.training.distill import Distiller
+from megatron_omni.training.dpo import DPO
+from megatron_omni.data.multimodal.pairs import build_pair_loader
 from megatron_omni.training.step import evaluate, forward_step, train_step
 from megatron_omni.training.writer_queue import STOP_SIGNALS
 
@@ -150,6 +152,10 @@ class Trainer:
         # phase-4 distillation trains on the teacher's outputs; validation stays the LM loss
         self.forward_step = (Distiller(cfg, self.model, self.vocab_size).forward_step
                              if cfg.distill.teacher else forward_step)
+        # phase-6 preference training: the DPO loss against a frozen or precomputed reference
+        self.dpo = DPO(cfg, self.vocab_size, placeholder_ids) if cfg.phase == 6 else None
+        if self.dpo is not None:
+            self.forward_step = self.dpo.forward_step
         self.iteration, self.consumed = self._restore()
         t = cfg.training
         num_evals = t.train_steps // t.eval_interval if t.eval_interval else 0
@@ -248,14 +254,20 @@ class Trainer:
         {"train": {step: loss}, "valid": {step: loss}} as seen on this rank (filled on the last
         pipeline stage)."""
         t, ck = self.cfg.training, self.cfg.checkpoint
-        data = (omni_micro_batches(self.cfg, self.tokenizer, self.consumed, self.dp_rank, self.dp) if self.omni
-                else micro_batches(self.train_data, self.consumed, self.cfg, self.dp_rank, self.dp))
+        if self.dpo is not None:
+            data = build_pair_loader(self.cfg, self.tokenizer, encoders.media_tokens(self.cfg.model.omni),
+                                     self.consumed, self.dp_rank, self.dp)
+        else:
+            data = (omni_micro_batches(self.cfg, self.tokenizer, self.consumed, self.dp_rank, self.dp)
+                    if self.omni else micro_batches(self.train_data, self.consumed, self.cfg, self.dp_rank, self.dp))
         history = {"train": {}, "valid": {}}
         end = t.train_steps if max_steps is None else min(t.train_steps, self.iteration + max_steps)
         self.logger.start(self.iteration)
         while self.iteration < end:
             start = time.perf_counter()
             batches, group_lrs = self._next_global_batch(data), self._group_lrs()
+            if self.dpo is not None:
+                self.dpo.prepare(batches)
             metrics = train_step(self.model, self.optimizer, self.scheduler, batches,
                                  self.cfg.data.seq_length, t.micro_batch_size, self.forward_step)
             self.iteration += 1

@@ -251,7 +251,8 @@ def test_phases_the_model_cannot_run_say_so(phase, omni, message):
 
 @pytest.mark.parametrize("phase, omni, name", [
     (3, False, "joint pretraining"), (4, False, "long context"), (1, True, "adapter alignment"),
-    (2, True, "encoder finetune"), (3, True, "joint pretraining"), (5, True, "SFT")])
+    (2, True, "encoder finetune"), (3, True, "joint pretraining"), (5, True, "SFT"),
+    (6, True, "preference")])
 def test_runnable_phases(phase, omni, name):
     assert check_phase_runnable(phase, omni) == name
 

@@ -84,3 +84,18 @@ def test_sft_examples_follow_the_plan():
     for name, cfg in (("omni_8b_sft_stage1_8gpu.yaml", s1), ("omni_8b_sft_stage2_8gpu.yaml", s2)):
         assert header_world_size(EXAMPLE_DIR / name) == 8
         check_fits(cfg, validate(cfg, 8), 8, Hardware(gpu_memory_gib=80.0))  # the planner: it fits an A100 80GB
+
+
+def test_dpo_examples_follow_the_plan():
+    """Seed plan 3.1.7 / 7.1.2 phase 6: one node of 8 GPUs, ~50K preference pairs (one epoch),
+    DPO's lr as the plan's DPO stage (1e-6); both DPO examples start policy and reference from
+    the same checkpoint, one pair per micro-batch at least."""
+    plan = load_config(EXAMPLE_DIR / "omni_8b_phase6_dpo_8gpu.yaml")
+    assert header_world_size(EXAMPLE_DIR / "omni_8b_phase6_dpo_8gpu.yaml") == 8
+    t, d = plan.training, plan.dpo
+    assert (t.lr, d.beta, d.loss_type) == (1e-6, 0.1, "sigmoid")
+    assert 49_000 <= t.train_steps * t.global_batch_size // 2 <= 51_000
+    for name in ("omni_8b_phase6_dpo_8gpu.yaml", "omni_tiny_dpo_cpu.yaml"):
+        cfg = load_config(EXAMPLE_DIR / name)
+        assert cfg.phase == 6 and cfg.dpo.reference == cfg.checkpoint.load, name
+        assert cfg.training.micro_batch_size % 2 == 0 and not cfg.data.multimodal.packing, name

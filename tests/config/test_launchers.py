@@ -1,10 +1,10 @@
 """launch/phaseN.sh and launch/slurm/pretrain.sbatch in DRY_RUN mode: the world size comes from
 GPUS_PER_NODE x NNODES (Slurm's when inside a job), or, on a machine without GPUs, from the
 config's `# world_size: N` header; pretrain_omni.py --dry-run prints the config with the derived
-dp (--layout-only: the examples' data is not here). Phase 6 stops with the config error
-naming what this build lacks. Phases 1-3 also run for real through their launchers, chained as
-the plan chains them (each starts from the previous run's checkpoint), with the tiny omni model
-on 2 CPU ranks, and phase 4 with the tiny text model."""
+dp (--layout-only: the examples' data is not here). Phases 1-3 also run for real through their
+launchers, chained as the plan chains them (each starts from the previous run's checkpoint), with
+the tiny omni model on 2 CPU ranks, and phase 4 with the tiny text model; phase 5 runs for real in
+tests/parallel/test_sft.py and phase 6 in tests/parallel/test_dpo.py."""
 import os
 import socket
 import subprocess
@@ -18,8 +18,8 @@ TINY = str(ROOT / "examples" / "tiny_cpu.yaml")
 OMNI_TINY = str(ROOT / "examples" / "omni_tiny_cpu.yaml")
 _LAUNCH_VARS = ("GPUS_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RDZV_BACKEND",
                 "CONFIG", "LOG_RANK", "WORLD_SIZE", "PHASE")
-PHASE_LAYOUT = {1: (1, 8), 2: (1, 8), 3: (4, 4), 4: (2, 2), 5: (1, 2), 6: (4, None)}
-"""phase -> (Slurm nodes of 8 GPUs for its default config, derived dp; None: the phase stops)."""
+PHASE_LAYOUT = {1: (1, 8), 2: (1, 8), 3: (4, 4), 4: (2, 2), 5: (1, 2), 6: (1, 2)}
+"""phase -> (Slurm nodes of 8 GPUs for its default config, derived dp)."""
 
 
 def launch(command: list[str], tmp_path=None, dry_run: bool = True, **env) -> subprocess.CompletedProcess:
@@ -51,6 +51,13 @@ def test_without_gpus_the_config_header_gives_the_world_size():
     assert "would run: torchrun --nproc-per-node 1 --nnodes 1 --node-rank 0" in err
 
 
+def test_phase6_launcher_validates_the_tiny_dpo_config():
+    printed, err = dry_run("phase6.sh", [], CUDA_VISIBLE_DEVICES="", CONFIG=str(ROOT / "examples" / "omni_tiny_dpo_cpu.yaml"))
+    assert printed["phase"] == 6 and printed["derived"] == {"dp": 1}  # its 2 ranks at tp 2
+    assert printed["dpo"]["reference"] == printed["checkpoint"]["load"] == "runs/omni_tiny"
+    assert "validating for the config's world_size 2" in err
+
+
 def test_slurm_job_sets_nodes_master_and_c10d(tmp_path):
     printed, err = dry_run(
         "phase4.sh", ["--set", "training.micro_batch_size=2"], tmp_path, CONFIG=TINY,
@@ -69,15 +76,10 @@ def test_slurm_script_runs_every_phase_with_its_default_config(tmp_path, phase):
                   PHASE=str(phase), SLURM_JOB_NODELIST="gpu[07-08]", SLURM_NNODES=str(nodes),
                   SLURM_NODEID="0", SLURM_JOB_ID="42", SLURM_CPUS_PER_TASK="64", SLURM_GPUS_ON_NODE="8")
     assert f"phase {phase}: {nodes} node(s) x 8 ranks = {nodes * 8}" in done.stderr
-    if dp is None:
-        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
-            f"config error: phase={phase} ("), done.stderr
-        assert "needs data and losses this build does not have yet" in done.stderr
-    else:
-        assert done.returncode == 0, done.stderr
-        printed = yaml.safe_load(done.stdout)
-        assert printed["phase"] == phase and printed["derived"] == {"dp": dp}
-        assert (printed["model"]["omni"] is not None) == (phase != 4)
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed["phase"] == phase and printed["derived"] == {"dp": dp}
+    assert (printed["model"]["omni"] is not None) == (phase != 4)
 
 
 def test_slurm_script_refuses_an_unknown_phase(tmp_path):
