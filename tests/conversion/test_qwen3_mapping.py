@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from megatron_omni.config import load_config
 from megatron_omni.conversion.qwen3 import (ConversionError, hf_config, hf_to_megatron, load_hf_folder,
                                             megatron_to_hf, model_overrides_from_hf, save_hf_folder)
-from megatron_omni.models.llm.model import build_llm
+from megatron_omni.models.llm.model import PADDED_LOGIT, build_llm
 
 pytestmark = pytest.mark.usefixtures("megatron_single_rank")
 
@@ -96,7 +96,7 @@ def test_hf_weights_give_hf_logits(vocab_size, tied):
     out = megatron_logits(model, toks)
     assert out.shape[-1] == (384 if vocab_size == 300 else 256)
     torch.testing.assert_close(out[..., :vocab_size], ref, atol=1e-5, rtol=0)
-    assert torch.all(out[..., vocab_size:] == 0), "zero-padded rows give zero logits"
+    assert torch.all(out[..., vocab_size:] == PADDED_LOGIT), "padding logits are masked"
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
@@ -104,23 +104,23 @@ def test_hf_megatron_hf_bit_exact(tied):
     hf = tiny_hf(256, tied)
     model_cfg = omni_config(model_overrides_from_hf(hf.config)).model
     original = hf_canonical(hf)
-    assert_states_equal(megatron_to_hf(hf_to_megatron(original, model_cfg), model_cfg), original)
+    assert_states_equal(megatron_to_hf(hf_to_megatron(original, model_cfg), model_cfg, 256), original)
 
 
-def test_hf_round_trip_pads_vocab():
+def test_hf_round_trip_pads_then_drops_the_padding_rows():
     hf = tiny_hf(300, tied=False)
     model_cfg = omni_config(model_overrides_from_hf(hf.config)).model
-    back = megatron_to_hf(hf_to_megatron(hf.state_dict(), model_cfg), model_cfg)
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        assert back[key].shape == (384, 64)
-        assert torch.equal(back[key][:300], hf.state_dict()[key]) and not back[key][300:].any()
+    mstate = hf_to_megatron(hf.state_dict(), model_cfg)
+    assert mstate["embedding.word_embeddings.weight"].shape == (384, 64)
+    assert not mstate["output_layer.weight"][300:].any()
+    assert_states_equal(megatron_to_hf(mstate, model_cfg, 300), hf.state_dict())
 
 
 @pytest.mark.parametrize("tied,te_names", [(True, False), (False, False), (False, True)],
                          ids=["tied", "untied", "untied-te-names"])
 def test_megatron_hf_megatron_bit_exact(tied, te_names):
     cfg = omni_config({"num_layers": 2, "tie_embeddings": tied})
-    state = megatron_state(build_megatron(cfg, 300))
+    state = megatron_state(build_megatron(cfg, 256))
     with torch.no_grad():  # norms start at one: make them distinguishable
         for k, v in state.items():
             if "layernorm" in k:
@@ -129,7 +129,7 @@ def test_megatron_hf_megatron_bit_exact(tied, te_names):
         state = {k.replace("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight")
                   .replace("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"): v
                  for k, v in state.items()}
-    hf = megatron_to_hf(state, cfg.model, te_names=te_names)
+    hf = megatron_to_hf(state, cfg.model, 256, te_names=te_names)
     assert ("lm_head.weight" in hf) != tied
     assert_states_equal(hf_to_megatron(hf, cfg.model, te_names=te_names), state)
 
@@ -138,22 +138,22 @@ def test_megatron_hf_megatron_bit_exact(tied, te_names):
 def test_saved_folder_loads_in_transformers(tmp_path, tied):
     cfg = omni_config({"num_layers": 2, "tie_embeddings": tied, "rope_theta": 10000.0, "init_std": 0.2})
     model = build_megatron(cfg, 300)
-    hf_state = megatron_to_hf(megatron_state(model), cfg.model)
+    hf_state = megatron_to_hf(megatron_state(model), cfg.model, 300)
     save_hf_folder(hf_state, hf_config(cfg.model, 300, torch.float32), tmp_path)
 
     hf, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    assert hf.config.vocab_size == 384 and hf.dtype == torch.float32
+    assert hf.config.vocab_size == 300 and hf.dtype == torch.float32
     toks = tokens(300)
     with torch.no_grad():
         ref = hf.eval()(toks).logits
-    torch.testing.assert_close(megatron_logits(model, toks), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(megatron_logits(model, toks)[..., :300], ref, atol=1e-5, rtol=0)
 
     state, loaded_cfg = load_hf_folder(tmp_path)
     assert ("lm_head.weight" in state) != tied
     assert_states_equal(state, {k: v.contiguous() for k, v in hf_state.items()})
     overrides = model_overrides_from_hf(loaded_cfg)
-    assert overrides == {**{k: getattr(cfg.model, k) for k in overrides}, "vocab_size": 384}
+    assert overrides == {**{k: getattr(cfg.model, k) for k in overrides}, "vocab_size": 300}
 
 
 def test_load_index_sharded_folder(tmp_path):
@@ -197,11 +197,13 @@ def test_errors_name_key_and_shape():
     mstate = hf_to_megatron(state, model_cfg)
     bad = {**mstate, "decoder.layers.0.self_attention.linear_qkv.weight": torch.zeros(64, 64)}
     with pytest.raises(ConversionError, match=r"linear_qkv\.weight: expected shape \(128, 64\)"):
-        megatron_to_hf(bad, model_cfg)
+        megatron_to_hf(bad, model_cfg, 256)
     with pytest.raises(ConversionError, match="pass te_names=False"):
-        megatron_to_hf(mstate, model_cfg, te_names=True)
+        megatron_to_hf(mstate, model_cfg, 256, te_names=True)
     with pytest.raises(ConversionError, match="unexpected key decoder.layers.0.mlp.linear_fc1.bias"):
-        megatron_to_hf({**mstate, "decoder.layers.0.mlp.linear_fc1.bias": torch.zeros(192)}, model_cfg)
+        megatron_to_hf({**mstate, "decoder.layers.0.mlp.linear_fc1.bias": torch.zeros(192)}, model_cfg, 256)
+    with pytest.raises(ConversionError, match=r"has 256 rows; a vocabulary of 300 is padded to 384"):
+        megatron_to_hf(mstate, omni_config({**model_overrides_from_hf(hf.config), "vocab_size": 300}).model, 300)
 
 
 def test_folder_and_config_errors(tmp_path):
