@@ -126,9 +126,13 @@ def megatron_to_hf_folder(source: str | Path, out_dir: str | Path, tokenizer: st
 
 
 def matching_preset(model: ModelConfig) -> str:
-    """The first model.preset whose every field equals ``model``'s, else CUSTOM_PRESET."""
-    for name, fields in MODEL_PRESETS.items():
-        if fields and all(getattr(model, k) == v for k, v in fields.items()):
+    """The first named model.preset that gives exactly ``model``'s vocabulary and
+    checkpoint.MODEL_FUNCTION_FIELDS (with the schema defaults for the fields it does not set),
+    else CUSTOM_PRESET."""
+    fields = ("vocab_size",) + checkpoint.MODEL_FUNCTION_FIELDS
+    for name, values in MODEL_PRESETS.items():
+        preset = dataclasses.replace(ModelConfig(), **values)
+        if values and all(getattr(preset, f) == getattr(model, f) for f in fields):
             return name
     return CUSTOM_PRESET
 
