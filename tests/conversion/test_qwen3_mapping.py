@@ -230,3 +230,28 @@ def test_folder_and_config_errors(tmp_path):
     with pytest.raises(ConversionError, match="rope_type='yarn'"):
         model_overrides_from_hf({"model_type": "qwen3", **TINY,
                                  "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}})
+
+
+QWEN3_CONFIG_4_51 = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+                     "max_position_embeddings", "initializer_range", "rms_norm_eps", "tie_word_embeddings",
+                     "rope_theta", "rope_scaling", "attention_bias", "use_sliding_window",
+                     "max_window_layers", "attention_dropout", "torch_dtype")
+"""The config.json keys transformers 4.51's Qwen3Config (and PretrainedConfig's dtype) reads."""
+
+
+@pytest.mark.parametrize("factor", [1.0, 4.0], ids=["default-rope", "linear-rope"])
+def test_config_json_is_read_alike_by_transformers_4_and_5(tmp_path, factor):
+    cfg = omni_config({"num_layers": 2, "rope_theta": 5e5, "rope_scaling_factor": factor, "norm_eps": 1e-5})
+    model = build_megatron(cfg, 300)
+    save_hf_folder(megatron_to_hf(megatron_state(model), cfg.model, 300), hf_config(cfg.model, 300, torch.float32),
+                   tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    assert set(QWEN3_CONFIG_4_51) <= set(raw), sorted(set(QWEN3_CONFIG_4_51) - set(raw))
+    assert (raw["rope_theta"], raw["torch_dtype"], raw["rms_norm_eps"], raw["vocab_size"]) == (
+        5e5, "float32", 1e-5, 300)
+    assert raw["rope_scaling"] == (None if factor == 1.0 else {"rope_type": "linear", "factor": 4.0})
+    assert raw["rope_parameters"] == {"rope_type": "default" if factor == 1.0 else "linear", "rope_theta": 5e5,
+                                      **({} if factor == 1.0 else {"factor": 4.0})}
+    loaded = Qwen3Config.from_pretrained(tmp_path)  # transformers 5 reads both spellings alike
+    assert loaded.rope_parameters == raw["rope_parameters"] and loaded.dtype == torch.float32
