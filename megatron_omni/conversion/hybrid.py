@@ -36,7 +36,8 @@ import yaml
 
 from megatron_omni.config import OmniConfig, config_from_dict, config_to_dict, load_config, validate
 from megatron_omni.config.schema import ModelConfig
-from megatron_omni.conversion.checkpoints import plain_state, resolve_checkpoint, single_rank_config, single_rank_model
+from megatron_omni.conversion.checkpoints import (plain_state, resolve_checkpoint, single_rank_config,
+                                                  single_rank_model)
 from megatron_omni.conversion.common import staged_folder
 from megatron_omni.conversion.qwen3 import ConversionError
 from megatron_omni.models.llm.model import build_llm
