@@ -10,7 +10,8 @@ bit-identically, linear layers take the dense W_q/W_k/W_v/W_o (K/V heads replica
 model.linear.num_query_groups is larger), new gates and norms keep their fresh initialisation
 (megatron_omni/conversion/hybrid.py). Writes a weights-only checkpoint (iteration 0) under
 ``--out``; train from it with ``--set checkpoint.load=OUT --set model.layer_pattern=PATTERN``
-(and the same overrides). Prints a JSON summary of what was copied, replicated and fresh.
+(and the same overrides). Prints a JSON summary of what was copied, replicated and fresh. A bad
+input ends with one ``error:`` line, exit status 1 and no ``--out`` folder.
 """
 from __future__ import annotations
 
@@ -34,10 +35,14 @@ def main(argv=None) -> int:
     from megatron_omni import platform
 
     platform.prepare_process()
+    from megatron_omni.conversion.checkpoints import USER_ERRORS
     from megatron_omni.conversion.hybrid import convert_dense_checkpoint
 
     platform.init_distributed()
-    out, report = convert_dense_checkpoint(args.dense, args.out, args.pattern, args.overrides)
+    try:
+        out, report = convert_dense_checkpoint(args.dense, args.out, args.pattern, args.overrides)
+    except USER_ERRORS as e:
+        raise SystemExit(f"error: {e}") from None
     summary = {"checkpoint": str(out), "pattern": args.pattern,
                **{f"num_{kind}": len(keys) for kind, keys in report.items()},
                "replicated": report["replicated"], "fresh": report["fresh"]}

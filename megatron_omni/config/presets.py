@@ -1,7 +1,12 @@
 """Model size presets (Qwen3 shapes from the released configs)."""
 from __future__ import annotations
 
+CUSTOM_PRESET = "custom"
+"""The preset of a model that matches no named one (e.g. an HF import): no preset values, every
+field as the config gives it (schema defaults otherwise); from-hf prints the ``--set`` strings."""
+
 MODEL_PRESETS: dict[str, dict] = {
+    CUSTOM_PRESET: {},
     "tiny": dict(num_layers=4, hidden_size=64, ffn_hidden_size=192, num_attention_heads=4,
                  num_query_groups=2, head_dim=16, max_position_embeddings=4096,
                  rope_theta=1_000_000.0, tie_embeddings=True),

@@ -15,7 +15,8 @@ class ModelConfig:
     """The Qwen3-style decoder. Defaults are the ``tiny`` preset (config/presets.py)."""
 
     preset: str = "tiny"
-    """Size preset the other fields start from: tiny, qwen3-0.6b, qwen3-1.7b, qwen3-8b, qwen3-32b."""
+    """Size preset the other fields start from: tiny, qwen3-0.6b, qwen3-1.7b, qwen3-8b, qwen3-32b, or
+    custom (none: every field as given, e.g. an HF import's)."""
     num_layers: int = 4
     hidden_size: int = 64
     ffn_hidden_size: int = 192
@@ -189,6 +190,11 @@ class CheckpointConfig:
     load: str | None = None
     """Start from this checkpoint's weights (another run or an HF import); ignored on resume,
     but the folder must exist (see data.tokenizer)."""
+    load_changes: list | None = None
+    """Model fields this run sets differently from the checkpoint.load weights on purpose, e.g.
+    [model.rope_scaling_factor, model.max_position_embeddings] for a context extension; any other
+    difference in a field that changes the function computed is an error
+    (training/checkpoint.py check_same_model)."""
 
 
 @dataclass

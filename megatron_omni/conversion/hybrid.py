@@ -36,7 +36,9 @@ import yaml
 
 from megatron_omni.config import OmniConfig, config_from_dict, config_to_dict, load_config, validate
 from megatron_omni.config.schema import ModelConfig
-from megatron_omni.conversion.checkpoints import plain_state, single_rank_config, single_rank_model
+from megatron_omni.conversion.checkpoints import (plain_state, resolve_checkpoint, single_rank_config,
+                                                  single_rank_model)
+from megatron_omni.conversion.common import staged_folder
 from megatron_omni.conversion.qwen3 import ConversionError
 from megatron_omni.models.llm.model import build_llm
 from megatron_omni.training import checkpoint
@@ -143,7 +145,7 @@ def convert_dense_checkpoint(source: str | Path, out_root: str | Path, pattern: 
     It loads at any TP/PP with ``checkpoint.load=<out_root>`` and the same layer pattern.
     Needs a process group (``platform.init_distributed()``). Holds both models in memory.
     Returns (the checkpoint folder, the report of dense_to_hybrid)."""
-    path = checkpoint.resolve(source)
+    path = resolve_checkpoint(source, "--dense")
     common = checkpoint.read_common(path)
     dtype, vocab_size = common["dtype"], common["vocab_size"]
     dense_cfg = single_rank_config(config_from_dict(common["config"]), dtype)
@@ -158,5 +160,6 @@ def convert_dense_checkpoint(source: str | Path, out_root: str | Path, pattern: 
     missing = [k for k in missing if "_extra_state" not in k]
     if missing or unexpected:
         raise ConversionError(f"hybrid model left unset: missing {missing}, unexpected {unexpected}")
-    out = checkpoint.save_checkpoint(out_root, 0, [hybrid], 0, config_to_dict(hybrid_cfg), vocab_size)
-    return out, report
+    with staged_folder(out_root) as tmp:
+        out = checkpoint.save_checkpoint(tmp, 0, [hybrid], 0, config_to_dict(hybrid_cfg), vocab_size)
+    return Path(out_root) / out.name, report

@@ -25,7 +25,7 @@ from megatron_omni.config import OmniConfig, load_config
 from megatron_omni.config.schema import OmniModelConfig
 from megatron_omni.conversion import qwen3, siglip, whisper
 from megatron_omni.conversion.checkpoints import plain_state, single_rank_config
-from megatron_omni.conversion.common import ConversionError, load_full_state_dict
+from megatron_omni.conversion.common import ConversionError, load_full_state_dict, staged_folder
 from megatron_omni.config.encoders import AUDIO_PRESETS, VISION_PRESETS, AudioEncoderConfig, VisionEncoderConfig
 from megatron_omni.config import encoders
 from megatron_omni.training import checkpoint
@@ -161,6 +161,7 @@ def hf_folders_to_omni(llm: str | Path, vision: str | Path, audio: str | Path, o
         load_full_state_dict(module, state)
         imported[f"{part}_encoder"] = len(state)
         fresh -= {f"{part}_encoder.{k}" for k in state}
-    path = checkpoint.save_checkpoint(out_root, 0, [model], 0, dataclasses.asdict(cfg), vocab_size)
-    return {"checkpoint": str(path), "imported": imported, "fresh": sorted(fresh),
+    with staged_folder(out_root) as tmp:
+        path = checkpoint.save_checkpoint(tmp, 0, [model], 0, dataclasses.asdict(cfg), vocab_size)
+    return {"checkpoint": str(Path(out_root) / path.name), "imported": imported, "fresh": sorted(fresh),
             "model_sets": model_sets(derived)}

@@ -25,17 +25,20 @@ With the transformer-engine backend the two pre-norms are fused into the followi
 and named ``self_attention.linear_qkv.layer_norm_weight`` / ``mlp.linear_fc1.layer_norm_weight``
 (``te_names=True``). ``_extra_state`` keys are ignored.
 
-The embedding keeps megatron's padding to a multiple of 128 rows on export (the HF vocab_size is
-the padded size, as Qwen's own releases are padded); on import a vocabulary that is not a multiple
-of 128 is padded with zero rows.
+Vocabulary: megatron's tables are padded to a multiple of 128 rows (models/llm/model.py, whose
+padding logits are masked). On import the HF rows are padded with zero rows; on export only the
+true vocabulary's rows are written (HF vocab_size = the checkpoint's vocab_size), so a sampler can
+never emit a padding id. The config.json carries both the transformers-5 keys (rope_parameters,
+dtype) and the ones transformers 4.51 reads (rope_theta, rope_scaling, torch_dtype).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import Qwen3Config
+from transformers import GenerationConfig, Qwen3Config
 
 from megatron_omni.config.schema import ModelConfig
 from megatron_omni.conversion.common import SAFETENSORS, ConversionError, read_hf_config, read_hf_weights
@@ -159,11 +162,10 @@ def _drop_tied_copy(state: dict, key: str, embed_key: str) -> None:
         del state[key]
 
 
-def _check_vocab(rows: int, m: ModelConfig, key: str) -> None:
-    if m.vocab_size is not None and padded_vocab_size(rows) != padded_vocab_size(m.vocab_size):
-        raise ConversionError(
-            f"{key} has {rows} rows (padded to {padded_vocab_size(rows)}) but model.vocab_size="
-            f"{m.vocab_size} pads to {padded_vocab_size(m.vocab_size)}; set model.vocab_size={rows}")
+def _check_vocab(vocab_size: int, m: ModelConfig, key: str) -> None:
+    if m.vocab_size is not None and vocab_size != m.vocab_size:
+        raise ConversionError(f"{key} holds a vocabulary of {vocab_size} but model.vocab_size="
+                              f"{m.vocab_size}; set model.vocab_size={vocab_size}")
 
 
 def _naming_hint(state: dict, te_names: bool) -> str:
@@ -174,12 +176,13 @@ def _naming_hint(state: dict, te_names: bool) -> str:
     return ""
 
 
-def megatron_to_hf(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig,
+def megatron_to_hf(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, vocab_size: int,
                    te_names: bool = False) -> dict[str, torch.Tensor]:
     """Megatron GPTModel state dict (full, TP=1) → HF Qwen3ForCausalLM state dict.
 
-    The padded vocabulary is kept ([Vpad, h] embedding and lm_head; HF vocab_size = Vpad). A tied
-    model has no ``lm_head.weight``. ``te_names`` selects transformer-engine's fused-norm names.
+    ``vocab_size`` is the true vocabulary (the checkpoint's ``vocab_size``): the embedding and
+    lm_head keep its rows only ([V, h]; the padding rows are dropped). A tied model has no
+    ``lm_head.weight``. ``te_names`` selects transformer-engine's fused-norm names.
     """
     state = {k: v for k, v in state_dict.items() if not k.endswith("_extra_state")}
     if model_cfg.tie_embeddings:
@@ -187,14 +190,14 @@ def megatron_to_hf(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig,
     vocab_rows = _rows(state, _M_EMBED)
     _validate(state, _megatron_shapes(model_cfg, vocab_rows, te_names), "megatron",
               _naming_hint(state, te_names))
-    if vocab_rows % VOCAB_DIVISOR:
-        raise ConversionError(f"{_M_EMBED} has {vocab_rows} rows; a megatron embedding is padded to a "
-                              f"multiple of {VOCAB_DIVISOR}")
-    _check_vocab(vocab_rows, model_cfg, _M_EMBED)
+    if vocab_rows != padded_vocab_size(vocab_size):
+        raise ConversionError(f"{_M_EMBED} has {vocab_rows} rows; a vocabulary of {vocab_size} is padded "
+                              f"to {padded_vocab_size(vocab_size)} (a multiple of {VOCAB_DIVISOR})")
+    _check_vocab(vocab_size, model_cfg, _M_EMBED)
 
     nh, ng, hn = _heads(model_cfg)
     h, ffn = model_cfg.hidden_size, model_cfg.ffn_hidden_size
-    hf = {_HF_EMBED: state[_M_EMBED]}
+    hf = {_HF_EMBED: state[_M_EMBED][:vocab_size]}
     for i in range(model_cfg.num_layers):
         mp, hp = f"decoder.layers.{i}.", f"model.layers.{i}."
         for m_name, hf_name in _one_to_one(te_names):
@@ -209,7 +212,7 @@ def megatron_to_hf(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig,
         hf[hp + "mlp.up_proj.weight"] = up
     hf[_HF_FINAL_NORM] = state[_M_FINAL_NORM]
     if not model_cfg.tie_embeddings:
-        hf[_HF_LM_HEAD] = state[_M_OUTPUT]
+        hf[_HF_LM_HEAD] = state[_M_OUTPUT][:vocab_size]
     return hf
 
 
@@ -255,7 +258,8 @@ def hf_to_megatron(hf_state: dict[str, torch.Tensor], model_cfg: ModelConfig,
 
 
 def hf_config(model_cfg: ModelConfig, vocab_size: int, dtype: torch.dtype | str) -> Qwen3Config:
-    """The Qwen3Config of a model built from model_cfg; vocab_size is padded as the embedding is.
+    """The Qwen3Config of a model built from model_cfg, with the true vocab_size (megatron_to_hf
+    drops the padding rows).
     NTK-aware scaling (model.rope_scaling=ntk) is static: it maps exactly onto default RoPE with
     the raised base (rope_base), so the HF config carries that base and no scaling entry."""
     if model_cfg.rope_scaling == "ntk":
@@ -269,7 +273,7 @@ def hf_config(model_cfg: ModelConfig, vocab_size: int, dtype: torch.dtype | str)
     return Qwen3Config(
         architectures=["Qwen3ForCausalLM"],
         dtype=dtype,
-        vocab_size=padded_vocab_size(vocab_size),
+        vocab_size=vocab_size,
         hidden_size=model_cfg.hidden_size,
         intermediate_size=model_cfg.ffn_hidden_size,
         num_hidden_layers=model_cfg.num_layers,
@@ -331,12 +335,44 @@ def model_overrides_from_hf(hf_cfg: Qwen3Config | dict) -> dict:
     )
 
 
+TRANSFORMERS_4_KEYS = ("rope_theta", "rope_scaling", "torch_dtype")
+"""config.json keys transformers 4.51 reads where transformers 5 reads rope_parameters and dtype
+(5.x also reads these, and prefers them when both are present; they are written equal)."""
+
+
+def legacy_keys(hf_cfg: Qwen3Config) -> dict:
+    """TRANSFORMERS_4_KEYS of hf_cfg: rope_theta, rope_scaling (null for default RoPE, else
+    {rope_type, factor}) and torch_dtype."""
+    rope = hf_cfg.rope_parameters
+    scaling = None if rope["rope_type"] == "default" else {"rope_type": rope["rope_type"], "factor": rope["factor"]}
+    return {"rope_theta": rope["rope_theta"], "rope_scaling": scaling,
+            "torch_dtype": str(hf_cfg.dtype).removeprefix("torch.")}
+
+
+GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
+"""Sampling settings of the exported generation_config.json (those of Qwen3's own releases)."""
+
+
+def generation_config(eos_id: int | None, pad_id: int | None) -> GenerationConfig:
+    """generation_config.json of an export: the tokenizer's <eod> as eos and bos (documents are
+    separated by it, so it precedes a prompt as Qwen3's <|endoftext|> does), <pad> as pad, and
+    GENERATION_DEFAULTS."""
+    return GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+                            **GENERATION_DEFAULTS)
+
+
 def save_hf_folder(hf_state: dict[str, torch.Tensor], hf_cfg: Qwen3Config, out_dir: str | Path) -> None:
-    """Write ``config.json`` and ``model.safetensors`` (contiguous CPU tensors; a tied model's
-    lm_head is not stored) — a folder ``AutoModelForCausalLM.from_pretrained`` loads."""
+    """Write ``config.json`` (with legacy_keys, for transformers 4.51), ``generation_config.json``
+    (generation_config with hf_cfg's eos/pad ids) and ``model.safetensors`` (contiguous CPU
+    tensors; a tied model's lm_head is not stored) — a folder ``AutoModelForCausalLM.from_pretrained``
+    loads."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_cfg.save_pretrained(out)
+    config_file = out / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **legacy_keys(hf_cfg)},
+                                      indent=2, sort_keys=True) + "\n")
+    generation_config(hf_cfg.eos_token_id, hf_cfg.pad_token_id).save_pretrained(out)
     tensors = {k: v.detach().cpu().contiguous() for k, v in hf_state.items()
                if not (hf_cfg.tie_word_embeddings and k == _HF_LM_HEAD)}
     save_file(tensors, out / SAFETENSORS, metadata={"format": "pt"})

@@ -18,6 +18,7 @@ distributed optimizer uses the ``fully_reshardable`` format for the same reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -33,8 +34,8 @@ from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_omni import platform
-from megatron_omni.config import ConfigError, OmniConfig
-from megatron_omni.models.llm.model import padded_vocab_size
+from megatron_omni.config import ConfigError, OmniConfig, config_from_dict
+from megatron_omni.config.schema import ModelConfig, SparseAttentionConfig
 from megatron_omni.training import integrity
 from megatron_omni.training.ckpt_errors import CheckpointError, describe, on_all_ranks
 from megatron_omni.training.writer_queue import shield_writer_queue
@@ -49,29 +50,79 @@ _OPT_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 MODEL_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                       "num_query_groups", "head_dim", "tie_embeddings")
 
+MODEL_FUNCTION_FIELDS = MODEL_SHAPE_FIELDS + ("max_position_embeddings", "rope_theta",
+                                              "rope_scaling_factor", "rope_scaling", "norm_eps")
+"""ModelConfig fields that change the function a model of given layer types computes: its shapes,
+positions (RoPE base and scaling; rope_scaling matters only with a factor other than 1) and norms.
+Initialisation, dropout and the backend do not count."""
+
+SPARSE_FIELDS = tuple(f.name for f in dataclasses.fields(SparseAttentionConfig))
+"""model.sparse fields compared when the model has S layers (each changes what they attend to)."""
+
+LINEAR_FIELDS = ("num_query_groups", "slopes", "output_gate")
+"""model.linear fields compared when the model has L layers (chunk_size only tiles the kernel)."""
 
 OMNI_SHAPE_FIELDS = ("vision", "vision_overrides", "audio", "audio_overrides", "vision_projector",
                      "audio_projector", "image_tokens", "resampler_heads", "projector_hidden_size")
 """model.omni fields that decide the omni parameters' shapes (an omni checkpoint may also be
 loaded into the text-only LLM, which reads only the LLM's tensors)."""
 
+OMNI_FUNCTION_FIELDS = OMNI_SHAPE_FIELDS + ("frames_per_package", "tmrope", "mrope_sections")
+"""model.omni fields compared when the config is the omni model (the contrastive loss settings and
+max_video_frames do not change the function)."""
 
-def check_same_model(common: dict, cfg: OmniConfig, vocab_size: int, source) -> None:
-    """A clear error when a checkpoint's model shape differs from the configured one."""
-    saved = common["config"]["model"]
-    diff = [f"model.{f}: checkpoint {saved[f]} vs config {getattr(cfg.model, f)}"
-            for f in MODEL_SHAPE_FIELDS if saved[f] != getattr(cfg.model, f)]
-    omni = cfg.model.omni
-    if omni is not None and saved.get("omni") is None:
-        diff.append("model.omni: the checkpoint is the text-only LLM, the config the omni model "
-                    "(make an omni checkpoint with launch/convert_checkpoint.py from-hf-omni)")
-    elif omni is not None:
-        diff += [f"model.omni.{f}: checkpoint {saved['omni'].get(f)} vs config {getattr(omni, f)}"
-                 for f in OMNI_SHAPE_FIELDS if saved["omni"].get(f) != getattr(omni, f)]
-    if padded_vocab_size(common["vocab_size"]) != padded_vocab_size(vocab_size):
-        diff.append(f"vocabulary: checkpoint {common['vocab_size']} vs this run {vocab_size}")
+
+COMPARED = frozenset(
+    [f"model.{f}" for f in MODEL_FUNCTION_FIELDS + ("layer_pattern",)]
+    + [f"model.{part}.{f}" for part, names in (("sparse", SPARSE_FIELDS), ("linear", LINEAR_FIELDS),
+                                               ("omni", OMNI_FUNCTION_FIELDS)) for f in names])
+"""Every name model_differences can report (what checkpoint.load_changes may list)."""
+
+
+def model_differences(saved: ModelConfig, model: ModelConfig) -> dict[str, str]:
+    """{field name: "checkpoint X vs config Y"} for every field that changes the function computed
+    (MODEL_FUNCTION_FIELDS, the spelled-out layer pattern, SPARSE_FIELDS / LINEAR_FIELDS of the
+    layer types present, OMNI_FUNCTION_FIELDS when ``model`` is the omni model)."""
+    pairs = [(f"model.{f}", getattr(saved, f), getattr(model, f)) for f in MODEL_FUNCTION_FIELDS
+             if f != "rope_scaling" or saved.rope_scaling_factor != 1.0 or model.rope_scaling_factor != 1.0]
+    if saved.num_layers == model.num_layers:
+        pairs.append(("model.layer_pattern", saved.layer_types(), model.layer_types()))
+    kinds = set(model.layer_types())
+    pairs += [(f"model.sparse.{f}", getattr(saved.sparse, f), getattr(model.sparse, f))
+              for f in SPARSE_FIELDS if "S" in kinds]
+    pairs += [(f"model.linear.{f}", getattr(saved.linear, f), getattr(model.linear, f))
+              for f in LINEAR_FIELDS if "L" in kinds]
+    if model.omni is not None and saved.omni is not None:
+        pairs += [(f"model.omni.{f}", getattr(saved.omni, f), getattr(model.omni, f))
+                  for f in OMNI_FUNCTION_FIELDS]
+    return {name: f"checkpoint {a} vs config {b}" for name, a, b in pairs if a != b}
+
+
+def check_same_model(common: dict, cfg: OmniConfig, vocab_size: int, source,
+                     allowed: list[str] | None = None) -> None:
+    """A ConfigError naming every difference (model_differences, the vocabulary) between the
+    checkpoint's model and the configured one. ``allowed``: the field names that may differ
+    (checkpoint.load_changes when starting from ``source``); None where no change can be allowed
+    (resuming, a distillation teacher)."""
+    saved = config_from_dict(common["config"]).model
+    if cfg.model.omni is not None and saved.omni is None:
+        raise ConfigError(f"{source} holds a different model; model.omni: the checkpoint is the "
+                          "text-only LLM, the config the omni model (make an omni checkpoint with "
+                          "launch/convert_checkpoint.py from-hf-omni)")
+    found = model_differences(saved, cfg.model)
+    unknown = sorted(set(allowed or ()) - COMPARED)
+    if unknown:
+        raise ConfigError(f"checkpoint.load_changes={allowed}: {unknown} are not fields the load "
+                          f"check compares; use names such as model.rope_scaling_factor")
+    diff = [f"{name}: {text}" for name, text in found.items() if name not in (allowed or ())]
+    if common["vocab_size"] != vocab_size:
+        diff.append(f"vocabulary: checkpoint {common['vocab_size']} vs this run {vocab_size} "
+                    "(model.vocab_size, else data.tokenizer's size)")
     if diff:
-        raise ConfigError(f"{source} holds a different model; " + "; ".join(diff))
+        hint = ("set these to the checkpoint's values" if allowed is None else
+                "set these to the checkpoint's values, or list intended changes (e.g. a context "
+                "extension) in checkpoint.load_changes")
+        raise ConfigError(f"{source} holds a different model; " + "; ".join(diff) + f" ({hint})")
 
 
 def check_resumable(common: dict, cfg: OmniConfig, vocab_size: int, source) -> None:

@@ -199,7 +199,8 @@ class Trainer:
         self.scheduler.step(increment=1)
         if ck.load is not None:
             source = checkpoint.resolve(ck.load)
-            checkpoint.check_same_model(checkpoint.read_common(source), self.cfg, self.vocab_size, source)
+            checkpoint.check_same_model(checkpoint.read_common(source), self.cfg, self.vocab_size, source,
+                                        allowed=ck.load_changes or [])
             checkpoint.load_checkpoint(source, self.model)
             log.info("initialised weights from %s", source)
         return 0, 0

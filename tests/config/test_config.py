@@ -193,8 +193,8 @@ def test_valid_config_derives_dp(overrides, world_size, dp):
     (["data.train_blend=a"], ["data.train_blend='a' has the wrong type; expected list"]),
     (["training=3"], ["training: expected a mapping, got 3"]),
     (["training.lr=null"], ["training.lr may not be null"]),
-    (["model.preset=qwen3-7b"], ["model.preset='qwen3-7b' is unknown; use one of ['qwen3-0.6b', "
-                                 "'qwen3-1.7b', 'qwen3-32b', 'qwen3-8b', 'tiny']"]),
+    (["model.preset=qwen3-7b"], ["model.preset='qwen3-7b' is unknown; use one of ['custom', "
+                                 "'qwen3-0.6b', 'qwen3-1.7b', 'qwen3-32b', 'qwen3-8b', 'tiny']"]),
     (["model.preset=[tiny]"], ["model.preset=['tiny'] is unknown; use one of"]),
 ], ids=["did_you_mean", "did_you_mean_section", "did_you_mean_nested", "valid_fields", "str_for_int",
         "fraction_for_int", "int_for_bool", "word_for_float", "str_for_list", "scalar_section",

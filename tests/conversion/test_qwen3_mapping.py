@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from megatron_omni.config import load_config
 from megatron_omni.conversion.qwen3 import (ConversionError, hf_config, hf_to_megatron, load_hf_folder,
                                             megatron_to_hf, model_overrides_from_hf, save_hf_folder)
-from megatron_omni.models.llm.model import build_llm
+from megatron_omni.models.llm.model import PADDED_LOGIT, build_llm
 
 pytestmark = pytest.mark.usefixtures("megatron_single_rank")
 
@@ -96,7 +96,7 @@ def test_hf_weights_give_hf_logits(vocab_size, tied):
     out = megatron_logits(model, toks)
     assert out.shape[-1] == (384 if vocab_size == 300 else 256)
     torch.testing.assert_close(out[..., :vocab_size], ref, atol=1e-5, rtol=0)
-    assert torch.all(out[..., vocab_size:] == 0), "zero-padded rows give zero logits"
+    assert torch.all(out[..., vocab_size:] == PADDED_LOGIT), "padding logits are masked"
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
@@ -104,23 +104,23 @@ def test_hf_megatron_hf_bit_exact(tied):
     hf = tiny_hf(256, tied)
     model_cfg = omni_config(model_overrides_from_hf(hf.config)).model
     original = hf_canonical(hf)
-    assert_states_equal(megatron_to_hf(hf_to_megatron(original, model_cfg), model_cfg), original)
+    assert_states_equal(megatron_to_hf(hf_to_megatron(original, model_cfg), model_cfg, 256), original)
 
 
-def test_hf_round_trip_pads_vocab():
+def test_hf_round_trip_pads_then_drops_the_padding_rows():
     hf = tiny_hf(300, tied=False)
     model_cfg = omni_config(model_overrides_from_hf(hf.config)).model
-    back = megatron_to_hf(hf_to_megatron(hf.state_dict(), model_cfg), model_cfg)
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        assert back[key].shape == (384, 64)
-        assert torch.equal(back[key][:300], hf.state_dict()[key]) and not back[key][300:].any()
+    mstate = hf_to_megatron(hf.state_dict(), model_cfg)
+    assert mstate["embedding.word_embeddings.weight"].shape == (384, 64)
+    assert not mstate["output_layer.weight"][300:].any()
+    assert_states_equal(megatron_to_hf(mstate, model_cfg, 300), hf.state_dict())
 
 
 @pytest.mark.parametrize("tied,te_names", [(True, False), (False, False), (False, True)],
                          ids=["tied", "untied", "untied-te-names"])
 def test_megatron_hf_megatron_bit_exact(tied, te_names):
     cfg = omni_config({"num_layers": 2, "tie_embeddings": tied})
-    state = megatron_state(build_megatron(cfg, 300))
+    state = megatron_state(build_megatron(cfg, 256))
     with torch.no_grad():  # norms start at one: make them distinguishable
         for k, v in state.items():
             if "layernorm" in k:
@@ -129,7 +129,7 @@ def test_megatron_hf_megatron_bit_exact(tied, te_names):
         state = {k.replace("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight")
                   .replace("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"): v
                  for k, v in state.items()}
-    hf = megatron_to_hf(state, cfg.model, te_names=te_names)
+    hf = megatron_to_hf(state, cfg.model, 256, te_names=te_names)
     assert ("lm_head.weight" in hf) != tied
     assert_states_equal(hf_to_megatron(hf, cfg.model, te_names=te_names), state)
 
@@ -138,22 +138,22 @@ def test_megatron_hf_megatron_bit_exact(tied, te_names):
 def test_saved_folder_loads_in_transformers(tmp_path, tied):
     cfg = omni_config({"num_layers": 2, "tie_embeddings": tied, "rope_theta": 10000.0, "init_std": 0.2})
     model = build_megatron(cfg, 300)
-    hf_state = megatron_to_hf(megatron_state(model), cfg.model)
+    hf_state = megatron_to_hf(megatron_state(model), cfg.model, 300)
     save_hf_folder(hf_state, hf_config(cfg.model, 300, torch.float32), tmp_path)
 
     hf, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    assert hf.config.vocab_size == 384 and hf.dtype == torch.float32
+    assert hf.config.vocab_size == 300 and hf.dtype == torch.float32
     toks = tokens(300)
     with torch.no_grad():
         ref = hf.eval()(toks).logits
-    torch.testing.assert_close(megatron_logits(model, toks), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(megatron_logits(model, toks)[..., :300], ref, atol=1e-5, rtol=0)
 
     state, loaded_cfg = load_hf_folder(tmp_path)
     assert ("lm_head.weight" in state) != tied
     assert_states_equal(state, {k: v.contiguous() for k, v in hf_state.items()})
     overrides = model_overrides_from_hf(loaded_cfg)
-    assert overrides == {**{k: getattr(cfg.model, k) for k in overrides}, "vocab_size": 384}
+    assert overrides == {**{k: getattr(cfg.model, k) for k in overrides}, "vocab_size": 300}
 
 
 def test_load_index_sharded_folder(tmp_path):
@@ -197,11 +197,13 @@ def test_errors_name_key_and_shape():
     mstate = hf_to_megatron(state, model_cfg)
     bad = {**mstate, "decoder.layers.0.self_attention.linear_qkv.weight": torch.zeros(64, 64)}
     with pytest.raises(ConversionError, match=r"linear_qkv\.weight: expected shape \(128, 64\)"):
-        megatron_to_hf(bad, model_cfg)
+        megatron_to_hf(bad, model_cfg, 256)
     with pytest.raises(ConversionError, match="pass te_names=False"):
-        megatron_to_hf(mstate, model_cfg, te_names=True)
+        megatron_to_hf(mstate, model_cfg, 256, te_names=True)
     with pytest.raises(ConversionError, match="unexpected key decoder.layers.0.mlp.linear_fc1.bias"):
-        megatron_to_hf({**mstate, "decoder.layers.0.mlp.linear_fc1.bias": torch.zeros(192)}, model_cfg)
+        megatron_to_hf({**mstate, "decoder.layers.0.mlp.linear_fc1.bias": torch.zeros(192)}, model_cfg, 256)
+    with pytest.raises(ConversionError, match=r"has 256 rows; a vocabulary of 300 is padded to 384"):
+        megatron_to_hf(mstate, omni_config({**model_overrides_from_hf(hf.config), "vocab_size": 300}).model, 300)
 
 
 def test_folder_and_config_errors(tmp_path):
@@ -228,3 +230,28 @@ def test_folder_and_config_errors(tmp_path):
     with pytest.raises(ConversionError, match="rope_type='yarn'"):
         model_overrides_from_hf({"model_type": "qwen3", **TINY,
                                  "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}})
+
+
+QWEN3_CONFIG_4_51 = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+                     "max_position_embeddings", "initializer_range", "rms_norm_eps", "tie_word_embeddings",
+                     "rope_theta", "rope_scaling", "attention_bias", "use_sliding_window",
+                     "max_window_layers", "attention_dropout", "torch_dtype")
+"""The config.json keys transformers 4.51's Qwen3Config (and PretrainedConfig's dtype) reads."""
+
+
+@pytest.mark.parametrize("factor", [1.0, 4.0], ids=["default-rope", "linear-rope"])
+def test_config_json_is_read_alike_by_transformers_4_and_5(tmp_path, factor):
+    cfg = omni_config({"num_layers": 2, "rope_theta": 5e5, "rope_scaling_factor": factor, "norm_eps": 1e-5})
+    model = build_megatron(cfg, 300)
+    save_hf_folder(megatron_to_hf(megatron_state(model), cfg.model, 300), hf_config(cfg.model, 300, torch.float32),
+                   tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    assert set(QWEN3_CONFIG_4_51) <= set(raw), sorted(set(QWEN3_CONFIG_4_51) - set(raw))
+    assert (raw["rope_theta"], raw["torch_dtype"], raw["rms_norm_eps"], raw["vocab_size"]) == (
+        5e5, "float32", 1e-5, 300)
+    assert raw["rope_scaling"] == (None if factor == 1.0 else {"rope_type": "linear", "factor": 4.0})
+    assert raw["rope_parameters"] == {"rope_type": "default" if factor == 1.0 else "linear", "rope_theta": 5e5,
+                                      **({} if factor == 1.0 else {"factor": 4.0})}
+    loaded = Qwen3Config.from_pretrained(tmp_path)  # transformers 5 reads both spellings alike
+    assert loaded.rope_parameters == raw["rope_parameters"] and loaded.dtype == torch.float32

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import get_pg_rank, get_pg_size
 
 from megatron_omni import platform
 from megatron_omni.config.schema import OmniConfig
@@ -18,8 +19,37 @@ VOCAB_DIVISOR = 128
 reshards between TP sizes; any TP that is a power of two up to 128 divides it)."""
 
 
+PADDED_LOGIT = -1e9
+"""The logit of a padding row (ids >= the true vocabulary): exp underflows to exactly 0 in
+float32/bf16, so padding takes no probability mass; finite (not -inf) so a softmax difference of
+two masked logits (the distillation KL) stays 0 instead of NaN."""
+
+
 def padded_vocab_size(vocab_size: int) -> int:
     return -(-vocab_size // VOCAB_DIVISOR) * VOCAB_DIVISOR
+
+
+def mask_padded_logits(output_layer, vocab_size: int) -> None:
+    """Make the logits of the padding rows (global ids >= vocab_size) PADDED_LOGIT wherever
+    ``output_layer`` (a ColumnParallelLinear over the padded vocabulary) is used: the loss, the
+    logits returned for generation and evaluation, the distillation teacher. megatron-core 0.16.1
+    has no such option (its cross entropy normalises over every padded column; its generation
+    controller only clamps sampled ids). Under TP each rank masks its own slice of columns (or the
+    whole row when the output is gathered); the masked entries get no gradient, so the padding
+    rows of the output layer are never trained."""
+    per_rank, rank = output_layer.output_size_per_partition, get_pg_rank(output_layer.tp_group)
+    if per_rank * get_pg_size(output_layer.tp_group) == vocab_size:
+        return
+
+    def mask(module, args, output):
+        logits = output[0]
+        start = rank * per_rank if logits.shape[-1] == per_rank else 0
+        first_pad = max(vocab_size - start, 0)
+        if first_pad < logits.shape[-1]:
+            logits[..., first_pad:] = PADDED_LOGIT
+        return output
+
+    output_layer.register_forward_hook(mask)
 
 
 def params_dtype(cfg: OmniConfig) -> torch.dtype:
@@ -97,6 +127,8 @@ def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None, *,
               mrope_section: list[int] | None = None,
               scatter_embedding_sequence_parallel: bool = True) -> GPTModel:
     """The decoder chunk this rank holds (pipeline stage, and virtual stage when vpp > 1).
+    ``vocab_size`` is the true vocabulary (the tokenizer's): the tables are padded to a multiple
+    of VOCAB_DIVISOR and the padding logits masked (mask_padded_logits).
 
     ``mrope_section``: rotary from 3-D position ids [3, b, s] (megatron's mrope slot; the omni
     model puts TMRoPE there); None = 1-D RoPE. ``scatter_embedding_sequence_parallel=False``
@@ -110,7 +142,7 @@ def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None, *,
     # TE's dense layers take no packed batches: auto picks local (config/validate_model.py refuses te)
     packed_dense = cfg.data.packed and "D" in m.layer_types()
     backend = "local" if packed_dense and m.backend == "auto" else resolve_backend(m.backend)
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=decoder_block_spec(config, backend, vp_stage, m),
         vocab_size=padded_vocab_size(vocab_size),
@@ -125,3 +157,6 @@ def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None, *,
         seq_len_interpolation_factor=rope_interpolation(m),
         vp_stage=vp_stage,
     )
+    if post:
+        mask_padded_logits(model.output_layer, vocab_size)
+    return model
