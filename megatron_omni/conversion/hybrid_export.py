@@ -43,10 +43,10 @@ from megatron_omni.config import ConfigError, OmniConfig, config_from_dict, conf
 from megatron_omni.config.schema import ModelConfig
 from megatron_omni.config.validate_model import validate_model, validate_sizes
 from megatron_omni.conversion import hybrid_modeling
-from megatron_omni.conversion.checkpoints import plain_state, single_rank_config, single_rank_model
+from megatron_omni.conversion.checkpoints import (plain_state, read_tokenizer, resolve_checkpoint,
+                                                  single_rank_config, single_rank_model)
 from megatron_omni.conversion.common import (SAFETENSORS, ConversionError, read_hf_config,
                                              read_hf_weights, staged_folder)
-from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import padded_vocab_size, rope_base, rope_interpolation
 from megatron_omni.training import checkpoint
 
@@ -59,6 +59,7 @@ _AUTO_MAP = {"AutoConfig": "modeling_omni_hybrid.OmniHybridConfig",
 _OUTER = [("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
           ("decoder.final_layernorm.weight", "model.norm.weight"),
           ("output_layer.weight", "lm_head.weight")]
+_VOCAB_ROWS = {"embedding.word_embeddings.weight", "output_layer.weight"}
 _LAYER = [("input_layernorm.weight", "input_layernorm.weight"),
           ("self_attention.q_layernorm.weight", "self_attn.q_norm.weight"),
           ("self_attention.k_layernorm.weight", "self_attn.k_norm.weight"),
@@ -128,13 +129,15 @@ def _merge_qkv(hf_state: dict, prefix: str, m: ModelConfig, groups: int) -> torc
     return torch.cat(parts, dim=1).reshape(-1, h)
 
 
-def megatron_to_hybrid_hf(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
-    """A TP=1 hybrid GPTModel state dict (no ``_extra_state``) → the HF folder's tensors. Every
-    key must be consumed: a tensor the mapping does not know raises ConversionError."""
+def megatron_to_hybrid_hf(state: dict[str, torch.Tensor], m: ModelConfig, vocab_size: int) -> dict[str, torch.Tensor]:
+    """A TP=1 hybrid GPTModel state dict (no ``_extra_state``) → the HF folder's tensors; the
+    embedding and output layer keep the true vocabulary's ``vocab_size`` rows (the padding rows,
+    masked in megatron, are dropped). Every key must be consumed: a tensor the mapping does not
+    know raises ConversionError."""
     out, used = {}, set()
     for mk, hk in _OUTER:
         if mk in state and not (mk == "output_layer.weight" and m.tie_embeddings):
-            out[hk] = state[mk]
+            out[hk] = state[mk][:vocab_size] if mk in _VOCAB_ROWS else state[mk]
         used.add(mk)
     ffn = m.ffn_hidden_size
     for i, letter in enumerate(m.layer_types()):
@@ -157,13 +160,18 @@ def megatron_to_hybrid_hf(state: dict[str, torch.Tensor], m: ModelConfig) -> dic
     return out
 
 
+def _pad_vocab_rows(w: torch.Tensor) -> torch.Tensor:
+    rows = padded_vocab_size(w.shape[0])
+    return torch.cat([w, w.new_zeros(rows - w.shape[0], *w.shape[1:])]) if rows > w.shape[0] else w
+
+
 def hybrid_hf_to_megatron(hf_state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
-    """The inverse of megatron_to_hybrid_hf. Raises ConversionError naming a missing or an
-    unknown HF tensor."""
+    """The inverse of megatron_to_hybrid_hf (vocabulary rows zero-padded to megatron's padded
+    size). Raises ConversionError naming a missing or an unknown HF tensor."""
     out, used = {}, set()
     for mk, hk in _OUTER:
         if hk in hf_state:
-            out[mk] = hf_state[hk]
+            out[mk] = _pad_vocab_rows(hf_state[hk]) if mk in _VOCAB_ROWS else hf_state[hk]
             used.add(hk)
     for i, letter in enumerate(m.layer_types()):
         mp, hp = f"decoder.layers.{i}.", f"model.layers.{i}."
@@ -195,7 +203,7 @@ def hybrid_hf_config(m: ModelConfig, vocab_size: int, dtype: str) -> dict:
         "architectures": ["OmniHybridForCausalLM"],
         "auto_map": dict(_AUTO_MAP),
         "dtype": dtype,
-        "vocab_size": padded_vocab_size(vocab_size),
+        "vocab_size": vocab_size,
         "hidden_size": m.hidden_size,
         "intermediate_size": m.ffn_hidden_size,
         "num_hidden_layers": m.num_layers,
@@ -240,7 +248,7 @@ def verify_hybrid_folder(model, folder: Path, tolerance: float, length: int = 32
     tokens = torch.randint(0, hf.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(0))
     model.eval()
     with torch.no_grad():
-        ours = model(tokens, torch.arange(length).expand_as(tokens), None).float()
+        ours = model(tokens, torch.arange(length).expand_as(tokens), None)[..., :hf.config.vocab_size].float()
         theirs = hf(tokens).logits.float()
     diff = (ours - theirs).abs().max().item()
     if not diff <= tolerance:
@@ -252,17 +260,17 @@ def export_hybrid(source: str | Path, out_dir: str | Path, tokenizer: str | None
                   verify: bool = True, tolerance: float = 1e-4) -> dict:
     """Write the HF folder of a hybrid checkpoint (run folder or checkpoint folder, any TP/PP).
     Needs a process group (``platform.init_distributed()``). Returns a summary dict."""
-    path = checkpoint.resolve(source)
+    path = resolve_checkpoint(source)
     common = checkpoint.read_common(path)
     cfg = single_rank_config(config_from_dict(common["config"]), common["dtype"])
     check_exportable(cfg)
     vocab_size = common["vocab_size"]
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
     tok_path = tokenizer or cfg.data.tokenizer
-    tok = load_tokenizer(tok_path) if tok_path else None
+    tok = read_tokenizer(tok_path, vocab_size) if tok_path else None
     model = single_rank_model(cfg, vocab_size)
     checkpoint.load_checkpoint(path, [model])
-    hf_state = megatron_to_hybrid_hf(plain_state(model), cfg.model)
+    hf_state = megatron_to_hybrid_hf(plain_state(model), cfg.model, vocab_size)
     summary = {"hf_folder": str(out_dir), "model_type": MODEL_TYPE, "layer_pattern": cfg.model.layer_types()}
     with staged_folder(out_dir) as tmp:
         _write_folder(tmp, hf_state, hybrid_hf_config(cfg.model, vocab_size, common["dtype"]), tok)
@@ -327,7 +335,7 @@ def convert_if_hybrid(args) -> dict | None:
     ``from-hf`` of an omni_hybrid folder run here (returns the summary); None for anything else
     (an omni checkpoint, hybrid or not, is the omni export's)."""
     if args.command == "to-hf":
-        model = config_from_dict(checkpoint.read_common(checkpoint.resolve(args.checkpoint))["config"]).model
+        model = config_from_dict(checkpoint.read_common(resolve_checkpoint(args.checkpoint))["config"]).model
         if model.omni is not None or not is_hybrid(model):
             return None
         return export_hybrid(args.checkpoint, args.out, args.tokenizer, args.verify, args.tolerance)
