@@ -19,10 +19,10 @@ Every rank of a pipeline group sees the same micro-batches (the data path gives 
 stage), so each one computes the same item list and assignment: no counts are exchanged, and
 all ranks join the same collectives every step (none when the step has no media).
 
-The model side (models/omni/model.py) supplies, per micro-batch: ``check_media(batch)``,
-``media_items(batch)`` -> [(kind, index, llm tokens, cost)], ``encode_item(batch, kind, index)``
--> encoder output, ``project_item(kind, features)`` -> [tokens, h]; and ``media_parameters()``,
-``encoder_trains(kind)``.
+The model side (models/omni/model.py) supplies ``check_media(batch)``, ``encode_item(batch,
+kind, index)`` -> encoder output, ``project_item(kind, features)`` -> [tokens, h],
+``media_parameters()``, ``media_dtype()``, ``encoder_trains(kind)``, and ``media_tokens``,
+``vision_encoder.cfg``, ``audio_encoder.cfg`` for media_items.
 """
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ import torch
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.utils import unwrap_model
+
+from megatron_omni.config.encoders import AudioEncoderConfig, VisionEncoderConfig
+from megatron_omni.contract.balance import balance
+from megatron_omni.contract.batch import OmniBatch
+from megatron_omni.contract.media import MediaTokens
+from megatron_omni.contract.projectors import stride2_length
 
 
 @dataclass(frozen=True)
@@ -47,17 +53,19 @@ class MediaItem:
     cost: float
 
 
-def balance(costs: list[float], ways: int) -> list[int]:
-    """The owner (0..ways-1) of each item: largest cost first, each to the way with the least
-    cost so far (ties: fewer items, then the lower way). No way ends above the mean load by more
-    than the largest single cost; equal costs split within one item of even."""
-    load, count, owner = [0.0] * ways, [0] * ways, [0] * len(costs)
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        way = min(range(ways), key=lambda r: (load[r], count[r], r))
-        owner[i] = way
-        load[way] += costs[i]
-        count[way] += 1
-    return owner
+def media_items(batch: OmniBatch, tokens: MediaTokens, vision: VisionEncoderConfig,
+                audio: AudioEncoderConfig) -> list[tuple[str, int, int, float]]:
+    """[(kind, index, LLM tokens, cost)] of a micro-batch's items (images, videos, clips in
+    order). Cost: encoder positions (patches × frames; ceil(mel frames / 2) after the audio
+    tower's stride-2 conv) × layers × hidden², a dense-FLOP proxy that compares the two towers."""
+    per_patch, per_frame = vision.num_layers * vision.hidden_size ** 2, audio.num_layers * audio.hidden_size ** 2
+    items = [("image", i, tokens.image_tokens, float(vision.num_patches * per_patch))
+             for i in range(int(batch.images.shape[0]))]
+    items += [("video", i, tokens.video_tokens(int(v.shape[0])), float(vision.num_patches * int(v.shape[0]) * per_patch))
+              for i, v in enumerate(batch.videos)]
+    items += [("audio", i, tokens.audio_tokens(n), float(stride2_length(n) * per_frame))
+              for i, n in enumerate(batch.mel_frames())]
+    return items
 
 
 def work_per_rank(items: list[MediaItem], owner: list[int], ways: int) -> tuple[list[int], list[float]]:
@@ -103,7 +111,8 @@ class MediaExchange:
             model.check_media(batch)
         ways, rank = self._ways_rank()
         self.batches = batches
-        self.items = [MediaItem(m, *item) for m, batch in enumerate(batches) for item in model.media_items(batch)]
+        shapes = (model.media_tokens, model.vision_encoder.cfg, model.audio_encoder.cfg)
+        self.items = [MediaItem(m, *item) for m, batch in enumerate(batches) for item in media_items(batch, *shapes)]
         self.owner = balance([item.cost for item in self.items], ways)
         self.train = train and any(p.requires_grad for p in model.media_parameters())
         self.kept, self.queue, self.leaf = {}, deque(), None

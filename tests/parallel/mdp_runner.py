@@ -1,11 +1,15 @@
 """Run by tests/parallel/test_mdp.py under torchrun: several layouts in one launch, each from the
 same step-0 weights on the same mixed micro-batches. Per layout: the first step's gradients
-(every parameter's main_grad written into a weights-only checkpoint under <out>/<name>/grads,
+(every parameter's main_grad written into a weights-only checkpoint under <dir>/<name>/grads,
 so the test reads them in global layout), the encoder work per stage of that step, then a
-3-step training run's losses (and a checkpoint at each step).
+3-step training run's losses. A layout ``NAME=from:SRC,o1,...`` instead resumes the step-2
+checkpoint of the earlier layout SRC (model, optimizer, scheduler) and trains step 3.
 
-    torchrun --nproc_per_node N tests/parallel/mdp_runner.py --out DIR [--save-init]
+    torchrun --nproc_per_node N tests/parallel/mdp_runner.py --out DIR/result.json [--save-init]
         --set a.b=c ... --layout NAME=o1,o2 ...
+
+Run folders (init, one per layout) go under DIR; result.json maps each layout to what its last
+pipeline stage saw: {"train": {step: loss}, "work": [items, cost] per stage or null}.
 """
 import argparse
 import json
@@ -38,9 +42,23 @@ def mixed_stream(cfg, tokenizer, consumed_samples, dp_rank, dp):
         step += 1
 
 
+def resume_copy(source: Path, target: Path) -> None:
+    """target: a run folder holding only source's step-2 checkpoint (rank 0; all wait)."""
+    import shutil
+
+    import torch
+
+    from megatron_omni.training import checkpoint
+
+    if torch.distributed.get_rank() == 0:
+        target.mkdir(parents=True)
+        shutil.copytree(checkpoint.iteration_dir(source, 2), checkpoint.iteration_dir(target, 2))
+        (target / checkpoint.POINTER).write_text("2\n")
+    torch.distributed.barrier()
+
+
 def run_layout(name: str, overrides: list[str], out: Path) -> dict:
     import torch
-    from megatron.core import parallel_state as ps
 
     from megatron_omni.config import config_to_dict, load_config
     from megatron_omni.parallel.modality_decoupled import exchanges
@@ -48,7 +66,13 @@ def run_layout(name: str, overrides: list[str], out: Path) -> dict:
     from megatron_omni.training.step import run_schedule
     from megatron_omni.training.trainer import Trainer
 
-    cfg = load_config(None, overrides + [f"checkpoint.dir={out / name}"])
+    source = next((o.removeprefix("from:") for o in overrides if o.startswith("from:")), None)
+    overrides = [o for o in overrides if not o.startswith("from:")] + [f"checkpoint.dir={out / name}"]
+    if source is not None:
+        resume_copy(out / source, out / name)
+        trainer = Trainer(load_config(None, overrides))
+        return finish({"train": trainer.train()["train"]})
+    cfg = load_config(None, overrides)
     trainer = Trainer(cfg)
     model, t = trainer.model, cfg.training
     stream = mixed_stream(cfg, trainer.tokenizer, 0, trainer.dp_rank, trainer.dp)
@@ -67,7 +91,13 @@ def run_layout(name: str, overrides: list[str], out: Path) -> dict:
         for p, w in zip(params, weights):
             p.copy_(w)
     history = trainer.train()
-    result = {"train": history["train"], "work": work[0] if work else None}
+    return finish({"train": history["train"], "work": work[0] if work else None})
+
+
+def finish(result: dict) -> dict:
+    """result on the rank that writes it ({} elsewhere); the layout's parallel state torn down."""
+    from megatron.core import parallel_state as ps
+
     writer = (ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
               and ps.get_data_parallel_rank() == 0)
     ps.destroy_model_parallel()
@@ -90,7 +120,7 @@ def main() -> None:
     from megatron_omni.training.trainer import Trainer
 
     trainer_module.omni_micro_batches = mixed_stream
-    out = Path(args.out)
+    out = Path(args.out).parent
     if args.save_init:
         from megatron.core import parallel_state as ps
 
@@ -100,9 +130,13 @@ def main() -> None:
     results = {}
     for spec in args.layout:
         name, _, rest = spec.partition("=")
-        results[name] = run_layout(name, base + [o for o in rest.split(",") if o], out)
-        if results[name]:
-            (out / f"{name}.json").write_text(json.dumps(results[name]))
+        mine = run_layout(name, base + [o for o in rest.split(",") if o], out)
+        if mine:
+            results[name] = mine
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, results)
+    if torch.distributed.get_rank() == 0:
+        Path(args.out).write_text(json.dumps({k: v for r in gathered for k, v in r.items()}))
     torch.distributed.destroy_process_group()
 
 

@@ -39,7 +39,7 @@ from megatron_omni.config.schema import OmniConfig, OmniModelConfig
 from megatron_omni.contract.batch import OmniBatch
 from megatron_omni.config import encoders
 from megatron_omni.contract.media import KINDS
-from megatron_omni.contract.projectors import projector_layouts, stride2_length
+from megatron_omni.contract.projectors import projector_layouts
 from megatron_omni.models.encoders.audio import AudioEncoder, audio_transformer_config
 from megatron_omni.models.encoders.vision import VisionEncoder, vision_transformer_config
 from megatron_omni.models.llm.model import build_llm, params_dtype, rope_base
@@ -247,20 +247,6 @@ class OmniModel(MegatronModule):
         samples = {kind: media.assign_items(kind, batch.tokens == self.placeholder_ids[kind], owner, counts[kind],
                                             names) for kind in KINDS}
         self._check_sizes(batch, samples, names)
-
-    def media_items(self, batch: OmniBatch) -> list[tuple[str, int, int, float]]:
-        """[(kind, index, LLM tokens, cost)] of a micro-batch's items in encoding order. Cost:
-        encoder positions (patches × frames; ceil(mel frames / 2) after the stride-2 conv) times
-        layers × hidden², a dense-FLOP proxy comparable between the two towers."""
-        counts = media.item_token_counts(self.media_tokens, batch)
-        v, a = self.vision_encoder.cfg, self.audio_encoder.cfg
-        per_patch, per_frame = v.num_layers * v.hidden_size ** 2, a.num_layers * a.hidden_size ** 2
-        items = [("image", i, n, float(v.num_patches * per_patch)) for i, n in enumerate(counts["image"])]
-        items += [("video", i, n, float(v.num_patches * int(video.shape[0]) * per_patch))
-                  for i, (n, video) in enumerate(zip(counts["video"], batch.videos))]
-        items += [("audio", i, n, float(stride2_length(frames) * per_frame))
-                  for i, (n, frames) in enumerate(zip(counts["audio"], batch.mel_frames()))]
-        return items
 
     def encode_item(self, batch: OmniBatch, kind: str, index: int) -> torch.Tensor:
         """One item through its encoder: image [1, N, hv], video [1, T, N, hv], audio [1, L, ha]."""
