@@ -122,3 +122,15 @@ def test_step_report_shows_the_encoder_work_per_stage():
     line, scalars = step_report(1, 3, m, {"lr": 1e-3}, 0.5)
     assert "encoder items 2/4 cost 7.86e+05/8.52e+05" in line
     assert scalars["encoder/items/stage1"] == 4 and scalars["encoder/cost/stage0"] == 786432.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["parallel.modality_decoupled=true"], "parallel.modality_decoupled=true needs model.omni"),
+    (["parallel.modality_decoupled=true", "model.omni.preset=tiny", "parallel.pp=2", "parallel.vpp=2"],
+     "parallel.modality_decoupled=true with parallel.vpp=2 is not implemented"),
+])
+def test_config_errors_name_the_field(overrides, message):
+    from megatron_omni.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(load_config(None, TINY + overrides), 4)
