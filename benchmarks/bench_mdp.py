@@ -4,10 +4,10 @@ PP=4 with encoders made heavy relative to the LLM. Not a timed test.
 
     python benchmarks/bench_mdp.py [--steps 4] [--out benchmarks/results/mdp_cpu.json]
 
-Model: the tiny LLM (4 layers, hidden 64, one per stage); the towers widened (vision: 6 layers,
-hidden 128, 32 px images of 64 patches; audio: 6 layers, hidden 128) so that one micro-batch's
+Model: the tiny LLM (4 layers, hidden 64, one per stage); the towers widened (vision: 8 layers,
+hidden 192, 32 px images of 64 patches; audio: 8 layers, hidden 192) so that one micro-batch's
 media costs more than its LLM work. Micro-batches: 8 per step of 2 rows of 128 tokens; text-only
-steps hold only text rows, multimodal steps cycle image, video (6 frames), audio (60 mel
+steps hold only text rows, multimodal steps cycle image, video (8 frames), audio (60 mel
 frames), audio+video and text rows — the same tokens through the LLM. Both modes start from the
 same random weights (seed), phase 3 (everything trains). Each mode runs in its own torchrun
 launch; per step kind one warm-up step, then the median of --steps timed steps (rank 0's wall
@@ -34,8 +34,8 @@ from benchmarks.common import results_path, write_results  # noqa: E402
 OVERRIDES = [
     "model.num_layers=4", "model.hidden_size=64", "model.ffn_hidden_size=192", "model.num_attention_heads=4",
     "model.num_query_groups=2", "model.head_dim=16", "model.omni.preset=tiny",
-    "model.omni.vision_overrides={num_layers: 6, hidden_size: 128, ffn_hidden_size: 512, image_size: 32}",
-    "model.omni.audio_overrides={num_layers: 6, hidden_size: 128, ffn_hidden_size: 512}",
+    "model.omni.vision_overrides={num_layers: 8, hidden_size: 192, num_attention_heads: 4, ffn_hidden_size: 768, image_size: 32}",
+    "model.omni.audio_overrides={num_layers: 8, hidden_size: 192, num_attention_heads: 4, ffn_hidden_size: 768}",
     "data.seq_length=128", "training.micro_batch_size=2", "training.global_batch_size=16",
     "training.eval_interval=0", "checkpoint.save_interval=0", "parallel.pp=4", "phase=3",
 ]
@@ -71,7 +71,7 @@ def worker(args) -> None:
 
     def step(rows: tuple[str, ...], seed: int) -> list:
         return [micro_batch(cfg.model.omni, [rows[(2 * i + j) % len(rows)] for j in range(t.micro_batch_size)],
-                            cfg.data.seq_length, trainer.tokenizer.vocab_size, seed=seed + i, video_frames=6,
+                            cfg.data.seq_length, trainer.tokenizer.vocab_size, seed=seed + i, video_frames=8,
                             audio_frames=60, placeholder_ids=ids, text_ids_from=max(special.values()) + 1)
                 for i in range(trainer.num_micro)]
 

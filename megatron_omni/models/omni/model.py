@@ -201,13 +201,7 @@ class OmniModel(MegatronModule):
         each item}): the micro-batch's media through encoders and projectors, after the checks of
         media.assign_items and the size limits."""
         counts = media.item_token_counts(self.media_tokens, batch)
-        names = media.sample_names(batch, input_ids.shape[0])
-        owner = media.sample_of_token(batch, input_ids)
-        samples = {}
-        for kind in KINDS:
-            positions = input_ids == self.placeholder_ids[kind]
-            samples[kind] = media.assign_items(kind, positions, owner, counts[kind], names)
-        self._check_sizes(batch, samples, names)
+        samples = self.check_media(input_ids, batch)
         device = self.llm.embedding.word_embeddings.weight.device
         features, anchor = {}, torch.zeros((), device=device)
         if self.media_exchange is not None:
@@ -239,14 +233,16 @@ class OmniModel(MegatronModule):
         """dtype of the projectors' outputs (what the exchange sends)."""
         return next(self.vision_projector.parameters()).dtype
 
-    def check_media(self, batch: OmniBatch) -> None:
-        """The checks encode_media makes (counts against placeholders, encoder size limits)."""
+    def check_media(self, input_ids: torch.Tensor, batch: OmniBatch | None) -> dict[str, list[int]]:
+        """{kind: sample number of each item}, after the checks of media.assign_items (items
+        against placeholders) and the encoders' size limits."""
         counts = media.item_token_counts(self.media_tokens, batch)
-        names = media.sample_names(batch, batch.tokens.shape[0])
-        owner = media.sample_of_token(batch, batch.tokens)
-        samples = {kind: media.assign_items(kind, batch.tokens == self.placeholder_ids[kind], owner, counts[kind],
-                                            names) for kind in KINDS}
+        names = media.sample_names(batch, input_ids.shape[0])
+        owner = media.sample_of_token(batch, input_ids)
+        samples = {kind: media.assign_items(kind, input_ids == self.placeholder_ids[kind], owner, counts[kind], names)
+                   for kind in KINDS}
         self._check_sizes(batch, samples, names)
+        return samples
 
     def encode_item(self, batch: OmniBatch, kind: str, index: int) -> torch.Tensor:
         """One item through its encoder: image [1, N, hv], video [1, T, N, hv], audio [1, L, ha]."""
