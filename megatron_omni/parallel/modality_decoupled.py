@@ -19,10 +19,10 @@ Every rank of a pipeline group sees the same micro-batches (the data path gives 
 stage), so each one computes the same item list and assignment: no counts are exchanged, and
 all ranks join the same collectives every step (none when the step has no media).
 
-The model side (models/omni/model.py) supplies ``check_media(tokens, batch)``, ``encode_item(batch,
-kind, index)`` -> encoder output, ``project_item(kind, features)`` -> [tokens, h],
-``media_parameters()``, ``media_dtype()``, ``encoder_trains(kind)``, and ``media_tokens``,
-``vision_encoder.cfg``, ``audio_encoder.cfg`` for media_items.
+The model side (models/omni/model.py) supplies ``check_media(tokens, batch)``,
+``encode_item(batch, kind, index)`` -> encoder output, ``project_item(kind, features)`` ->
+[tokens, h], ``media_parameters()``, ``media_dtype()``, ``encoder_trains(kind)``, and
+``media_tokens``, ``vision_encoder.cfg``, ``audio_encoder.cfg`` for media_items.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ class MediaExchange:
         model = self.model
         for batch in batches:
             model.check_media(batch.tokens, batch)
-        ways, rank = self._ways_rank()
+        ways = self._ways_rank()[0]
         self.batches = batches
         shapes = (model.media_tokens, model.vision_encoder.cfg, model.audio_encoder.cfg)
         self.items = [MediaItem(m, *item) for m, batch in enumerate(batches) for item in media_items(batch, *shapes)]

@@ -1,8 +1,9 @@
 """parallel.modality_decoupled on the tiny omni model (fp32, CPU, gloo): mixed micro-batches (one
 without media, image, audio, video, audio+video; tests/parallel/mdp_runner.py STEP_MIX) give the
 one-rank losses and every parameter's first-step gradient at PP=2×DP=2, TP=2×DP=2, TP=2×PP=2
-and PP=4, in phase 3 (all trains) and phase 1 (frozen encoders and LLM); checkpoints switch
-between coupled and decoupled runs; the step's media split evenly over the stages.
+and PP=4, in phase 3 (all trains) and phase 1 (frozen encoders and LLM), and the one-rank losses
+with the distributed optimizer at PP=2×DP=2; checkpoints switch between coupled and decoupled
+runs; the step's media split evenly over the stages.
 
 Two launches: one rank (the step-0 weights and both references), then four ranks running every
 layout in turn."""
@@ -29,6 +30,8 @@ LAYOUTS = {  # name: (overrides, reference); DP > 1 without the distributed opti
     "pp2dp2_phase1": (["phase=1", "parallel.pp=2", D, NO_DISTOPT], "one_phase1"),
     "tp2pp2_phase1": (["phase=1", "parallel.tp=2", "parallel.pp=2", D], "one_phase1"),
 }
+DISTOPT = {"pp2dp2_distopt": ["parallel.pp=2", D]}
+"""Losses only: the distributed optimizer over DP=2 with the decoupled encoders."""
 RESUMES = {  # name: (step-2 checkpoint of, overrides)
     "coupled_to_decoupled": ("pp4_coupled", ["parallel.pp=4", D]),
     "decoupled_to_coupled": ("pp4", ["parallel.tp=2", "parallel.pp=2"]),
@@ -42,6 +45,7 @@ def mdp_runs(tmp_path_factory, text_data):
     results = torchrun(1, BASE + text_data, out / "one.json", "--save-init", "--layout=one=",
                        "--layout=one_phase1=phase=1", runner=RUNNER)
     layouts = [f"--layout={n}={','.join(o)}" for n, (o, _) in LAYOUTS.items()]
+    layouts += [f"--layout={n}={','.join(o)}" for n, o in DISTOPT.items()]
     layouts += [f"--layout={n}={','.join([f'from:{src}', *o])}" for n, (src, o) in RESUMES.items()]
     results.update(torchrun(4, BASE + text_data, out / "four.json", *layouts, timeout=900, runner=RUNNER))
     return {**results, "dir": out}
@@ -64,6 +68,11 @@ def test_decoupled_matches_one_rank(mdp_runs, name):
     for key, ref_grad in ref_grads.items():
         err = (grads[key] - ref_grad).abs().max().item()
         assert err <= 1e-5 * max(ref_grad.abs().max().item(), 1e-3), (key, err)
+
+
+def test_distributed_optimizer_matches_one_rank(mdp_runs):
+    ref, got = mdp_runs["one"]["train"], mdp_runs["pp2dp2_distopt"]["train"]
+    assert got == pytest.approx(ref, abs=1e-5)
 
 
 @pytest.mark.parametrize("name", list(RESUMES))
