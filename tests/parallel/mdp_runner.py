@@ -18,8 +18,9 @@ from pathlib import Path
 
 from megatron_omni import platform
 
-STEP_MIX = [("text", "text"), ("image", "audio"), ("cross", "video"), ("video", "text")]
-"""The 4 micro-batches of every step (b = 2): one without media, every kind, audio+video."""
+STEP_MIX = [("text", "text"), ("image", "audio"), ("cross", "cross"), ("video", "text")]
+"""The 4 micro-batches of every step (b = 2): one without media, every kind, two audio+video
+samples in one micro-batch (the vision-audio contrastive loss needs two)."""
 
 
 def mixed_stream(cfg, tokenizer, consumed_samples, dp_rank, dp):

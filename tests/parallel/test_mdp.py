@@ -1,9 +1,10 @@
 """parallel.modality_decoupled on the tiny omni model (fp32, CPU, gloo): mixed micro-batches (one
 without media, image, audio, video, audio+video; tests/parallel/mdp_runner.py STEP_MIX) give the
 one-rank losses and every parameter's first-step gradient at PP=2×DP=2, TP=2×DP=2, TP=2×PP=2
-and PP=4, in phase 3 (all trains) and phase 1 (frozen encoders and LLM), and the one-rank losses
-with the distributed optimizer at PP=2×DP=2; checkpoints switch between coupled and decoupled
-runs; the step's media split evenly over the stages.
+and PP=4, in phase 3 (all trains) and phase 1 (frozen encoders and LLM), with the vision-audio
+contrastive loss on, and the one-rank losses with the distributed optimizer at PP=2×DP=2;
+checkpoints switch between coupled and decoupled runs; the step's media split evenly over the
+stages.
 
 Two launches: one rank (the step-0 weights and both references), then four ranks running every
 layout in turn."""
@@ -18,7 +19,8 @@ from tests.omni_batches import micro_batch
 from tests.parallel.conftest import TINY, checkpoint_tensors, torchrun
 
 RUNNER = Path(__file__).with_name("mdp_runner.py")
-BASE = TINY + ["model.omni.preset=tiny", "training.eval_interval=0", "checkpoint.save_interval=0"]
+BASE = TINY + ["model.omni.preset=tiny", "model.omni.contrastive_weight=0.1", "training.eval_interval=0",
+               "checkpoint.save_interval=0"]
 D, NO_DISTOPT = "parallel.modality_decoupled=true", "parallel.distributed_optimizer=false"
 LAYOUTS = {  # name: (overrides, reference); DP > 1 without the distributed optimizer, whose
     # reduce-scatter leaves only each rank's shard of main_grad reduced
@@ -91,13 +93,13 @@ def test_decoupled_checkpoint_holds_one_copy_of_the_encoders(mdp_runs):
 
 def test_every_stage_encodes_a_share(mdp_runs):
     items, cost = mdp_runs["pp4"]["work"]
-    # step 1 (STEP_MIX): an image and an audio clip; a video with its audio track and a video;
-    # a video: 3 videos of the largest cost, one per stage, the rest on the fourth
-    assert sorted(items) == [1, 1, 1, 3]
-    assert mdp_runs["tp2pp2"]["work"][0] == [2, 4] and mdp_runs["pp4_coupled"]["work"] is None
-    video = 16 * 3 * 2 * 64 ** 2  # patches × frames × layers × hidden² of the tiny tower
-    assert sum(cost) == 3 * video + 2 * 20 * 2 * 64 ** 2 + 16 * 2 * 64 ** 2
-    assert max(cost) <= sum(cost) / 4 + video
+    # step 1 (STEP_MIX): an image and a clip; two videos with their audio tracks; a video. The
+    # 3 videos (the largest cost) go one per stage, the clips to the fourth, the image to stage 0
+    video, clip, image = (16 * 3 * 2 * 64 ** 2, 20 * 2 * 64 ** 2, 16 * 2 * 64 ** 2)  # positions × layers × hidden²
+    assert items == [2, 1, 1, 3]
+    assert cost == [video + image, video, video, 3 * clip]
+    assert mdp_runs["tp2pp2"]["work"] == [[3, 4], [2 * video + image, video + 3 * clip]]
+    assert mdp_runs["pp4_coupled"]["work"] is None
 
 
 def test_skewed_media_split_within_one_item_of_even():
