@@ -84,6 +84,10 @@ class ParallelConfig:
     """Split activations outside attention/MLP along the sequence over the TP group (needs tp>1)."""
     distributed_optimizer: bool = True
     """Shard optimizer state over data-parallel ranks (megatron's DistributedOptimizer)."""
+    modality_decoupled: bool = False
+    """Omni model: every pipeline stage holds the encoders and projectors and encodes a
+    cost-balanced share of each step's media before the pipeline schedule, instead of stage 0
+    encoding all of it inside the schedule (docs/modality_decoupled.md). Same checkpoints."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ def validate_parallel(cfg: OmniConfig, world_size: int) -> int:
     _validate_layers(cfg)
     _validate_batch(cfg, dp)
     _validate_sequence(cfg)
+    _validate_decoupled(cfg)
     return dp
 
 
@@ -30,6 +31,18 @@ def _validate_sizes(cfg: OmniConfig) -> None:
             raise ConfigError(f"parallel.{name}={getattr(p, name)} must be >= 1")
     if p.vpp is not None and p.vpp < 1:
         raise ConfigError(f"parallel.vpp={p.vpp} must be >= 1 or null (plain 1F1B)")
+
+
+def _validate_decoupled(cfg: OmniConfig) -> None:
+    p = cfg.parallel
+    if not p.modality_decoupled:
+        return
+    if cfg.model.omni is None:
+        raise ConfigError("parallel.modality_decoupled=true needs model.omni (it spreads the omni model's "
+                          "encoders over the pipeline stages); set parallel.modality_decoupled=false")
+    if (p.vpp or 1) > 1:
+        raise ConfigError(f"parallel.modality_decoupled=true with parallel.vpp={p.vpp} is not implemented; "
+                          "set parallel.vpp=null or parallel.modality_decoupled=false")
 
 
 def _validate_world(cfg: OmniConfig, world_size: int) -> int:

@@ -102,6 +102,12 @@ def step_report(step: int, total: int, m: dict, lrs: dict[str, float], seconds: 
     for name in sorted(k for k in m if k.startswith("loss/")):  # omni: loss/<mix modality>
         scalars[f"train/{name}"] = m[name]
         parts.append(f"{name} {m[name]:.4f}")
+    if "encoder_items" in m:  # parallel.modality_decoupled: this replica's encoder work per stage
+        parts.append(f"encoder items {'/'.join(map(str, m['encoder_items']))} "
+                     f"cost {'/'.join(f'{c:.3g}' for c in m['encoder_cost'])}")
+        for stage, (items, cost) in enumerate(zip(m["encoder_items"], m["encoder_cost"])):
+            scalars[f"encoder/items/stage{stage}"] = items
+            scalars[f"encoder/cost/stage{stage}"] = cost
     if m["skipped"]:
         parts.append("step skipped (non-finite grads)")
     data = {k: v for k, v in (interval or {}).items() if k.startswith("data/")}

@@ -14,6 +14,7 @@ from megatron.core.utils import unwrap_model
 
 from megatron_omni.contract.batch import MODALITIES, OmniBatch
 from megatron_omni.parallel.context_parallel import split_for_cp
+from megatron_omni.parallel.modality_decoupled import encode_step, exchanges
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -98,6 +99,7 @@ def run_schedule(model, micro_batches: list, seq_length: int, micro_batch_size: 
     if micro_batches and isinstance(micro_batches[0], OmniBatch) and micro_batches[0].packed:
         # packed omni micro-batches run as one sequence of all their tokens
         seq_length, micro_batch_size = seq_length * micro_batch_size, 1
+    encode_step(model, micro_batches, forward_only)  # parallel.modality_decoupled: media first
     iterators = [iter(micro_batches) for _ in model]
     reports = get_forward_backward_func()(
         forward_step_func=forward_step_func,
@@ -157,6 +159,8 @@ def train_step(model, optimizer, scheduler, micro_batches: list, seq_length: int
     if updated:
         scheduler.step(increment=1)
     out = {"grad_norm": grad_norm, "lr": lr, "skipped": not updated}
+    for exchange in exchanges(model):  # this replica's encoder work per pipeline stage
+        out["encoder_items"], out["encoder_cost"] = exchange.work()
     if total is not None:
         out.update({name: (t[0] / t[1]).item() for name, t in total.items() if t[1] > 0})
         out["tokens"] = int(total["loss"][1].item())

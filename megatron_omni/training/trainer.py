@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from megatron.core import parallel_state as ps, tensor_parallel
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
@@ -31,6 +31,7 @@ from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_
 from megatron_omni.training import checkpoint
 from megatron_omni.config import encoders
 from megatron_omni.models.omni.model import OmniModel
+from megatron_omni.parallel.modality_decoupled import finalize_grads
 from megatron_omni.training.data_stats import DataStats
 from megatron_omni.training.freeze import apply_trainable, check_something_trains, group_lr_overrides
 from megatron_omni.training.flops import StepFlops, non_padding_tokens
@@ -82,7 +83,7 @@ def build_model(cfg: OmniConfig, vocab_size: int,
     torch.distributed.all_gather_object(counts_per_rank, trainable)
     check_something_trains(counts_per_rank, groups)
     tconfig = chunks[0].config
-    tconfig.finalize_model_grads_func = finalize_model_grads
+    tconfig.finalize_model_grads_func = finalize_grads  # + the decoupled encoders' backward
     tconfig.no_sync_func = [c.no_sync for c in chunks] if vpp > 1 else chunks[0].no_sync
     return chunks
 

@@ -35,11 +35,11 @@ def text_data(tmp_path_factory):
 
 
 def torchrun(nproc: int, overrides: list[str], out: Path, *flags: str, timeout: int = 600,
-             check: bool = True) -> dict:
-    """Run runner.py on nproc CPU ranks; returns its JSON result (with check, a non-zero exit
-    fails the test)."""
+             check: bool = True, runner: Path = RUNNER) -> dict:
+    """Run runner.py (or another runner taking --out and --set) on nproc CPU ranks; returns its
+    JSON result (with check, a non-zero exit fails the test)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(RUNNER), "--out", str(out), *flags]
+           str(runner), "--out", str(out), *flags]
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

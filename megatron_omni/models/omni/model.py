@@ -21,6 +21,12 @@ No media-dependent control flow reaches a collective or leaves a parameter witho
 a kind absent from a micro-batch (text-only batches, ranks without media) runs a tiny dummy
 through its encoder and projector and adds 0 * its sum to the embeddings (the anchor), so every
 encoder/projector parameter gets a (zero) gradient on every rank under megatron's DDP.
+
+With parallel.modality_decoupled every pipeline stage holds the encoders and projectors, the
+step's media are encoded before the schedule (parallel/modality_decoupled.py, through the
+per-item methods below) and stage 0's merge reads the delivered tokens instead of encoding.
+The checkpoint keeps one copy: stages > 0 save their encoders as replicas (replica_id) and
+their parameters are marked ``shared`` so the gradient norm counts them once.
 """
 from __future__ import annotations
 
@@ -41,6 +47,9 @@ from megatron_omni.models.omni import media
 from megatron_omni.models.omni.contrastive import attach, vision_audio_contrastive
 from megatron_omni.models.positions.tmrope import TMRotaryEmbedding, default_sections
 from megatron_omni.models.projectors import projector_class
+from megatron_omni.parallel.modality_decoupled import MediaExchange
+
+MEDIA_MODULES = ("vision_encoder", "audio_encoder", "vision_projector", "audio_projector")
 
 
 class GPTTMRotaryEmbedding(TMRotaryEmbedding):
@@ -57,7 +66,8 @@ def mrope_sections(cfg: OmniConfig) -> list[int]:
 
 
 class OmniModel(MegatronModule):
-    """Encoders + projectors (pipeline stage 0 only) and the LLM chunk of this rank.
+    """Encoders + projectors (pipeline stage 0 only; every stage with
+    parallel.modality_decoupled) and the LLM chunk of this rank.
 
     ``forward(input_ids, position_ids, attention_mask, labels=None, batch=None)``: input_ids
     [b, s] (placeholders expanded), position_ids [b, 3, s] (TMRoPE) or [b, s], ``batch`` the
@@ -88,7 +98,10 @@ class OmniModel(MegatronModule):
         self.contrastive_losses: list[torch.Tensor] = []
         """The detached contrastive loss of each micro-batch that had one, for the log (read and
         cleared by training/step.contrastive_total)."""
-        if not self.pre_process:
+        self.media_exchange: MediaExchange | None = None
+        """The step's encoded media under parallel.modality_decoupled (else None)."""
+        decoupled = cfg.parallel.modality_decoupled
+        if not (self.pre_process or decoupled):
             return
         dtype, h = params_dtype(cfg), cfg.model.hidden_size
         vcfg, acfg = encoders.vision_config(omni), encoders.audio_config(omni)
@@ -97,6 +110,11 @@ class OmniModel(MegatronModule):
         vision, audio = projector_layouts(omni)
         self.vision_projector = projector_class(vision).for_encoder(omni, self.vision_encoder, h, dtype)
         self.audio_projector = projector_class(audio).for_encoder(omni, self.audio_encoder, h, dtype)
+        if decoupled:
+            self.media_exchange = MediaExchange(self)
+            if not self.pre_process:
+                for p in self.media_parameters():  # stage 0's copy is the one counted in grad norms
+                    p.shared = True
 
     # ------------------------------------------------------------------ megatron interface
 
@@ -111,10 +129,15 @@ class OmniModel(MegatronModule):
         under their attribute names (vision_encoder., audio_projector., ...)."""
         out = self.llm.sharded_state_dict(prefix, sharded_offsets, metadata)
         tp_group = parallel_state.get_tensor_model_parallel_group()  # replicas of the plain modules
+        stage = parallel_state.get_pipeline_model_parallel_rank()
         for name, module in self.named_children():
             if name != "llm":
-                out.update(sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata,
-                                                      tp_group=tp_group))
+                media = sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata,
+                                                   tp_group=tp_group)
+                if not self.pre_process:  # decoupled: stage 0 saves, every stage loads
+                    for entry in media.values():
+                        entry.replica_id = (stage, *entry.replica_id[1:])
+                out.update(media)
         return out
 
     def load_state_dict(self, state_dict, strict: bool = True):
@@ -178,15 +201,11 @@ class OmniModel(MegatronModule):
         each item}): the micro-batch's media through encoders and projectors, after the checks of
         media.assign_items and the size limits."""
         counts = media.item_token_counts(self.media_tokens, batch)
-        names = media.sample_names(batch, input_ids.shape[0])
-        owner = media.sample_of_token(batch, input_ids)
-        samples = {}
-        for kind in KINDS:
-            positions = input_ids == self.placeholder_ids[kind]
-            samples[kind] = media.assign_items(kind, positions, owner, counts[kind], names)
-        self._check_sizes(batch, samples, names)
+        samples = self.check_media(input_ids, batch)
         device = self.llm.embedding.word_embeddings.weight.device
         features, anchor = {}, torch.zeros((), device=device)
+        if self.media_exchange is not None:
+            return self.media_exchange.next_features(), anchor, samples
         videos = batch.videos if batch is not None else []
         if counts["image"]:
             features["image"] = self.vision_projector(self.vision_encoder(batch.images.to(device))).flatten(0, -2)
@@ -204,6 +223,46 @@ class OmniModel(MegatronModule):
         else:
             anchor = anchor + self._audio_dummy(device)
         return features, anchor, samples
+
+    # ------------------------------------------------------------------ per item (decoupled)
+
+    def media_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for name in MEDIA_MODULES for p in getattr(self, name).parameters()]
+
+    def media_dtype(self) -> torch.dtype:
+        """dtype of the projectors' outputs (what the exchange sends)."""
+        return next(self.vision_projector.parameters()).dtype
+
+    def check_media(self, input_ids: torch.Tensor, batch: OmniBatch | None) -> dict[str, list[int]]:
+        """{kind: sample number of each item}, after the checks of media.assign_items (items
+        against placeholders) and the encoders' size limits."""
+        counts = media.item_token_counts(self.media_tokens, batch)
+        names = media.sample_names(batch, input_ids.shape[0])
+        owner = media.sample_of_token(batch, input_ids)
+        samples = {kind: media.assign_items(kind, input_ids == self.placeholder_ids[kind], owner, counts[kind], names)
+                   for kind in KINDS}
+        self._check_sizes(batch, samples, names)
+        return samples
+
+    def encode_item(self, batch: OmniBatch, kind: str, index: int) -> torch.Tensor:
+        """One item through its encoder: image [1, N, hv], video [1, T, N, hv], audio [1, L, ha]."""
+        device = next(self.vision_encoder.parameters()).device
+        if kind == "image":
+            return self.vision_encoder(batch.images[index:index + 1].to(device))
+        if kind == "video":
+            return self.vision_encoder(batch.videos[index].to(device))[None]
+        frames = batch.mel_frames()[index]
+        return self.audio_encoder(batch.audio_mel[index:index + 1, :, :frames].to(device))
+
+    def project_item(self, kind: str, features: torch.Tensor) -> torch.Tensor:
+        """encode_item's output through its projector: [LLM tokens of the item, h]."""
+        if kind == "audio":
+            return self.audio_projector(features)[0]
+        return self.vision_projector(features).flatten(0, -2)
+
+    def encoder_trains(self, kind: str) -> bool:
+        encoder = self.audio_encoder if kind == "audio" else self.vision_encoder
+        return any(p.requires_grad for p in encoder.parameters())
 
     def _vision_dummy(self, device) -> torch.Tensor:
         v = self.vision_encoder.cfg
