@@ -7,6 +7,9 @@
 
 ``to-hf`` takes a run folder (newest checkpoint) or one checkpoint folder saved at any TP/PP;
 ``--verify`` loads the written folder with transformers and compares logits on random tokens.
+On an omni checkpoint it writes the whole omni model as one folder with remote code
+(conversion/hf_omni; docs/hf_export.md), always verified; ``from-hf-omni --hf FOLDER`` reads such
+a folder back.
 ``from-hf`` writes a weights-only checkpoint; start a run from it with ``--set checkpoint.load=DIR``.
 ``from-hf-omni`` does the same for the omni model from HF Qwen3, SigLIP and Whisper folders
 (projectors freshly initialised); its model section comes from the HF configs and must match
@@ -34,9 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     from_hf.add_argument("--out", required=True, help="run folder to write iter_0000000 into")
     from_hf.add_argument("--tokenizer", help="tokenizer path to record in the checkpoint's config")
     omni = sub.add_parser("from-hf-omni", help="HF Qwen3 + SigLIP + Whisper folders -> weights-only omni checkpoint")
-    omni.add_argument("--llm", required=True, help="HF Qwen3 folder (the LLM)")
-    omni.add_argument("--vision", required=True, help="HF SiglipVisionModel / SiglipModel folder")
-    omni.add_argument("--audio", required=True, help="HF WhisperEncoder / WhisperModel folder")
+    omni.add_argument("--hf", help="a folder `to-hf` wrote from an omni checkpoint (instead of the three below)")
+    omni.add_argument("--llm", help="HF Qwen3 folder (the LLM)")
+    omni.add_argument("--vision", help="HF SiglipVisionModel / SiglipModel folder")
+    omni.add_argument("--audio", help="HF WhisperEncoder / WhisperModel folder")
     omni.add_argument("--out", required=True, help="run folder to write iter_0000000 into")
     omni.add_argument("--config", help="the run's YAML: the folders must match its model section")
     omni.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -71,16 +75,29 @@ def main(argv=None) -> int:
     from megatron_omni.conversion.omni import hf_folders_to_omni
 
     platform.init_distributed()
-    if args.command == "to-hf":
+    from megatron_omni.config import ConfigError
+    from megatron_omni.conversion import hf_omni
+    from megatron_omni.conversion.common import ConversionError
+
+    if args.command == "to-hf" and hf_omni.is_omni_source(args.checkpoint):
+        try:
+            summary = hf_omni.export_omni(args.checkpoint, args.out, args.tokenizer, tolerance=max(args.tolerance, 1e-4))
+        except ConversionError as e:
+            raise SystemExit(f"error: {e}") from e
+    elif args.command == "from-hf-omni" and args.hf:
+        try:
+            summary = hf_omni.omni_folder_to_megatron(args.hf, args.out)
+        except ConversionError as e:
+            raise SystemExit(f"error: {e}") from e
+    elif args.command == "to-hf":
         model, out = megatron_to_hf_folder(args.checkpoint, args.out, args.tokenizer)
         summary = {"hf_folder": str(out)}
         if args.verify:
             summary["max_abs_logit_diff"] = verify_logits(model, out, args.tolerance)
     elif args.command == "from-hf-omni":
-        from megatron_omni.config import ConfigError
-        from megatron_omni.conversion.common import ConversionError
-
         try:
+            if not (args.llm and args.vision and args.audio):
+                raise ConversionError("from-hf-omni needs --hf FOLDER or all of --llm, --vision and --audio")
             summary = hf_folders_to_omni(args.llm, args.vision, args.audio, args.out, args.config, args.set)
         except (ConversionError, ConfigError) as e:
             raise SystemExit(f"error: {e}") from e
