@@ -326,7 +326,6 @@ def omni_folder_to_megatron(folder: str | Path, out_root: str | Path) -> dict:
     under ``out_root``, bit-identical to the exported weights. Needs a process group."""
     from megatron.core import parallel_state as ps, tensor_parallel
 
-    from megatron_omni.conversion.common import load_full_state_dict
     from megatron_omni.models.omni.model import OmniModel
     from megatron_omni.training import checkpoint
 
@@ -347,7 +346,11 @@ def omni_folder_to_megatron(folder: str | Path, out_root: str | Path) -> dict:
         state = hf_to_omni_state(read_hf_weights(folder), cfg)
     except ConversionError as e:
         raise ConversionError(f"{folder}: {e}") from e
-    load_full_state_dict(model, state)
+    missing, unexpected = model.load_state_dict(state, strict=False)  # one rank: the full tensors
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise ConversionError(f"{folder}: the weights do not fit the model its config.json describes: missing "
+                              f"{missing[:6]}, unexpected {unexpected[:6]}")
     with staged_folder(out_root) as tmp:
         path = checkpoint.save_checkpoint(tmp, 0, [model], 0, dataclasses.asdict(cfg), vocab_size)
     return {"checkpoint": str(Path(out_root) / path.name), "tensors": len(state)}
