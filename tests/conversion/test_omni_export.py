@@ -174,3 +174,57 @@ def test_read_back_of_a_text_folder_is_refused(exported, tmp_path):
         f"error: {text}: config.json has model_type='qwen3'; expected a folder that `to-hf` wrote from an omni "
         "checkpoint (model_type 'megatron_omni')")
     assert not (tmp_path / "back").exists() and "Traceback" not in done.stderr
+
+
+def test_processor_expands_as_the_data_path(run, exported):
+    """Placeholder expansion, TMRoPE ids and log-mels of the exported processor equal the data
+    path's (contract/media.py counts, contract/tmrope.py ids, data/multimodal/features.py)."""
+    import numpy as np
+    from transformers import AutoProcessor
+
+    from megatron_omni.config import config_from_dict, encoders
+    from megatron_omni.contract import tmrope
+    from megatron_omni.data.multimodal import features
+    from megatron_omni.training import checkpoint
+
+    cfg = config_from_dict(checkpoint.read_common(checkpoint.resolve(run))["config"])
+    mt, pad = encoders.media_tokens(cfg.model.omni), cfg.data.multimodal.pad_audio_to_30s
+    processor = AutoProcessor.from_pretrained(exported, trust_remote_code=True)
+    g = np.random.default_rng(1)
+    frame = lambda: g.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # noqa: E731
+    waves = [g.standard_normal(n).astype(np.float32) * 0.1 for n in (7000, 41000)]
+    stamps = [[0.0, 0.7, 1.4, 2.1], [0.0, 1.16, 2.32, 3.48]]
+    out = processor("a b<image>c<video>d<audio>e<video><audio>f", images=[frame()],
+                    videos=[[frame() for _ in s] for s in stamps], video_timestamps=stamps, audio=waves,
+                    audio_in_video=True)
+    ids = processor.media["placeholder_ids"]
+    frames = [features.num_mel_frames(len(w), pad) for w in waves]
+    assert out["feature_frames"].tolist() == frames
+    for i, w in enumerate(waves):
+        torch.testing.assert_close(out["input_features"][i, :, :frames[i]],
+                                   features.log_mel(w, encoders.audio_config(cfg.model.omni).num_mel_bins, pad)[:, :frames[i]],
+                                   atol=1e-4, rtol=0)
+    tokens = out["input_ids"][0].tolist()
+    kind_of = {v: k for k, v in ids.items()}
+    video = [tmrope.VideoSpan(*mt.video_grid, tuple(s[::mt.video_frames_per_group])) for s in stamps]
+    audio = [tmrope.AudioSpan(mt.audio_tokens(f), mt.audio_seconds_per_token) for f in frames]
+    media = iter([tmrope.ImageSpan(*mt.image_grid), video[0], audio[0], tmrope.AudioVideoSpan(video[1], audio[1])])
+    spans, expected, i = [], [], 0
+    while i < len(tokens):
+        if tokens[i] not in kind_of:
+            j = i
+            while j < len(tokens) and tokens[j] not in kind_of:
+                j += 1
+            spans.append(tmrope.TextSpan(j - i))
+            expected += tokens[i:j]
+            i = j
+            continue
+        span = next(media)
+        spans.append(span)
+        if isinstance(span, tmrope.AudioVideoSpan):
+            expected += [ids[track] for track, b, e in tmrope.interleave_layout(span) for _ in range(e - b)]
+        else:
+            expected += [ids[kind_of[tokens[i]]]] * span.num_tokens
+        i += span.num_tokens
+    assert tokens == expected
+    assert torch.equal(out["position_ids"][0], tmrope.tmrope_position_ids(spans))
