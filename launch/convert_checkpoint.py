@@ -9,7 +9,8 @@
 loads the written folder with transformers and compares logits on random tokens before
 publishing it (``--no-verify`` skips that); a hybrid checkpoint (S/L layers in model.layer_pattern)
 becomes a self-contained ``omni_hybrid`` folder (trust_remote_code; docs/hf_export.md), which
-``from-hf`` reads back. ``from-hf`` writes a weights-only checkpoint and prints
+``from-hf`` reads back; an omni checkpoint becomes one folder with remote code for the whole omni
+model (conversion/hf_omni), which ``from-hf-omni --hf FOLDER`` reads back. ``from-hf`` writes a weights-only checkpoint and prints
 the ``--set`` strings (``model_sets``) of the imported model; start a run from it with
 ``--set checkpoint.load=DIR`` plus those strings. ``from-hf-omni`` does the same for the omni model
 from HF Qwen3, SigLIP and Whisper folders (projectors freshly initialised); its model section comes
@@ -41,9 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     from_hf.add_argument("--out", required=True, help="run folder to write iter_0000000 into (must not exist)")
     from_hf.add_argument("--tokenizer", help="tokenizer path to record in the checkpoint's config")
     omni = sub.add_parser("from-hf-omni", help="HF Qwen3 + SigLIP + Whisper folders -> weights-only omni checkpoint")
-    omni.add_argument("--llm", required=True, help="HF Qwen3 folder (the LLM)")
-    omni.add_argument("--vision", required=True, help="HF SiglipVisionModel / SiglipModel folder")
-    omni.add_argument("--audio", required=True, help="HF WhisperEncoder / WhisperModel folder")
+    omni.add_argument("--hf", help="a folder `to-hf` wrote from an omni checkpoint (instead of the three below)")
+    omni.add_argument("--llm", help="HF Qwen3 folder (the LLM)")
+    omni.add_argument("--vision", help="HF SiglipVisionModel / SiglipModel folder")
+    omni.add_argument("--audio", help="HF WhisperEncoder / WhisperModel folder")
     omni.add_argument("--out", required=True, help="run folder to write iter_0000000 into (must not exist)")
     omni.add_argument("--config", help="the run's YAML: the folders must match its model section")
     omni.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -54,12 +56,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 def convert(args: argparse.Namespace) -> dict:
     """Run one command; returns its JSON summary. A user mistake raises one of
     conversion/checkpoints.py's USER_ERRORS (main prints it as one ``error:`` line)."""
+    from megatron_omni.conversion import hf_omni, hybrid_export
     from megatron_omni.conversion.checkpoints import hf_folder_to_megatron, megatron_to_hf_folder
+    from megatron_omni.conversion.common import ConversionError
     from megatron_omni.conversion.omni import hf_folders_to_omni
 
+    if args.command == "to-hf" and hf_omni.is_omni_source(args.checkpoint):
+        return hf_omni.export_omni(args.checkpoint, args.out, args.tokenizer, args.verify,
+                                   max(args.tolerance, 1e-4))
+    if args.command == "from-hf-omni":
+        if args.hf:
+            return hf_omni.omni_folder_to_megatron(args.hf, args.out)
+        if not (args.llm and args.vision and args.audio):
+            raise ConversionError("from-hf-omni needs --hf FOLDER or all of --llm, --vision and --audio")
     if args.command in ("to-hf", "from-hf"):
-        from megatron_omni.conversion import hybrid_export
-
         summary = hybrid_export.convert_if_hybrid(args)
         if summary is not None:
             return summary

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The embedded default, end to end on this CPU: install, make a learnable corpus, train a
-# tokenizer, preprocess to indexed binaries, train the tiny Qwen3-style model on 2 ranks with
-# TP=2, save, convert to Hugging Face and generate with transformers. Output under runs/demo.
+# The omni job, end to end on this CPU: install, make the synthetic omni corpus, train the tiny
+# omni model on 2 ranks at TP=2 (phase 1, then phase 3 from it), export it to one Hugging Face
+# folder with to-hf and generate with transformers from image, audio and text prompts
+# (launch/demo.py). Output under runs/demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_cpu.sh
