@@ -49,6 +49,9 @@ KNOWN_CPU_WARNINGS: list[tuple[type[Warning], str, str]] = [
      "variable CUDA_DEVICE_MAX_CONNECTIONS",
      "a CUDA stream-scheduling hint, meaningless without a GPU (launch/common.sh sets it on GPU "
      "machines)"),
+    (UserWarning, "When using async grad allreduce it is recommended to set the environment "
+     "variable CUDA_DEVICE_MAX_CONNECTIONS",
+     "the same hint for the omni encoders' tensor-parallel layers (async grad all-reduce)"),
 ]
 """Filtered only without CUDA: on a GPU they are real advice."""
 
