@@ -129,13 +129,12 @@ def test_strict_names_file_and_line(tmp_path, documents, spm_path, capsys, worke
     assert sorted(os.listdir(tmp_path)) == ["data.jsonl"]
 
 
-class _CountingBuilder(preprocess_text.IndexedDatasetBuilder):
+class _CountingWriter(preprocess_text.IndexedWriter):
     documents_added = 0
 
-
-def _counting_add_documents(builder, chunk, add=preprocess_text._add_documents):
-    _CountingBuilder.documents_added += len(chunk.lengths)
-    add(builder, chunk)
+    def add_documents(self, tokens, lengths):
+        _CountingWriter.documents_added += len(lengths)
+        super().add_documents(tokens, lengths)
 
 
 def test_failure_midway_leaves_no_output(tmp_path, documents, spm_path, monkeypatch):
@@ -150,14 +149,13 @@ def test_failure_midway_leaves_no_output(tmp_path, documents, spm_path, monkeypa
     preprocess([str(good)], str(spm_path), str(old), progress=False)
     old_bytes = {p: p.read_bytes() for p in old.parent.iterdir()}
 
-    monkeypatch.setattr(preprocess_text, "IndexedDatasetBuilder", _CountingBuilder)
-    monkeypatch.setattr(preprocess_text, "_add_documents", _counting_add_documents)
+    monkeypatch.setattr(preprocess_text, "IndexedWriter", _CountingWriter)
     for prefix in (tmp_path / "new" / "text", old):
-        _CountingBuilder.documents_added = 0
+        _CountingWriter.documents_added = 0
         with pytest.raises(BadSampleError, match=f"{bad}:{len(documents) + 1}: malformed_json"):
             preprocess([str(bad)], str(spm_path), str(prefix), workers=2, chunk_size=8,
                        strict=True, progress=False)
-        assert _CountingBuilder.documents_added > len(documents) - 8, "failed late in the run"
+        assert _CountingWriter.documents_added > len(documents) - 8, "failed late in the run"
     assert os.listdir(tmp_path / "new") == []
     assert {p: p.read_bytes() for p in old.parent.iterdir()} == old_bytes
 
@@ -171,7 +169,7 @@ def test_interrupted_index_write_leaves_no_index(tmp_path, documents, spm_path, 
     path = tmp_path / "in" / "data.jsonl"
     path.parent.mkdir()
     path.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in documents[:10]))
-    monkeypatch.setattr(preprocess_text.IndexedDatasetBuilder, "finalize", finalize_then_die)
+    monkeypatch.setattr(preprocess_text.IndexedWriter, "finalize", finalize_then_die)
     with pytest.raises(KeyboardInterrupt):
         preprocess([str(path)], str(spm_path), str(tmp_path / "out" / "text"), progress=False)
     assert os.listdir(tmp_path / "out") == []
