@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import glob
 import json
@@ -98,10 +99,25 @@ def _encode(chunks: Iterable[Chunk], workers: int, encoder_args: tuple
             ) -> Iterator[Iterator[EncodedChunk]]:
     """Yield the encoded chunks in input order, from this process or a pool of `workers`."""
     if workers == 1:
-        yield map(ChunkEncoder(*encoder_args), chunks)
+        with concurrent.futures.ThreadPoolExecutor(1) as reader:
+            yield _parsed_ahead(ChunkEncoder(*encoder_args), iter(chunks), reader)
         return
     with multiprocessing.Pool(workers, initializer=init_worker, initargs=encoder_args) as pool:
         yield _bounded_ordered_map(pool, chunks, window=4 * workers)
+
+
+def _parsed_ahead(encoder: ChunkEncoder, chunks: Iterator[Chunk],
+                  reader: concurrent.futures.Executor) -> Iterator[EncodedChunk]:
+    # The tokenizer's batched call releases the GIL, so the `reader` thread reads and parses
+    # the next chunk while this one is tokenized.
+    def parse_next():
+        chunk = next(chunks, None)
+        return None if chunk is None else (chunk, encoder.parse(chunk))
+
+    ahead = reader.submit(parse_next)
+    while (parsed := ahead.result()) is not None:
+        ahead = reader.submit(parse_next)
+        yield encoder.encode(parsed[0], *parsed[1])
 
 
 def _bounded_ordered_map(pool, chunks: Iterable[Chunk], window: int) -> Iterator[EncodedChunk]:

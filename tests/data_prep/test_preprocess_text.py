@@ -4,6 +4,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -52,10 +54,11 @@ def test_roundtrip_exact(tmp_path, documents, spm_path, tokenizer, fmt, workers)
     assert set(summary["skipped"].values()) == {0}
 
 
-def test_hf_json_tokenizer_no_eod(tmp_path, documents, hf_dir, tokenizer):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_hf_json_tokenizer_no_eod(tmp_path, documents, hf_dir, tokenizer, workers):
     pattern = _write_parts(tmp_path / "in", documents, "jsonl", parts=1)
     main(["--input", pattern, "--tokenizer", str(hf_dir / "tokenizer.json"),
-          "--output-prefix", str(tmp_path / "text"), "--workers", "2", "--chunk-size", "5",
+          "--output-prefix", str(tmp_path / "text"), "--workers", workers, "--chunk-size", "5",
           "--no-append-eod"])
     got, _ = _read_docs(tmp_path / "text")
     assert got == [tokenizer.encode(text) for text in documents]
@@ -189,3 +192,12 @@ def test_progress_lines_and_summary_json(tmp_path, documents, spm_path):
     assert json.loads((tmp_path / "text.summary.json").read_text()) == summary
     assert summary["input_bytes"] == path.stat().st_size and summary["docs_per_s"] > 0
     assert summary["skipped"]["non_string"] == 1
+
+
+def test_imports_neither_torch_nor_megatron():
+    """A run's start-up: preprocess_text and the multimodal runner write the indexed dataset
+    themselves (data_prep/indexed_writer.py), without torch or megatron.core."""
+    code = ("import sys, omni_data_prep.preprocess_text, omni_data_prep.multimodal.runner; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'megatron'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
