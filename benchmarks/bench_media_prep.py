@@ -136,11 +136,13 @@ def run_cli(kind: str, jsonl: Path, tokenizer: Path, out: Path, workers: int, *e
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def bench(media: dict, tokenizer: Path, workers: list[int], repeats: int, tmp: Path
-          ) -> list[dict]:
-    """One row per kind (see the module docstring)."""
+def bench(media: dict, tokenizer: Path, kinds: list[str], workers: list[int], repeats: int,
+          tmp: Path) -> list[dict]:
+    """One row per kind of `kinds` (see the module docstring)."""
     rows = []
     for kind, (jsonl, paths, amount) in media.items():
+        if kind not in kinds:
+            continue
         ceiling = statistics.median(ceiling_seconds(kind, paths) for _ in range(repeats))
         empty = _jsonl(tmp / f"{kind}_empty.jsonl", [])
         startup = statistics.median(
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark and write its JSON results; returns the results path."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_media_prep",
                                      description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kinds", nargs="+", choices=list(UNITS), default=list(UNITS))
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--images", type=int, default=200, help="640x480 JPEGs (default: 200)")
     parser.add_argument("--audios", type=int, default=20,
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> Path:
         make_demo_corpus(folder / "tok_corpus.jsonl", num_docs=500, seed=0)
         tokenizer = train_tokenizer([str(folder / "tok_corpus.jsonl")], str(folder / "tok"),
                                     vocab_size=400)
-        rows = bench(media, tokenizer, args.workers, args.repeats, folder)
+        rows = bench(media, tokenizer, args.kinds, args.workers, args.repeats, folder)
     path = write_results(args.output, "media_prep", rows, repeats=args.repeats,
                          cpu_count=os.cpu_count(), load_average=os.getloadavg())
     print(f"wrote {path}")

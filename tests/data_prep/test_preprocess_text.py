@@ -195,9 +195,10 @@ def test_progress_lines_and_summary_json(tmp_path, documents, spm_path):
 
 
 def test_imports_neither_torch_nor_megatron():
-    """A run's start-up: preprocess_text and the multimodal runner write the indexed dataset
+    """A run's start-up: preprocess_text and the multimodal CLIs write the indexed dataset
     themselves (data_prep/indexed_writer.py), without torch or megatron.core."""
-    code = ("import sys, omni_data_prep.preprocess_text, omni_data_prep.multimodal.runner; "
+    code = ("import sys, omni_data_prep.preprocess_text; from omni_data_prep.multimodal import "
+            "cli, image_caption, interleaved, audio_transcript, video_caption, conversations; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'megatron'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
