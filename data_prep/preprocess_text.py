@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import glob
 import json
@@ -22,12 +23,11 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
 from megatron_omni.data.bad_samples import TEXT_SKIP_REASONS, SkipCounter, SkipSample
 from megatron_omni.data.tokenizer import load_tokenizer
 from omni_data_prep import cli_io
+from omni_data_prep.indexed_writer import IndexedWriter, optimal_dtype
 from omni_data_prep.progress import Progress
 from omni_data_prep.text_records import (Chunk, ChunkEncoder, EncodedChunk, encode_in_worker,
                                          expand_inputs, init_worker, read_chunks)
@@ -61,7 +61,7 @@ def preprocess(inputs: Sequence[str], tokenizer: str | Path, output_prefix: str 
     if workers < 1 or chunk_size < 1:
         raise ValueError(f"workers and chunk_size must be >= 1, got {workers} and {chunk_size}")
     paths = expand_inputs(inputs)
-    dtype = DType.optimal_dtype(load_tokenizer(tokenizer).vocab_size)
+    dtype = optimal_dtype(load_tokenizer(tokenizer).vocab_size)
     prefix = Path(output_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     cli_io.remove_stale_temps(prefix.parent, glob.escape(prefix.name))
@@ -70,37 +70,28 @@ def preprocess(inputs: Sequence[str], tokenizer: str | Path, output_prefix: str 
     bar = Progress(sum(path.stat().st_size for path in paths), enabled=progress)
     chunks = read_chunks(paths, json_key, chunk_size)
     with (cli_io.atomic_output(prefix) as (bin_tmp, idx_tmp),
-          _encode(chunks, workers, (str(tokenizer), json_key, append_eod, dtype)) as encoded):
-        builder = IndexedDatasetBuilder(bin_tmp, dtype=dtype)
+          _encode(chunks, workers, (str(tokenizer), json_key, append_eod, dtype)) as encoded,
+          IndexedWriter(bin_tmp, dtype) as writer):
         for chunk in encoded:
             for line, reason, detail in chunk.bad:
                 skips.skip(SkipSample(reason, detail), f"{chunk.path}:{line}")
-            _add_documents(builder, chunk)
+            writer.add_documents(chunk.tokens, chunk.lengths)
             bar.update(chunk.nbytes, len(chunk.lengths), chunk.tokens.size,
                        skips.table(TEXT_SKIP_REASONS) if chunk.bad else bar.skipped)
         skipped = skips.table(TEXT_SKIP_REASONS)
         cli_io.check_not_empty(bar.items, bar.items + sum(skipped.values()), skipped,
                                "documents", allow_empty)
-        builder.finalize(idx_tmp)
+        writer.finalize(idx_tmp)
     bar.close()
     seconds = time.perf_counter() - bar.start
     summary = {"docs": bar.items, "tokens": bar.tokens, "input_bytes": bar.total,
                "workers": workers, "seconds": seconds, "docs_per_s": bar.items / seconds,
                "tokens_per_s": bar.tokens / seconds, "skipped": skipped,
-               "dtype": np.dtype(dtype).name, "bin": f"{prefix}.bin", "idx": f"{prefix}.idx",
+               "dtype": dtype.name, "bin": f"{prefix}.bin", "idx": f"{prefix}.idx",
                "summary": f"{prefix}.summary.json"}
     with cli_io.atomic_file(Path(summary["summary"])) as tmp:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def _add_documents(builder: IndexedDatasetBuilder, chunk: EncodedChunk) -> None:
-    # What builder.add_document does per document, once per chunk: one write of all tokens,
-    # one sequence per document.
-    builder.data_file.write(chunk.tokens.tobytes(order="C"))
-    first = len(builder.sequence_lengths) + 1
-    builder.sequence_lengths.extend(chunk.lengths)
-    builder.document_indices.extend(range(first, first + len(chunk.lengths)))
 
 
 @contextlib.contextmanager
@@ -108,10 +99,25 @@ def _encode(chunks: Iterable[Chunk], workers: int, encoder_args: tuple
             ) -> Iterator[Iterator[EncodedChunk]]:
     """Yield the encoded chunks in input order, from this process or a pool of `workers`."""
     if workers == 1:
-        yield map(ChunkEncoder(*encoder_args), chunks)
+        with concurrent.futures.ThreadPoolExecutor(1) as reader:
+            yield _parsed_ahead(ChunkEncoder(*encoder_args), iter(chunks), reader)
         return
     with multiprocessing.Pool(workers, initializer=init_worker, initargs=encoder_args) as pool:
         yield _bounded_ordered_map(pool, chunks, window=4 * workers)
+
+
+def _parsed_ahead(encoder: ChunkEncoder, chunks: Iterator[Chunk],
+                  reader: concurrent.futures.Executor) -> Iterator[EncodedChunk]:
+    # The tokenizer's batched call releases the GIL, so the `reader` thread reads and parses
+    # the next chunk while this one is tokenized.
+    def parse_next():
+        chunk = next(chunks, None)
+        return None if chunk is None else (chunk, encoder.parse(chunk))
+
+    ahead = reader.submit(parse_next)
+    while (parsed := ahead.result()) is not None:
+        ahead = reader.submit(parse_next)
+        yield encoder.encode(parsed[0], *parsed[1])
 
 
 def _bounded_ordered_map(pool, chunks: Iterable[Chunk], window: int) -> Iterator[EncodedChunk]:

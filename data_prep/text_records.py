@@ -35,12 +35,12 @@ class Chunk:
 
 @dataclass
 class EncodedChunk:
-    """Tokens of a chunk's good records, concatenated, with one length per record, and the bad
-    records as (line number, reason, detail); `nbytes` is the chunk's."""
+    """Tokens of a chunk's good records, concatenated, with one length per record (int32), and
+    the bad records as (line number, reason, detail); `nbytes` is the chunk's."""
 
     path: str
     tokens: np.ndarray
-    lengths: list[int]
+    lengths: np.ndarray
     bad: list[tuple[int, str, str]]
     nbytes: int = 0
 
@@ -166,6 +166,10 @@ class ChunkEncoder:
         self.dtype = dtype
 
     def __call__(self, chunk: Chunk) -> EncodedChunk:
+        return self.encode(chunk, *self.parse(chunk))
+
+    def parse(self, chunk: Chunk) -> tuple[list[str], list[tuple[int, str, str]]]:
+        """The texts of the chunk's good records and its bad records (line, reason, detail)."""
         texts, bad = [], []
         for line_no, raw in chunk.records:
             text, reason, detail = parse_record(raw, chunk.is_jsonl, self.key)
@@ -173,9 +177,14 @@ class ChunkEncoder:
                 bad.append((line_no, reason, detail))
             else:
                 texts.append(text)
+        return texts, bad
+
+    def encode(self, chunk: Chunk, texts: list[str], bad: list[tuple[int, str, str]]
+               ) -> EncodedChunk:
+        """Tokenize the parsed `texts` of `chunk` in one batched tokenizer call."""
         parts = [np.array(ids, dtype=self.dtype)
                  for ids in (self.tokenizer.encode_batch(texts) if texts else [])]
-        lengths = [len(part) + self.append_eod for part in parts]
+        lengths = np.array([len(part) + self.append_eod for part in parts], dtype=np.int32)
         if self.append_eod:
             eod = np.array([self.tokenizer.eod_id], dtype=self.dtype)
             parts = [a for part in parts for a in (part, eod)]

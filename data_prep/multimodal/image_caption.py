@@ -16,7 +16,6 @@ from pathlib import Path
 
 from megatron_omni.data.bad_samples import SkipSample
 from megatron_omni.data.sample_format import Manifest, Placeholder, split_placeholders
-from megatron_omni.data.sample_reader import iter_tar_groups
 from omni_data_prep.multimodal import cli
 from omni_data_prep.multimodal.media import load_image, read_bytes
 from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
@@ -42,6 +41,10 @@ class ImageCaptionSource(SampleSource):
     def chunks(self, paths: Sequence[Path], samples_per_shard: int) -> Iterator[Chunk]:
         for path in paths:
             if path.suffix == ".tar":
+                # Imported here: sample_reader imports the config package, and with it torch
+                # (seconds of start-up that a jsonl run does not need).
+                from megatron_omni.data.sample_reader import iter_tar_groups
+
                 yield from chunked(path, False, iter_tar_groups(path), samples_per_shard)
             else:
                 yield from read_chunks([path], "", samples_per_shard)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
 from megatron_omni.data.bad_samples import PREPARE_SKIP_REASONS, SkipCounter, SkipSample
 from megatron_omni.data.media_items import MediaInfo, media_field, write_media_sizes
@@ -46,6 +45,7 @@ from megatron_omni.data.sample_format import (FORMAT_VERSION, LOSS_MASK_SUFFIX, 
 from megatron_omni.data.tokenizer import load_tokenizer
 from omni_data_prep.cli_io import (atomic_file, atomic_output, check_not_empty,
                                    remove_stale_temps)
+from omni_data_prep.indexed_writer import IndexedWriter, optimal_dtype
 from omni_data_prep.progress import Progress
 from omni_data_prep.text_records import Chunk, expand_inputs, read_chunks
 
@@ -202,7 +202,7 @@ def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
     tok = load_tokenizer(tokenizer)
     tok_info = {"path": str(tokenizer), "sha256": _file_sha256(Path(tokenizer)),
                 "vocab_size": tok.vocab_size}
-    dtype = DType.optimal_dtype(tok.vocab_size)
+    dtype = optimal_dtype(tok.vocab_size)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -219,7 +219,7 @@ def run(source: SampleSource, inputs: Sequence[str], tokenizer: str | Path,
     with _shard_results(tasks, state, workers) as results:
         shards = _collect(results, task_bytes, bar)
     manifest = Manifest(source.kind, [str(p) for p in paths], tok_info,
-                        np.dtype(dtype).name, source.options(), shards)
+                        dtype.name, source.options(), shards)
     totals = manifest.totals()
     check_not_empty(totals["counts"]["samples"], totals["counts"]["records"], totals["skipped"],
                     "samples", allow_empty)
@@ -321,9 +321,9 @@ def write_shard(state: _WorkerState, task: _ShardTask) -> ShardInfo:
           atomic_output(Path(f"{prefix}{LOSS_MASK_SUFFIX}")) as (mask_bin_tmp, mask_idx_tmp),
           atomic_file(Path(f"{prefix}.tar")) as tar_tmp,
           atomic_file(Path(f"{prefix}{MEDIA_SIZES_SUFFIX}")) as sizes_tmp,
-          tarfile.open(tar_tmp, "w", format=tarfile.PAX_FORMAT) as tar):
-        token_builder = IndexedDatasetBuilder(bin_tmp, dtype=state.dtype)
-        mask_builder = IndexedDatasetBuilder(mask_bin_tmp, dtype=np.uint8)
+          tarfile.open(tar_tmp, "w", format=tarfile.PAX_FORMAT) as tar,
+          IndexedWriter(bin_tmp, state.dtype) as token_writer,
+          IndexedWriter(mask_bin_tmp, np.uint8) as mask_writer):
         for location, raw in chunk.records:
             try:
                 record = state.source.parse(raw, chunk)
@@ -345,15 +345,15 @@ def write_shard(state: _WorkerState, task: _ShardTask) -> ShardInfo:
             for i, (info, data) in enumerate(prepared.media):
                 _add_member(tar, f"{key}.{media_field(i, info)}", data)
                 media_counts[info.kind] += 1
-            token_builder.add_document(np.asarray(ids), [len(ids)])
-            mask_builder.add_document(np.asarray(mask), [len(mask)])
+            token_writer.add_documents(ids, [len(ids)])
+            mask_writer.add_documents(mask, [len(mask)])
             sample_media.append(meta.media)
             samples += 1
             tokens += len(ids)
             loss_tokens += sum(mask)
         tar.close()
-        token_builder.finalize(idx_tmp)
-        mask_builder.finalize(mask_idx_tmp)
+        token_writer.finalize(idx_tmp)
+        mask_writer.finalize(mask_idx_tmp)
         write_media_sizes(sizes_tmp, sample_media)
         sizes = {"tokens": os.path.getsize(bin_tmp), "loss_mask": os.path.getsize(mask_bin_tmp),
                  "tar": os.path.getsize(tar_tmp)}

@@ -13,8 +13,6 @@ import collections
 import logging
 from collections.abc import Iterable
 
-import torch
-
 log = logging.getLogger(__name__)
 
 REASONS = {
@@ -97,29 +95,3 @@ class SkipCounter:
     def table(self, reasons: Iterable[str]) -> dict[str, int]:
         """The count of each of `reasons`, in that order, zeros included."""
         return {reason: self.counts[reason] for reason in reasons}
-
-
-class SkippingDataset(torch.utils.data.Dataset):
-    """A map-style dataset whose `_item` raises SkipSample for a bad item: `__getitem__` then
-    returns None and hands the skip, named by `where(index)`, to `skips` (which raises
-    BadSampleError under strict). `skip_counts` counts the skips of this process (a DataLoader
-    worker has its own)."""
-
-    skips: SkipCounter
-
-    @property
-    def skip_counts(self) -> collections.Counter:
-        return self.skips.counts
-
-    def where(self, index: int) -> str:
-        raise NotImplementedError
-
-    def _item(self, index: int) -> dict:
-        raise NotImplementedError
-
-    def __getitem__(self, index: int) -> dict | None:
-        try:
-            return self._item(index)
-        except SkipSample as err:
-            self.skips.skip(err, self.where(index))
-            return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_preprocess
+from benchmarks import bench_media_prep, bench_preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_BENCHMARKS = ("lightning", "infllmv2")
@@ -83,3 +83,16 @@ def test_hybrid_benchmark_smoke(tmp_path):
     for row in data["rows"]:
         assert row["seconds_per_step"] > 0 and row["peak_memory_gib"] > 0, row
         assert len(row["losses"]) == 1 and 5.0 < row["losses"][0] < 7.5, row  # ~ln(512) at init
+
+
+def test_media_prep_benchmark_smoke(tmp_path):
+    path = bench_media_prep.main(["--workers", "1", "--images", "3", "--audios", "1",
+                                  "--audio-seconds", "2", "--videos", "1", "--video-seconds", "2",
+                                  "--repeats", "1", "--output", str(tmp_path / "media.json")])
+    rows = load_results(path, "media_prep")["rows"]
+    assert [(r["kind"], r["unit"], r["files"]) for r in rows] == [
+        ("image_caption", "images", 3), ("audio_transcript", "audio_hours", 1),
+        ("video_caption", "video_minutes", 1)]
+    assert rows[1]["amount"] == 2 / 3600 and rows[2]["amount"] == 2 / 60
+    for row in rows:
+        assert row["ceiling_per_s"] > 0 and row["ours"]["1"]["per_worker_per_s"] > 0, row

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -88,17 +89,22 @@ def _kill(proc, writer):
     writer.close()
 
 
-def test_text_sigkill_then_rerun(tmp_path, documents, spm_path, tokenizer):
-    """Killed while reading its input, preprocess_text leaves only its temporary files; a rerun
-    of the same prefix removes them and writes the dataset."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_text_sigkill_then_rerun(tmp_path, documents, spm_path, tokenizer, workers):
+    """Killed while reading its input, preprocess_text leaves only its temporary files and no
+    worker process; a rerun of the same prefix removes them and writes the dataset."""
     out = tmp_path / "out"
     proc, writer = _start_on_fifo(tmp_path / "in.jsonl", [
         "omni_data_prep.preprocess_text", *_text_args(tmp_path, spm_path, tmp_path / "in.jsonl"),
-        "--chunk-size", "4"])
+        "--chunk-size", "4", "--workers", workers])
     writer.write("".join(json.dumps({"text": d}) + "\n" for d in documents[:30]).encode())
     _wait_for(lambda: out.is_dir() and any(p.suffix == ".part" for p in out.iterdir()), proc)
     time.sleep(0.2)  # let it tokenize and write some chunks, then block on the pipe
+    children = psutil.Process(proc.pid).children()
+    assert len(children) == (0 if workers == "1" else 2)
     _kill(proc, writer)
+    psutil.wait_procs(children, timeout=30)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     left = os.listdir(out)
     assert left and all(cli_io.TMP_TAG in name for name in left), left
 
@@ -125,6 +131,9 @@ def _mm_args(tmp_path, spm_path, jsonl):
 
 
 def test_multimodal_empty_inputs(tmp_path, spm_path, capsys):
+    missing = str(tmp_path / "none-*.jsonl")
+    assert _fails(capsys, lambda: cli.dispatch(_mm_args(tmp_path, spm_path, missing))) == (
+        f"error: input {missing!r} matches no file\n")
     jsonl = write_jsonl(tmp_path / "c.jsonl", [])
     args = _mm_args(tmp_path, spm_path, jsonl)
     assert _fails(capsys, lambda: cli.dispatch(args)) == (

@@ -4,6 +4,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -52,10 +54,11 @@ def test_roundtrip_exact(tmp_path, documents, spm_path, tokenizer, fmt, workers)
     assert set(summary["skipped"].values()) == {0}
 
 
-def test_hf_json_tokenizer_no_eod(tmp_path, documents, hf_dir, tokenizer):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_hf_json_tokenizer_no_eod(tmp_path, documents, hf_dir, tokenizer, workers):
     pattern = _write_parts(tmp_path / "in", documents, "jsonl", parts=1)
     main(["--input", pattern, "--tokenizer", str(hf_dir / "tokenizer.json"),
-          "--output-prefix", str(tmp_path / "text"), "--workers", "2", "--chunk-size", "5",
+          "--output-prefix", str(tmp_path / "text"), "--workers", workers, "--chunk-size", "5",
           "--no-append-eod"])
     got, _ = _read_docs(tmp_path / "text")
     assert got == [tokenizer.encode(text) for text in documents]
@@ -129,13 +132,12 @@ def test_strict_names_file_and_line(tmp_path, documents, spm_path, capsys, worke
     assert sorted(os.listdir(tmp_path)) == ["data.jsonl"]
 
 
-class _CountingBuilder(preprocess_text.IndexedDatasetBuilder):
+class _CountingWriter(preprocess_text.IndexedWriter):
     documents_added = 0
 
-
-def _counting_add_documents(builder, chunk, add=preprocess_text._add_documents):
-    _CountingBuilder.documents_added += len(chunk.lengths)
-    add(builder, chunk)
+    def add_documents(self, tokens, lengths):
+        _CountingWriter.documents_added += len(lengths)
+        super().add_documents(tokens, lengths)
 
 
 def test_failure_midway_leaves_no_output(tmp_path, documents, spm_path, monkeypatch):
@@ -150,14 +152,13 @@ def test_failure_midway_leaves_no_output(tmp_path, documents, spm_path, monkeypa
     preprocess([str(good)], str(spm_path), str(old), progress=False)
     old_bytes = {p: p.read_bytes() for p in old.parent.iterdir()}
 
-    monkeypatch.setattr(preprocess_text, "IndexedDatasetBuilder", _CountingBuilder)
-    monkeypatch.setattr(preprocess_text, "_add_documents", _counting_add_documents)
+    monkeypatch.setattr(preprocess_text, "IndexedWriter", _CountingWriter)
     for prefix in (tmp_path / "new" / "text", old):
-        _CountingBuilder.documents_added = 0
+        _CountingWriter.documents_added = 0
         with pytest.raises(BadSampleError, match=f"{bad}:{len(documents) + 1}: malformed_json"):
             preprocess([str(bad)], str(spm_path), str(prefix), workers=2, chunk_size=8,
                        strict=True, progress=False)
-        assert _CountingBuilder.documents_added > len(documents) - 8, "failed late in the run"
+        assert _CountingWriter.documents_added > len(documents) - 8, "failed late in the run"
     assert os.listdir(tmp_path / "new") == []
     assert {p: p.read_bytes() for p in old.parent.iterdir()} == old_bytes
 
@@ -171,7 +172,7 @@ def test_interrupted_index_write_leaves_no_index(tmp_path, documents, spm_path, 
     path = tmp_path / "in" / "data.jsonl"
     path.parent.mkdir()
     path.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in documents[:10]))
-    monkeypatch.setattr(preprocess_text.IndexedDatasetBuilder, "finalize", finalize_then_die)
+    monkeypatch.setattr(preprocess_text.IndexedWriter, "finalize", finalize_then_die)
     with pytest.raises(KeyboardInterrupt):
         preprocess([str(path)], str(spm_path), str(tmp_path / "out" / "text"), progress=False)
     assert os.listdir(tmp_path / "out") == []
@@ -191,3 +192,13 @@ def test_progress_lines_and_summary_json(tmp_path, documents, spm_path):
     assert json.loads((tmp_path / "text.summary.json").read_text()) == summary
     assert summary["input_bytes"] == path.stat().st_size and summary["docs_per_s"] > 0
     assert summary["skipped"]["non_string"] == 1
+
+
+def test_imports_neither_torch_nor_megatron():
+    """A run's start-up: preprocess_text and the multimodal CLIs write the indexed dataset
+    themselves (data_prep/indexed_writer.py), without torch or megatron.core."""
+    code = ("import sys, omni_data_prep.preprocess_text; from omni_data_prep.multimodal import "
+            "cli, image_caption, interleaved, audio_transcript, video_caption, conversations; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'megatron'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

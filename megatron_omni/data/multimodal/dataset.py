@@ -30,6 +30,7 @@ the stored parts of a sample is data/sample_reader.py's `SampleReader`.
 """
 from __future__ import annotations
 
+import collections
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ import torch
 
 from megatron_omni.contract import tmrope
 from megatron_omni.contract.media import PLACEHOLDERS, MediaTokens
-from megatron_omni.data.bad_samples import SkipCounter, SkippingDataset, SkipSample
+from megatron_omni.data.bad_samples import SkipCounter, SkipSample
 from megatron_omni.data.media_items import (AUDIO_SAMPLE_RATE, AudioInfo, ImageInfo, VideoInfo,
                                             read_media_sizes, unpack_frames)
 from megatron_omni.data.multimodal import features, images as image_io
@@ -70,6 +71,32 @@ class LoaderConfig:
     pad_audio_to_30s: bool = True
     media_tokens: MediaTokens = MediaTokens()
     compute_position_ids: bool = True
+
+
+class SkippingDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose `_item` raises SkipSample for a bad item: `__getitem__` then
+    returns None and hands the skip, named by `where(index)`, to `skips` (which raises
+    BadSampleError under strict). `skip_counts` counts the skips of this process (a DataLoader
+    worker has its own)."""
+
+    skips: SkipCounter
+
+    @property
+    def skip_counts(self) -> collections.Counter:
+        return self.skips.counts
+
+    def where(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _item(self, index: int) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict | None:
+        try:
+            return self._item(index)
+        except SkipSample as err:
+            self.skips.skip(err, self.where(index))
+            return None
 
 
 class MultimodalDataset(SkippingDataset):
