@@ -98,15 +98,7 @@ class ConversationSource(SampleSource):
         stored = []
         expanded = []
         for turn in turns:
-            pieces = []
-            for piece in turn.content:
-                if isinstance(piece, Placeholder):
-                    items = self._load(piece.kind, next(next_item[piece.kind]))
-                    stored.extend(items)
-                    pieces.extend(Placeholder(info.kind) for info, _ in items)
-                else:
-                    pieces.append(piece)
-            expanded.extend(_render_turn(turn, pieces, mode))
+            expanded.extend(_render_turn(turn, self._expand(turn.content, next_item, stored), mode))
         extra = {"reasoning_mode": mode}
         if record.get("interruption") is not None:
             extra["interruption"] = record["interruption"]
@@ -116,6 +108,20 @@ class ConversationSource(SampleSource):
         """The samples per reasoning mode."""
         counts = reasoning_mode_counts(output_dir, manifest)
         return "reasoning_mode: " + ", ".join(f"{m} {counts[m]:,}" for m in REASONING_MODES)
+
+    def _expand(self, content: list, next_item: dict, stored: list) -> list:
+        """``content`` with each placeholder replaced by one per item its media loads as (a clip
+        longer than the encoder's window gives several); the loaded items are appended to
+        ``stored`` in order."""
+        pieces = []
+        for piece in content:
+            if isinstance(piece, Placeholder):
+                items = self._load(piece.kind, next(next_item[piece.kind]))
+                stored.extend(items)
+                pieces.extend(Placeholder(info.kind) for info, _ in items)
+            else:
+                pieces.append(piece)
+        return pieces
 
     def _load(self, kind: str, item) -> list:
         if kind == "image":

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from megatron_omni.data.bad_samples import SkipSample
-from megatron_omni.data.sample_format import (PLACEHOLDERS, ROLES, Manifest, Placeholder, Text,
+from megatron_omni.data.sample_format import (PLACEHOLDERS, ROLES, Manifest, Text,
                                               placeholder_kinds, render_conversation,
                                               split_placeholders)
 from omni_data_prep.multimodal import cli
@@ -67,15 +67,7 @@ class PreferenceSource(ConversationSource):
         next_item = {kind: iter(items) for kind, items in media.items()}
         stored, expanded = [], []
         for role, content in prompt:
-            pieces = []
-            for piece in content:
-                if isinstance(piece, Placeholder):
-                    items = self._load(piece.kind, next(next_item[piece.kind]))
-                    stored.extend(items)
-                    pieces.extend(Placeholder(info.kind) for info, _ in items)
-                else:
-                    pieces.append(piece)
-            expanded.append((role, pieces))
+            expanded.append((role, self._expand(content, next_item, stored)))
         context = [Text(p.text, False) if isinstance(p, Text) else p
                    for p in render_conversation(expanded)]
         chosen_pieces, rejected_pieces = render_conversation(chosen), render_conversation(rejected)
