@@ -359,11 +359,8 @@ def omni_folder_to_megatron(folder: str | Path, out_root: str | Path) -> dict:
 
 
 def is_omni_source(source: str | Path) -> bool:
-    """Whether a run folder / checkpoint folder holds an omni model (so ``to-hf`` exports it here)."""
+    """Whether a run folder / checkpoint folder holds an omni model (so ``to-hf`` exports it here);
+    ConversionError naming ``--checkpoint`` for a path that is neither, or a damaged one."""
     from megatron_omni.training import checkpoint
 
-    try:
-        path = checkpoint.resolve(source)
-    except (FileNotFoundError, ValueError):
-        return False  # the text exporter reports the bad path
-    return is_omni_checkpoint(checkpoint.read_common(path))
+    return is_omni_checkpoint(checkpoint.read_common(resolve_checkpoint(source)))
