@@ -3,7 +3,7 @@ then `launch/phase5.sh` with examples/omni_tiny_sft_cpu.yaml at PP=2 starting fr
 (checkpoint.load, resharded), on the demo corpus's SFT conversations (data_prep/multimodal/
 demo.py). The run takes the steps of its num_epochs (loader.epoch_steps) and the warmup of its
 warmup_ratio, and lowers the loss, which is the assistant-token loss; its checkpoint exports
-with `launch/convert_checkpoint.py to-hf` (text LLM), which transformers loads, scores (the
+with `launch/convert_checkpoint.py to-hf` (the omni folder, remote code), which transformers loads, scores (the
 assistant tokens of a text-only conversation, below the run's first loss) and generates from.
 The run validates every step on held-out text conversations (data.multimodal.valid); the last
 validation loss equals a direct evaluation of the same samples, one at a time, by the export."""
@@ -87,7 +87,7 @@ def hf_model(sft_run):
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["max_abs_logit_diff"] < 1e-4
-    return hf, AutoModelForCausalLM.from_pretrained(hf).eval()
+    return hf, AutoModelForCausalLM.from_pretrained(hf, trust_remote_code=True).eval()
 
 
 def _nll_sum(model, tokens, loss_mask) -> tuple[float, int]:
