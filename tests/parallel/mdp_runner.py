@@ -59,13 +59,11 @@ def resume_copy(source: Path, target: Path) -> None:
 
 
 def run_layout(name: str, overrides: list[str], out: Path) -> dict:
-    import torch
-
-    from megatron_omni.config import config_to_dict, load_config
+    from megatron_omni.config import load_config
     from megatron_omni.parallel.modality_decoupled import exchanges
-    from megatron_omni.training import checkpoint
     from megatron_omni.training.step import run_schedule
     from megatron_omni.training.trainer import Trainer
+    from tests.parallel.grads import save_main_grads
 
     source = next((o.removeprefix("from:") for o in overrides if o.startswith("from:")), None)
     overrides = [o for o in overrides if not o.startswith("from:")] + [f"checkpoint.dir={out / name}"]
@@ -82,15 +80,7 @@ def run_layout(name: str, overrides: list[str], out: Path) -> dict:
         chunk.zero_grad_buffer()
     run_schedule(model, batches, cfg.data.seq_length, t.micro_batch_size, forward_only=False)
     work = [x.work() for x in exchanges(model)]
-    params = [p for chunk in model for p in chunk.module.parameters()]
-    weights = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p in params:
-            p.copy_(p.main_grad if p.requires_grad else torch.zeros_like(p))
-    checkpoint.save_checkpoint(out / name / "grads", 0, model, 0, config_to_dict(cfg), trainer.vocab_size)
-    with torch.no_grad():
-        for p, w in zip(params, weights):
-            p.copy_(w)
+    save_main_grads(model, cfg, trainer.vocab_size, out / name / "grads")
     history = trainer.train()
     return finish({"train": history["train"], "work": work[0] if work else None})
 

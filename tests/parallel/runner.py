@@ -38,6 +38,8 @@ def main() -> None:
     mode.add_argument("--max-steps", type=int, metavar="N", help="train at most N steps in this run")
     mode.add_argument("--die-in-save", type=int, metavar="STEP",
                       help="train, and exit abruptly inside the save of STEP, after its files are written")
+    parser.add_argument("--grads", action="store_true",
+                        help="save the first step's gradients under <checkpoint.dir>/grads (tests/parallel/grads.py)")
     parser.add_argument("--synthetic-omni", action="store_true",
                         help="omni micro-batches from tests/omni_batches.py instead of the data loader")
     args = parser.parse_args()
@@ -55,6 +57,11 @@ def main() -> None:
 
         trainer_module.omni_micro_batches = synthetic_stream
     trainer = Trainer(load_config(None, args.overrides))
+    if args.grads:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from tests.parallel.grads import save_first_step_grads
+
+        save_first_step_grads(trainer, Path(trainer.cfg.checkpoint.dir) / "grads")
     result = {}
     if args.die_in_save is not None:
         _die_inside_save(args.die_in_save)

@@ -4,9 +4,10 @@ which are also the frozen reference:
 
 (a) `--phase 6` through launch/pretrain_omni.py on 2 CPU ranks (DP=2) learns the rule in 20
     steps: the reward accuracy passes 0.9 and the margin grows.
-(b) The first 3 steps of that run at TP=2, PP=2 (the reference pipelined too) and DP=2 (the run
-    of (a)) give the losses and gradient norms of one rank within 1e-5; the first step's loss is
-    log 2 (policy == reference).
+(b) The first 3 steps at TP=2, PP=2 (the reference pipelined too) and DP=2 (the run of (a), and
+    one without the distributed optimizer) give the losses and gradient norms of one rank within
+    1e-5, and every parameter's first-step gradient within 1e-5 of its largest entry; the first
+    step's loss is log 2 (policy == reference).
 (c) The reference log-probs precomputed by launch/precompute_ref_logprobs.py (at PP=2) give the
     frozen reference model's losses.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.parallel.conftest import TINY, torchrun
+from tests.parallel.conftest import TINY, checkpoint_tensors, torchrun
 from tests.training.dpo_data import prepare, rule_records, trajectory_record
 
 ROOT = Path(__file__).parents[2]
@@ -57,7 +58,8 @@ class DpoRuns:
             reference = [] if any(o.startswith("dpo.reference_logprobs") for o in overrides) else [
                 f"dpo.reference={self.init}"]
             torchrun(nproc, self.base + ["phase=6", f"checkpoint.load={self.init}", f"checkpoint.dir={run_dir}",
-                                         *reference, *overrides], self.root / f"{name}.json", "--max-steps", "3")
+                                         *reference, *overrides], self.root / f"{name}.json", "--max-steps", "3",
+                     "--grads")
             self.cache[name] = run_dir
         return self.cache[name]
 
@@ -98,15 +100,28 @@ def test_phase6_through_pretrain_omni_learns_the_rule(dpo_runs):
     assert late > early > 0, margin
 
 
-@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], None], ids=["tp2", "pp2", "dp2"])
+@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], ["parallel.distributed_optimizer=false"],
+                                    None], ids=["tp2", "pp2", "dp2", "dp2_distopt"])
 def test_dpo_layouts_match_one_rank(dpo_runs, layout):
-    reference = _first_steps(dpo_runs.get("one_rank", 1, []))
-    result = _first_steps(dpo_runs.get("_".join(layout), 2, layout) if layout else dpo_runs.learn()[0])
+    one_rank = dpo_runs.get("one_rank", 1, [])
+    reference = _first_steps(one_rank)
+    run = dpo_runs.get("_".join(layout), 2, layout) if layout else dpo_runs.learn()[0]
+    result = _first_steps(run)
     assert sorted(reference["loss"]) == [1, 2, 3]
     assert reference["loss"][1] == pytest.approx(math.log(2), abs=1e-6)
     for tag in ("loss", "grad_norm"):  # within 1e-5, relative for norms of several units
         for step, value in reference[tag].items():
             assert result[tag][step] == pytest.approx(value, rel=1e-5, abs=1e-5), (tag, step, result, reference)
+    if layout is None:   # the distributed optimizer's main_grad is reduced only in this rank's shard
+        return
+    ref_grads = checkpoint_tensors(one_rank / "grads" / "iter_0000000")
+    grads = checkpoint_tensors(run / "grads" / "iter_0000000")
+    assert grads.keys() == ref_grads.keys()
+    assert {k.split(".")[0] for k, g in ref_grads.items() if g.abs().max() > 0} >= {
+        "vision_encoder", "vision_projector", "embedding", "decoder"}, sorted({k.split(".")[0] for k in ref_grads})
+    for key, ref_grad in ref_grads.items():
+        err = (grads[key] - ref_grad).abs().max().item()
+        assert err <= 1e-5 * max(ref_grad.abs().max().item(), 1e-3), (key, err)
 
 
 def test_precomputed_reference_gives_the_same_loss(dpo_runs):
