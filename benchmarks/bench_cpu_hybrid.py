@@ -8,7 +8,8 @@ against the same model in the Triton interpreter (model.kernels=triton).
 The model and the measurement are bench_hybrid.py's "tiny" size (the tiny preset, fp32, pattern
 SLLS, sparse layers block-sparse above 1K tokens with 64-token blocks and 7 slots, Lightning
 chunks of 64), each (kernels, length) in a fresh process: `--warmup` untimed steps, then the
-median of `--iters` timed steps. Memory: the process's peak resident set (ru_maxrss, GiB) and
+median of `--iters` timed steps, wall time and process CPU time (the CPU time is what the step
+cost on a shared machine; tokens_per_cpu_s beside tokens_per_s). Memory: the process's peak resident set (ru_maxrss, GiB) and
 what the steps added to the resident set before the first step. The all-dense model (torch SDPA)
 at the same lengths is the baseline row. Writes benchmarks/results/cpu_hybrid_<device>.json.
 """
