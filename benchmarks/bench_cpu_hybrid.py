@@ -40,7 +40,7 @@ def loss_check(rows: list[dict]) -> dict[int, float]:
 
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seqlens", type=int, nargs="+", default=[2048, 4096, 8192],
+    parser.add_argument("--seqlens", type=int, nargs="*", default=[2048, 4096, 8192],
                         help="lengths of the dense and torch rows")
     parser.add_argument("--triton-seqlens", type=int, nargs="*", default=[2048],
                         help="lengths of the interpreter rows (minutes per step)")
