@@ -48,7 +48,7 @@ class ModelConfig:
     and te is an error."""
     kernels: Literal["auto", "triton", "torch"] = "auto"
     """Attention ops of the S and L layers: auto (Triton with CUDA, else torch), triton (the
-    Triton kernels; without CUDA in the Triton interpreter, ~1000x slower), or torch (chunked
+    Triton kernels; without CUDA in the Triton interpreter, ~600x slower), or torch (chunked
     PyTorch ops, same math; what CPU training runs). docs/kernels.md."""
     layer_pattern: str | None = None
     """Attention type of each layer, one letter per layer: D dense (GQA, RoPE), S sparse

@@ -51,8 +51,9 @@ def _auto_backend() -> str:
 def resolve_kernels(kernels: str) -> str:
     """'triton' or 'torch' for model.kernels, the implementation of the sparse (S) and linear (L)
     layers' attention ops: 'auto' → 'triton' on a CUDA machine, else 'torch' (the chunked
-    PyTorch ops; the Triton interpreter is ~1000x slower). 'triton' without CUDA runs the
-    interpreter (platform.prepare_process sets TRITON_INTERPRET=1). Logged once per process."""
+    PyTorch ops; the Triton interpreter is ~600x slower: docs/kernels.md). 'triton' without
+    CUDA runs the interpreter (platform.prepare_process sets TRITON_INTERPRET=1). Logged once
+    per process."""
     if kernels not in ("auto", "triton", "torch"):
         raise ValueError(f"model.kernels={kernels!r}; use auto, triton or torch")
     return _log_kernels(kernels)
