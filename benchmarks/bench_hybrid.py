@@ -14,14 +14,16 @@ Models (the layer pattern is the only difference between the two rows of a lengt
   L elsewhere).
 - "tiny": the tiny preset (4 layers, hidden 64), pattern "SLLS", no recomputation; sparse layers
   run sparse above 1K tokens (64-token blocks, top-4 + 1 init + 2 local blocks), so the growth
-  of each attention type is visible at 1K..8K. Triton kernels run in the interpreter on CPU: the
-  hybrid times there measure the interpreter, not the kernels (the GPU rows do).
+  of each attention type is visible at 1K..8K. On CPU the S/L layers run the PyTorch ops
+  (model.kernels=auto; `--set model.kernels=triton` times the Triton interpreter instead).
 
 Each (pattern, length) runs in a fresh process (clean peak memory; an out-of-memory case is
 recorded and the others still run): build the model, `--warmup` steps, then the median of
 `--iters` timed steps (CUDA-synchronised). Peak memory: torch.cuda.max_memory_allocated on GPU;
 on CPU the process's peak resident set (ru_maxrss) minus the resident set before the first
-step, i.e. what the steps added. tokens/s = length / median step time (batch 1).
+step, i.e. what the steps added. tokens/s = length / median step time (batch 1); the median
+process CPU time per step is recorded beside it (on a shared CPU it is what the step itself
+cost, while wall time also counts waiting for the cores).
 """
 from __future__ import annotations
 
@@ -84,17 +86,20 @@ def measure(size: str, pattern: str, seq_length: int, warmup: int, iters: int,
 
     before = platform.reset_peak_memory()
     losses = [step() for _ in range(warmup)]
-    times = []
+    times, cpu_times = [], []
     for _ in range(iters):
         platform.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         losses.append(step())
         platform.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     seconds = sorted(times)[len(times) // 2]
+    cpu_seconds = sorted(cpu_times)[len(cpu_times) // 2]
     peak, kind = platform.peak_memory_gib()
     return {"pattern": pattern, "layer_types": cfg.model.layer_types(), "seq_length": seq_length,
             "params": params, "seconds_per_step": seconds, "tokens_per_s": seq_length / seconds,
+            "cpu_seconds_per_step": cpu_seconds, "tokens_per_cpu_s": seq_length / cpu_seconds,
             "peak_memory_gib": peak, "memory_before_steps_gib": before,
             "step_memory_gib": peak - before, "memory_kind": kind, "losses": losses}
 

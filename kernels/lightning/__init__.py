@@ -1,22 +1,24 @@
 """Lightning attention: linear attention with a fixed per-head exponential decay.
 
-`lightning_attn` is the chunked Triton op (forward and backward); `lightning_attn_naive` (the
+`lightning_attn` is the chunked Triton op (forward and backward); `lightning_attn_torch` the same
+chunked form in PyTorch (autograd backward; what CPU training runs); `lightning_attn_naive` (the
 token recurrence) and `lightning_attn_quadratic` (the masked-decay product) are float64
-references with the same signature and return values. Slope helpers live in `decay`.
+references. All four share the signature and return values. Slope helpers live in `decay`.
 """
 from __future__ import annotations
 
 import torch
 
 from .chunk import LightningAttnFunction, chunk_layout
+from .chunk_torch import lightning_attn_torch
 from .decay import alibi_slopes, minimax_slopes
 from .naive import lightning_attn_naive, lightning_attn_quadratic
 from .validate import TRITON_DTYPES, check_inputs, check_triton_device
 
 Tensor = torch.Tensor
 
-__all__ = ["lightning_attn", "lightning_attn_naive", "lightning_attn_quadratic", "alibi_slopes",
-           "minimax_slopes"]
+__all__ = ["lightning_attn", "lightning_attn_torch", "lightning_attn_naive",
+           "lightning_attn_quadratic", "alibi_slopes", "minimax_slopes"]
 
 
 def lightning_attn(q: Tensor, k: Tensor, v: Tensor, slopes: Tensor,

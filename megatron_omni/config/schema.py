@@ -46,6 +46,10 @@ class ModelConfig:
     """Layer implementation: auto (TE when importable, else local), te, or local. With
     data.packed and dense (D) layers, auto picks local (TE's dense layers take no packed batches)
     and te is an error."""
+    kernels: Literal["auto", "triton", "torch"] = "auto"
+    """Attention ops of the S and L layers: auto (Triton with CUDA, else torch), triton (the
+    Triton kernels; without CUDA in the Triton interpreter, ~600x slower), or torch (chunked
+    PyTorch ops, same math; what CPU training runs). docs/kernels.md."""
     layer_pattern: str | None = None
     """Attention type of each layer, one letter per layer: D dense (GQA, RoPE), S sparse
     (InfLLM-V2, NoPE), L linear (Lightning, RoPE), e.g. "SLLS". 'hybrid' = the SALA-like default

@@ -46,3 +46,28 @@ def _auto_backend() -> str:
         choice, why = "te", "transformer-engine imports on this CUDA machine"
     log.info("model.backend=auto: using the %s layers (%s)", choice, why)
     return choice
+
+
+def resolve_kernels(kernels: str) -> str:
+    """'triton' or 'torch' for model.kernels, the implementation of the sparse (S) and linear (L)
+    layers' attention ops: 'auto' → 'triton' on a CUDA machine, else 'torch' (the chunked
+    PyTorch ops; the Triton interpreter is ~600x slower: docs/kernels.md). 'triton' without
+    CUDA runs the interpreter (platform.prepare_process sets TRITON_INTERPRET=1). Logged once
+    per process."""
+    if kernels not in ("auto", "triton", "torch"):
+        raise ValueError(f"model.kernels={kernels!r}; use auto, triton or torch")
+    return _log_kernels(kernels)
+
+
+@functools.cache
+def _log_kernels(kernels: str) -> str:
+    if kernels == "auto":
+        choice = "triton" if has_cuda() else "torch"
+        why = ("CUDA is available" if has_cuda() else
+               "no CUDA device: the chunked PyTorch ops, not the Triton interpreter")
+    else:
+        choice = kernels
+        why = "as set" if kernels == "torch" or has_cuda() else \
+            "as set, without CUDA: the Triton interpreter (slow; meant for kernel tests)"
+    log.info("model.kernels=%s: the S/L attention runs the %s ops (%s)", kernels, choice, why)
+    return choice

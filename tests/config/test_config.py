@@ -106,6 +106,8 @@ INVALID = {
     "bad_recompute": (["training.recompute=partial"], 1,
                       ["training.recompute='partial'; use null, selective or full"]),
     "bad_backend": (["model.backend=flash"], 1, ["model.backend='flash'; use auto, te or local"]),
+    "bad_kernels": (["model.kernels=interpreter"], 1,
+                    ["model.kernels='interpreter'; use auto, triton or torch"]),
     "phase_outside_plan": (["phase=7"], 1, ["phase=7 is not a phase of the plan; use one of 1-6"]),
     # model.layer_pattern and the S (sparse) / L (linear) settings (_validate_hybrid and helpers)
     "pattern_bad_letters": (

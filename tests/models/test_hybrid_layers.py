@@ -1,7 +1,9 @@
 """Hybrid attention layers (model.layer_pattern): the sparse layer equals dense attention when its
 top-k covers every block, an all-dense pattern is the foundation model, the Lightning layer equals
 a plain PyTorch re-implementation (forward and every gradient), packed samples equal the samples
-run alone, and the config checks name the field. Sizes are tiny: Triton runs interpreted on CPU.
+run alone, the Triton and PyTorch kernels give the same layer, and the config checks name the
+field. The layers run the ops model.kernels=auto picks (the PyTorch ones on CPU); sizes are tiny
+for the one test that runs Triton (interpreted on CPU).
 Megatron's parallel state (one process, TP=1) comes from tests/models/conftest.py."""
 import dataclasses
 
@@ -211,6 +213,31 @@ def test_linear_selective_recompute_keeps_gradients():
     assert torch.equal(ref, out)
     for name, grad in grads.items():
         assert torch.equal(ref_grads[name], grad), name
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("letter", ["S", "L"])
+def test_triton_and_torch_kernels_give_the_same_layer(letter):
+    """model.kernels=triton (the interpreter on CPU) and torch run one code path above the kernel
+    call: the same packed layer (a sparse 80-token sample beside a dense 24-token one; GQA and the
+    output gate on) gives the same output and gradients."""
+    cfg = omni_config("model.linear.num_query_groups=2")
+    x = torch.randn(104, 1, cfg.model.hidden_size)
+    results = {}
+    for kernels in ("triton", "torch"):
+        spec = (sparse_layer_spec(cfg.model.sparse, kernels) if letter == "S"
+                else linear_layer_spec(cfg.model.linear, kernels=kernels))
+        layer = build_attention(spec, cfg)
+        assert layer.core_attention.ops.name == kernels
+        results[kernels] = forward_backward(layer, x, rotary_pos_emb=rope_freqs(cfg, 104),
+                                            packed_seq_params=packed([0, 80, 104]))
+    (ref, ref_grads), (out, grads) = results["triton"], results["torch"]
+    assert_close("output", ref, out)
+    assert ref_grads.keys() == grads.keys()
+    for name in ref_grads:
+        assert_close(name, ref_grads[name], grads[name])
 
 
 # ----------------------------------------------------------------------------- model

@@ -127,9 +127,9 @@ def test_matches_single_rank(layout):
 # Training runs on packed batches (data.packed): TP=2, CP=2, CP=4, PP=2 and TP=2×CP=2 train a
 # tiny "SDLS" model (all three layer types) like one rank: the step-1 loss within 1e-5 and
 # gradients (Adam's first moment) within tolerance. One step on one 128-token sample of the demo
-# corpus (in the Triton interpreter a run costs ~10-20 s): documents of 14, 38 and 76 tokens; the
-# 76-token one drops blocks in the sparse layers, starts off the block grid and spans CP chunks
-# and ranks.
+# corpus (the S/L layers run the PyTorch ops: model.kernels=auto on CPU): documents of 14, 38 and
+# 76 tokens; the 76-token one drops blocks in the sparse layers, starts off the block grid and
+# spans CP chunks and ranks.
 
 PACKED_RUN = [*OVERRIDES[:2], "model.layer_pattern=SDLS", *OVERRIDES[4:], "data.packed=true",
               "data.seq_length=128", "training.micro_batch_size=1", "training.global_batch_size=1",

@@ -4,11 +4,11 @@
     S_t = exp(-s_h) S_{t-1} + k_t^T v_t,   o_t = q_t S_t / sqrt(d)   per-head decay slopes s_h
     y   = o_proj(RMSNorm_{heads·d}(o) * sigmoid(x W_gate))
 
-The recurrence runs in ``omni_kernels.lightning`` (chunked Triton kernels on GPU, the Triton
-interpreter on CPU), with states restarting at the sample boundaries of a packed batch. Under
-tensor parallelism each rank holds whole heads and their slopes; the output RMSNorm spans all
-heads, so its per-token sum of squares is all-reduced over the TP group (HeadsRMSNorm): every TP
-size computes the TP=1 result.
+The recurrence runs in the op model.kernels picks (kernel_ops.py: the chunked Triton kernel on
+GPU, its chunked PyTorch counterpart on CPU), with states restarting at the sample boundaries of
+a packed batch. Under tensor parallelism each rank holds whole heads and their slopes; the output
+RMSNorm spans all heads, so its per-token sum of squares is all-reduced over the TP group
+(HeadsRMSNorm): every TP size computes the TP=1 result.
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.utils import (ensure_metadata_has_dp_cp_group,
                                              make_sharded_tensors_for_checkpoint)
 from megatron.core.utils import get_tensor_model_parallel_group_if_none
-from omni_kernels.lightning import alibi_slopes, lightning_attn, minimax_slopes
+from omni_kernels.lightning import alibi_slopes, minimax_slopes
 
 from megatron_omni.config.schema import LinearAttentionConfig
 from megatron_omni.models.attention.gated import (GatedAttentionSubmodules, GatedSelfAttention,
                                                   KernelCoreAttention, packed_cu_seqlens)
+from megatron_omni.models.attention.kernel_ops import kernel_ops
 from megatron_omni.parallel.context_parallel import cp_packed_cu_seqlens, lightning_cp
 
 
@@ -45,17 +46,19 @@ def decay_slopes(settings: LinearAttentionConfig, num_heads: int,
 
 
 class LightningCoreAttention(KernelCoreAttention):
-    """Core attention with megatron's core_attention constructor signature (plus `settings` and
-    `decay_layer`, bound in the layer spec). Takes this TP rank's q [s, b, Hq, d] and k/v
-    [s, b, Hkv, d] (after RoPE) and returns [s, b, Hq·d]; K/V heads are repeated over their
+    """Core attention with megatron's core_attention constructor signature (plus `settings`,
+    `decay_layer` and `kernels` (model.kernels), bound in the layer spec). Takes this TP rank's
+    q [s, b, Hq, d] and k/v [s, b, Hkv, d] (after RoPE) and returns [s, b, Hq·d]; K/V heads are repeated over their
     query group for the kernel. Under context parallelism the recurrence is carried across
     CP ranks by ``lightning_cp`` (LASP-2 style state all-gather, load-balanced layout)."""
 
     kind = "Lightning"
 
     def __init__(self, config: TransformerConfig, *args, settings: LinearAttentionConfig,
-                 decay_layer: tuple[int, int] = (0, 1), pg_collection=None, **kwargs):
+                 decay_layer: tuple[int, int] = (0, 1), kernels: str = "auto", pg_collection=None,
+                 **kwargs):
         super().__init__(config, *args, pg_collection=pg_collection, **kwargs)
+        self.ops = kernel_ops(kernels)
         tp_group = get_tensor_model_parallel_group_if_none(
             None if pg_collection is None else pg_collection.tp)
         local = config.num_attention_heads // tp_group.size()
@@ -73,12 +76,12 @@ class LightningCoreAttention(KernelCoreAttention):
         q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # megatron sbhd -> kernel bshd
         if self.cp_group is not None and self.cp_group.size() > 1:
             cu_seqlens = cp_packed_cu_seqlens(packed_seq_params, b, "Lightning attention")
-            out = lightning_cp(lightning_attn, q, k, v, self.slopes, self.cp_group, cu_seqlens,
-                               scale=self.scale, chunk_size=self.chunk_size)
+            out = lightning_cp(self.ops.lightning_attn, q, k, v, self.slopes, self.cp_group,
+                               cu_seqlens, scale=self.scale, chunk_size=self.chunk_size)
             return out.transpose(0, 1).reshape(s, b, n * d)
-        out, _ = lightning_attn(q, k, v, self.slopes, scale=self.scale,
-                                cu_seqlens=packed_cu_seqlens(packed_seq_params, b),
-                                chunk_size=self.chunk_size)
+        out, _ = self.ops.lightning_attn(q, k, v, self.slopes, scale=self.scale,
+                                         cu_seqlens=packed_cu_seqlens(packed_seq_params, b),
+                                         chunk_size=self.chunk_size)
         return out.transpose(0, 1).reshape(s, b, n * d)
 
 

@@ -2,25 +2,26 @@
 
 The dense layer's parameters (plus an optional output gate), no rotary embedding (NoPE under
 HyPE), dense causal attention for samples with fewer than ``dense_len`` tokens and block-sparse
-attention above, through ``omni_kernels.infllmv2`` (Triton on GPU, its interpreter on CPU).
+attention above, through the op model.kernels picks (kernel_ops.py: the Triton op on GPU, its
+PyTorch counterpart on CPU).
 """
 from __future__ import annotations
 
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
-from omni_kernels.infllmv2 import infllmv2_attention
 
 from megatron_omni.config.schema import SparseAttentionConfig
 from megatron_omni.models.attention.gated import (GatedSelfAttention, KernelCoreAttention,
                                                   packed_cu_seqlens)
+from megatron_omni.models.attention.kernel_ops import kernel_ops
 from megatron_omni.parallel.context_parallel import cp_packed_cu_seqlens, gather_sequence, local_chunks
 
 
 class InfLLMv2CoreAttention(KernelCoreAttention):
-    """Core attention with megatron's core_attention constructor signature (plus `settings`,
-    bound in the layer spec). Takes this TP rank's q [s, b, Hq, d] and k/v [s, b, Hkv, d] and
-    returns [s, b, Hq·d]; GQA groups stay whole on a rank, so each group selects its own blocks.
-    Under context parallelism (load-balanced layout, megatron_omni.parallel.context_parallel)
+    """Core attention with megatron's core_attention constructor signature (plus `settings` and
+    `kernels` (model.kernels), bound in the layer spec). Takes this TP rank's q [s, b, Hq, d]
+    and k/v [s, b, Hkv, d] and returns [s, b, Hq·d]; GQA groups stay whole on a rank, so each
+    group selects its own blocks. Under context parallelism (load-balanced layout, megatron_omni.parallel.context_parallel)
     k/v are all-gathered over the CP group and each of this rank's two query chunks runs the
     kernel against the keys up to its end with ``position_offset`` = the chunk's global start;
     dense-vs-sparse is decided by the global sequence length, as on one rank. Exact parity with
@@ -30,9 +31,10 @@ class InfLLMv2CoreAttention(KernelCoreAttention):
 
     kind = "InfLLM-V2"
 
-    def __init__(self, *args, settings: SparseAttentionConfig, **kwargs):
+    def __init__(self, *args, settings: SparseAttentionConfig, kernels: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.settings = settings
+        self.ops = kernel_ops(kernels)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, attn_mask_type=None, attention_bias=None,
@@ -42,7 +44,7 @@ class InfLLMv2CoreAttention(KernelCoreAttention):
         st = self.settings
         if self.cp_group is not None and self.cp_group.size() > 1:
             return self._forward_cp(q, k, v, packed_seq_params).transpose(0, 1).reshape(s, b, n * d)
-        out = infllmv2_attention(
+        out = self.ops.infllmv2_attention(
             q, k, v, dense_len=st.dense_len, block_size=st.block_size, topk=st.topk,
             init_blocks=st.init_blocks, local_blocks=st.local_blocks, kernel_size=st.kernel_size,
             kernel_stride=st.kernel_stride, cu_seqlens=packed_cu_seqlens(packed_seq_params, b),
@@ -53,7 +55,7 @@ class InfLLMv2CoreAttention(KernelCoreAttention):
         """The kernel on keys [0, position_offset + Tq) of one sequence, dense or sparse as
         decided by the caller (from the whole sequence's length)."""
         st = self.settings
-        return infllmv2_attention(
+        return self.ops.infllmv2_attention(
             q, k, v, dense_len=k.shape[1] + 1 if dense else 0, block_size=st.block_size,
             topk=st.topk, init_blocks=st.init_blocks, local_blocks=st.local_blocks,
             kernel_size=st.kernel_size, kernel_stride=st.kernel_stride,

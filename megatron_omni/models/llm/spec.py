@@ -7,7 +7,8 @@ megatron's TE spec with fused norm+linear and TE attention.
 
 ``model.layer_pattern`` picks each layer's attention: D dense (the layer above), S sparse
 (InfLLM-V2) or L linear (Lightning). S and L layers are built from local modules under either
-backend (their cores are Triton kernels); they differ from D only in the self_attention slot.
+backend (their cores call the ops model.kernels picks: models/attention/kernel_ops.py); they
+differ from D only in the self_attention slot.
 """
 from __future__ import annotations
 
@@ -38,14 +39,15 @@ def dense_layer_spec(backend: str) -> ModuleSpec:
     return pre_norm_layer_spec(RMSNorm, sdpa_self_attention_spec(AttnMaskType.causal, RMSNorm))
 
 
-def sparse_layer_spec(settings: SparseAttentionConfig) -> ModuleSpec:
+def sparse_layer_spec(settings: SparseAttentionConfig, kernels: str = "auto") -> ModuleSpec:
     """A decoder layer whose attention is InfLLM-V2 (NoPE, the dense layer's parameters, an
-    optional output gate)."""
+    optional output gate); `kernels` is model.kernels."""
     return pre_norm_layer_spec(RMSNorm, ModuleSpec(
         module=InfLLMv2Attention,
         submodules=GatedAttentionSubmodules(
             linear_qkv=ColumnParallelLinear,
-            core_attention=functools.partial(InfLLMv2CoreAttention, settings=settings),
+            core_attention=functools.partial(InfLLMv2CoreAttention, settings=settings,
+                                             kernels=kernels),
             linear_proj=RowParallelLinear,
             q_layernorm=RMSNorm,
             k_layernorm=RMSNorm,
@@ -55,16 +57,17 @@ def sparse_layer_spec(settings: SparseAttentionConfig) -> ModuleSpec:
 
 
 def linear_layer_spec(settings: LinearAttentionConfig, linear_index: int = 0,
-                      num_linear: int = 1) -> ModuleSpec:
+                      num_linear: int = 1, kernels: str = "auto") -> ModuleSpec:
     """A decoder layer whose attention is Lightning; `linear_index` of `num_linear` counts the
-    linear layers only (it sets the MiniMax decay scaling)."""
+    linear layers only (it sets the MiniMax decay scaling); `kernels` is model.kernels."""
     return pre_norm_layer_spec(RMSNorm, ModuleSpec(
         module=LightningAttention,
         params={"num_query_groups": settings.num_query_groups},
         submodules=GatedAttentionSubmodules(
             linear_qkv=ColumnParallelLinear,
             core_attention=functools.partial(LightningCoreAttention, settings=settings,
-                                             decay_layer=(linear_index, num_linear)),
+                                             decay_layer=(linear_index, num_linear),
+                                             kernels=kernels),
             linear_proj=RowParallelLinear,
             q_layernorm=RMSNorm,
             k_layernorm=RMSNorm,
@@ -85,9 +88,10 @@ def layer_specs(model: ModelConfig | None, num_layers: int, backend: str) -> lis
         if letter == "D":
             specs.append(dense_layer_spec(backend))
         elif letter == "S":
-            specs.append(sparse_layer_spec(model.sparse))
+            specs.append(sparse_layer_spec(model.sparse, model.kernels))
         else:
-            specs.append(linear_layer_spec(model.linear, pattern[:i].count("L"), pattern.count("L")))
+            specs.append(linear_layer_spec(model.linear, pattern[:i].count("L"), pattern.count("L"),
+                                           model.kernels))
     return specs
 
 
