@@ -215,3 +215,22 @@ def test_omni_prompts_generate_as_the_hf_omni_export(omni):
     # the media reach the tokens: the same text without its image/audio answers differently
     blind = generate(model, ps, max_new_tokens=6, temperature=0, eos_ids=tok.eod_id)
     assert blind.responses() != ours.responses()
+
+
+def test_wrapped_policy_generates_as_the_bare_model(text_model):
+    """Under megatron's DDP (as the trainer holds it), in a one-chunk list, the same tokens."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    cfg, model = text_model
+    _, fresh = text_policy()
+    fresh.load_state_dict(model.state_dict())
+    ddp = DistributedDataParallel(fresh.config, DistributedDataParallelConfig(), fresh)
+    kwargs = dict(max_new_tokens=5, temperature=0.8, eos_ids=[7], seed=4)
+    expected = generate(model, prompts(), **kwargs).responses()
+    assert generate([ddp], prompts(), **kwargs).responses() == expected
+    with pytest.raises(ValueError) as e:
+        generate([ddp, ddp], prompts(), **kwargs)
+    assert str(e.value) == "rollouts take one model chunk per rank; got 2 (parallel.vpp > 1)"
+    with pytest.raises(ValueError) as e:
+        generate(model, prompts(), batch=object(), **kwargs)
+    assert str(e.value) == "a media batch needs the omni model; this policy is a text GPTModel"
