@@ -31,6 +31,9 @@ ALLOWED = {
     "megatron_omni.conversion": BASE | {"megatron_omni.config", "megatron_omni.parallel",
                                         "megatron_omni.models", "megatron_omni.data",
                                         "megatron_omni.training"},
+    # phase-6 RL (rollouts, GRPO) sits above training: it reads its log-prob helpers and steps
+    "megatron_omni.rl": BASE | {"megatron_omni.config", "megatron_omni.parallel", "megatron_omni.models",
+                                "megatron_omni.data", "megatron_omni.training"},
     "megatron_omni": set(),   # the package's own __init__
     # the tools above the package
     "omni_data_prep": BASE | {"megatron_omni.config", "megatron_omni.data", "megatron_omni"},
