@@ -1,7 +1,8 @@
 """Run by tests/parallel/test_omni_cp.py under torchrun: several layouts of the tiny omni model in
 one launch, each from the same step-0 weights (one per layer pattern) on the same long mixed
 micro-batches. Per layout and per step kind (``rows``: one sample per row; ``packed``: several
-samples per row, cu_seqlens), one forward/backward over the step's micro-batches: the reported
+samples per row, cu_seqlens; on one rank also ``apart``: the packed step's samples one per row),
+one forward/backward over the step's micro-batches: the reported
 losses ([sum, tokens] of "loss" and of every "loss/<modality>") and every parameter's gradient
 (main_grad written into a weights-only checkpoint under <dir>/<name>/grads_<kind>, so the test
 reads it in global layout).
@@ -57,23 +58,27 @@ def rows_batches(cfg, tokenizer) -> list:
     return out
 
 
-def packed_batch(cfg, tokenizer):
-    """The packed step's micro-batch: PACKED's rows, each sample made by tests/omni_batches.py
-    (its TMRoPE ids restarting at 0) and cut to its own positions."""
+def packed_steps(cfg, tokenizer) -> dict[str, list]:
+    """{"packed": [PACKED's rows as one micro-batch], "apart": the same samples one per row (a
+    micro-batch per packed row)}; each sample is made by tests/omni_batches.py (its TMRoPE ids
+    restarting at 0) and cut to its own positions."""
     from tests.omni_batches import micro_batch
 
     s = cfg.data.seq_length
-    samples, lengths = [], []
+    rows = []
     for r, row in enumerate(PACKED):
-        lengths.append([])
+        rows.append([])
         for i, (kind, media, length) in enumerate(row):
             one = micro_batch(cfg.model.omni, [kind], length, tokenizer.vocab_size, seed=100 + 10 * r + i,
                               **media, **_ids(tokenizer))
-            samples.append(one)
-            lengths[-1].append(int((one.sample_index >= 0).sum()))
-        if sum(lengths[-1]) > s:
-            raise ValueError(f"packed row {r} holds {sum(lengths[-1])} tokens > seq_length {s}")
-    return stack_rows(samples, lengths, packed=True, seq_length=s)
+            rows[-1].append((one, int((one.sample_index >= 0).sum())))
+        if sum(n for _, n in rows[-1]) > s:
+            raise ValueError(f"packed row {r} holds {sum(n for _, n in rows[-1])} tokens > seq_length {s}")
+    packed = stack_rows([one for row in rows for one, _ in row], [[n for _, n in row] for row in rows],
+                        packed=True, seq_length=s)
+    apart = [stack_rows([one for one, _ in row], [[n] for _, n in row], packed=False, seq_length=s)
+             for row in rows]
+    return {"packed": [packed], "apart": apart}
 
 
 def stack_rows(samples: list, lengths: list[list[int]], packed: bool, seq_length: int | None = None):
@@ -141,7 +146,10 @@ def run_layout(name: str, pattern: str, overrides: list[str], out: Path) -> dict
         f"checkpoint.dir={out / name}", f"checkpoint.load={out / f'init_{pattern}' / 'iter_0000000'}"])
     trainer = Trainer(cfg)
     model, t = trainer.model, cfg.training
-    steps = {"rows": rows_batches(cfg, trainer.tokenizer), "packed": [packed_batch(cfg, trainer.tokenizer)]}
+    packed = packed_steps(cfg, trainer.tokenizer)
+    steps = {"rows": rows_batches(cfg, trainer.tokenizer), "packed": packed["packed"]}
+    if torch.distributed.get_world_size() == 1:  # the reference also runs the packed samples apart
+        steps["apart"] = packed["apart"]
     params = [p for chunk in model for p in chunk.module.parameters()]
     weights = [p.detach().clone() for p in params]
     reports = {}

@@ -72,3 +72,20 @@ def test_context_parallel_matches_one_rank(cp_runs, name):
         for key, ref_grad in ref_grads.items():
             err = (grads[key] - ref_grad).abs().max().item()
             assert err <= 1e-5 * max(ref_grad.abs().max().item(), 1e-3), (kind, key, err)
+
+
+@pytest.mark.parametrize("reference", ["one", "one_hybrid"])
+def test_packed_samples_see_only_themselves(cp_runs, reference):
+    """One rank: the packed rows (several samples each, TMRoPE ids restarting per sample, the
+    Lightning state reset at each sample start) give the losses and gradients of the same samples
+    one per row."""
+    packed, apart = cp_runs[reference]["packed"], cp_runs[reference]["apart"]
+    assert packed.keys() == apart.keys()
+    for key, (total, tokens) in apart.items():
+        assert packed[key][1] == tokens and (tokens == 0 or packed[key][0] / tokens == pytest.approx(
+            total / tokens, abs=1e-5)), key
+    grads = {kind: checkpoint_tensors(cp_runs["dir"] / reference / f"grads_{kind}" / "iter_0000000")
+             for kind in ("packed", "apart")}
+    for key, ref_grad in grads["apart"].items():
+        err = (grads["packed"][key] - ref_grad).abs().max().item()
+        assert err <= 1e-5 * max(ref_grad.abs().max().item(), 1e-3), (key, err)
