@@ -17,18 +17,14 @@ GROUPS = ("llm", "linear_attention", "vision_encoder", "audio_encoder", "project
 """Every group a parameter can belong to (training/freeze.py: a module's `trainable_group`)."""
 TEXT_PHASES = {3, 4}
 """Phases that run on the text-only LLM: its pretraining and long-context continuation."""
-OMNI_PHASES = {1, 2, 3, 5, 6}
-"""Phases that run the omni model (model.omni set)."""
 DEFAULT_TRAINABLE = {1: ["projectors"], 2: ["vision_encoder", "audio_encoder", "projectors"]}
 """training.trainable when the config leaves it null; other phases train everything."""
 
 
 def check_phase_runnable(phase: int, omni: bool = False) -> str:
-    """The phase's name; a clear error for a phase this model (text LLM, or omni when
-    ``omni``) cannot run."""
+    """The phase's name; a clear error for a phase the text LLM (not ``omni``) cannot run.
+    The omni model runs every phase (phase 4 with context parallelism: docs/omni_long_context.md)."""
     name, trains = PHASES[phase]
-    if omni and phase not in OMNI_PHASES:
-        raise ConfigError(f"phase={phase} ({name}) runs the text-only LLM; set model.omni=null")
     if not omni and phase not in TEXT_PHASES:
         raise ConfigError(f"phase={phase} ({name}: trains {trains}) needs the omni model; set "
                           "model.omni (e.g. --set model.omni.preset=tiny)")

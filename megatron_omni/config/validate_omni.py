@@ -45,9 +45,7 @@ def validate_omni(cfg: OmniConfig) -> None:
     if omni.max_video_frames < 1 or omni.frames_per_package < 1:
         raise ConfigError("model.omni.max_video_frames and model.omni.frames_per_package must be >= 1, e.g. 64 and 6")
     _validate_positions(cfg)
-    if p.cp > 1:
-        raise ConfigError(f"parallel.cp={p.cp} with model.omni: context parallelism of the merged "
-                          "sequence is not implemented yet; use parallel.cp=1")
+    _validate_context_parallel(cfg)
     if omni.contrastive_weight < 0 or omni.contrastive_temperature <= 0:
         raise ConfigError("model.omni.contrastive_weight must be >= 0 and contrastive_temperature > 0, "
                           "e.g. 0.1 and 0.07")
@@ -56,6 +54,17 @@ def validate_omni(cfg: OmniConfig) -> None:
         if mm.max_video_frames > omni.max_video_frames:
             raise ConfigError(f"data.multimodal.max_video_frames={mm.max_video_frames} exceeds "
                               f"model.omni.max_video_frames={omni.max_video_frames}; lower the former")
+
+
+def _validate_context_parallel(cfg: OmniConfig) -> None:
+    """parallel.cp > 1 splits the merged sequence (docs/omni_long_context.md); the sequence
+    rules shared with the LLM (seq_length over 2*cp, sparse blocks per chunk) are in
+    validate_parallel / validate_model."""
+    p = cfg.parallel
+    if p.cp > 1 and cfg.phase == 6:
+        raise ConfigError(f"parallel.cp={p.cp} with phase=6: the preference loss sums each "
+                          "sample's log-probabilities over the whole sequence, which is not "
+                          "split over context-parallel ranks; use parallel.cp=1")
 
 
 def _validate_positions(cfg: OmniConfig) -> None:

@@ -62,7 +62,7 @@ def test_phase_examples_follow_the_plan():
             t = cfg.training
             assert (t.lr, t.lr_decay_style, t.train_steps, t.warmup_steps, t.precision) == \
                 (1e-5, "cosine", 100_000, 1000, "bf16"), path.name
-        if cfg.phase == 4:
+        if cfg.phase == 4 and "tiny" not in path.name:  # the plan's GPU configs
             assert cfg.training.lr == 5e-6 and cfg.data.seq_length == 32768, path.name
             assert cfg.parallel.sequence_parallel and cfg.parallel.cp > 1, path.name
 

@@ -3,7 +3,8 @@ GPUS_PER_NODE x NNODES (Slurm's when inside a job), or, on a machine without GPU
 config's `# world_size: N` header; pretrain_omni.py --dry-run prints the config with the derived
 dp (--layout-only: the examples' data is not here). Phases 1-3 also run for real through their
 launchers, chained as the plan chains them (each starts from the previous run's checkpoint), with
-the tiny omni model on 2 CPU ranks, and phase 4 with the tiny text model; phase 5 runs for real in
+the tiny omni model on 2 CPU ranks, and phase 4 with the tiny text model (the omni model at phase 4:
+tests/parallel/test_omni_cp.py); phase 5 runs for real in
 tests/parallel/test_sft.py and phase 6 in tests/parallel/test_dpo.py."""
 import os
 import socket
@@ -79,7 +80,7 @@ def test_slurm_script_runs_every_phase_with_its_default_config(tmp_path, phase):
     assert done.returncode == 0, done.stderr
     printed = yaml.safe_load(done.stdout)
     assert printed["phase"] == phase and printed["derived"] == {"dp": dp}
-    assert (printed["model"]["omni"] is not None) == (phase != 4)
+    assert printed["model"]["omni"] is not None  # phase 4's default is the omni long-context config
 
 
 def test_slurm_script_refuses_an_unknown_phase(tmp_path):

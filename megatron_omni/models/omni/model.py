@@ -9,13 +9,18 @@ On the first pipeline stage (the only one holding encoders and projectors)::
            are overwritten by that kind's tokens, item after item      (media.py checks counts)
     -> [s, b, h] -> sequence-parallel scatter (+ embedding dropout) -> decoder -> loss
 
-The merge works on the whole [s, b, h] sequence, before megatron's sequence-parallel scatter. A
-context-parallel split of the merged sequence belongs right after the merge, at the same point
-(split_for_cp of parallel/context_parallel.py applied to `embeddings` along dim 0, with the
-position ids split alike) — for now the trainer refuses omni with parallel.cp > 1.
+The merge works on the whole [s, b, h] sequence. Context parallelism (parallel.cp > 1) splits
+the merged sequence right after it, before megatron's sequence-parallel scatter: every CP rank
+receives the whole micro-batch, encodes all its media (the encoders run redundantly on the cp
+ranks of stage 0), merges, and keeps its two load-balanced chunks (split_for_cp of
+parallel/context_parallel.py); the step splits position ids, labels and loss masks alike
+(training/step.py omni_local_batch). An encoder's gradient on a CP rank therefore comes only from
+the positions that rank owns, and megatron's DDP sums it over data x context parallel ranks.
+docs/omni_long_context.md.
 
-Positions: with TMRoPE the GPTModel's rotary embedding is our TMRotaryEmbedding, fed the
-[b, 3, s] ids of the batch on every pipeline stage; without it, plain 1-D RoPE.
+Positions: with TMRoPE the GPTModel's rotary embedding is our TMRotaryEmbedding, fed this CP
+rank's [b, 3, s / cp] ids of the batch on every pipeline stage; without it, plain 1-D RoPE (over
+the pack, megatron slicing its table for the CP layout).
 
 No media-dependent control flow reaches a collective or leaves a parameter without gradient:
 a kind absent from a micro-batch (text-only batches, ranks without media) runs a tiny dummy
@@ -47,6 +52,7 @@ from megatron_omni.models.omni import media
 from megatron_omni.models.omni.contrastive import attach, vision_audio_contrastive
 from megatron_omni.models.positions.tmrope import TMRotaryEmbedding, default_sections
 from megatron_omni.models.projectors import projector_class
+from megatron_omni.parallel.context_parallel import split_for_cp
 from megatron_omni.parallel.modality_decoupled import MediaExchange
 
 MEDIA_MODULES = ("vision_encoder", "audio_encoder", "vision_projector", "audio_projector")
@@ -54,7 +60,8 @@ MEDIA_MODULES = ("vision_encoder", "audio_encoder", "vision_projector", "audio_p
 
 class GPTTMRotaryEmbedding(TMRotaryEmbedding):
     """TMRotaryEmbedding in GPTModel's ``mrope`` slot: GPTModel calls
-    ``rotary_pos_emb(position_ids, mrope_section, cp_group=...)`` with the ids it was given."""
+    ``rotary_pos_emb(position_ids, mrope_section, cp_group=...)`` with the ids it was given,
+    which are already this CP rank's (so the CP group is not used to slice again)."""
 
     def forward(self, position_ids: torch.Tensor, mrope_section=None, cp_group=None) -> torch.Tensor:
         return super().forward(position_ids)
@@ -70,9 +77,11 @@ class OmniModel(MegatronModule):
     parallel.modality_decoupled) and the LLM chunk of this rank.
 
     ``forward(input_ids, position_ids, attention_mask, labels=None, batch=None)``: input_ids
-    [b, s] (placeholders expanded), position_ids [b, 3, s] (TMRoPE) or [b, s], ``batch`` the
-    OmniBatch (docs/omni_batch.md; its media, read on stage 0 only; None: no media). Returns what the
-    GPTModel returns (per-token losses [b, s] with labels on the last stage, hidden states
+    [b, s] (placeholders expanded; the whole sequence, also under context parallelism),
+    position_ids [b, 3, s'] (TMRoPE) or [b, s'] and labels [b, s'] of this CP rank (s' = s / cp,
+    its load-balanced chunks: training/step.py omni_local_batch), ``batch`` the OmniBatch
+    (docs/omni_batch.md; its media, read on stage 0 only; None: no media). Returns what the
+    GPTModel returns (per-token losses [b, s'] with labels on the last stage, hidden states
     elsewhere).
 
     ``placeholder_ids``: {"image": id, "video": id, "audio": id} of the tokenizer.
@@ -157,18 +166,21 @@ class OmniModel(MegatronModule):
                         packed_seq_params=packed_seq_params)
 
     def embed(self, input_ids: torch.Tensor, batch: OmniBatch | None) -> torch.Tensor:
-        """Word embeddings with the media tokens merged in: [s, b, h], scattered over the TP group
-        under sequence parallelism (the decoder's input)."""
+        """Word embeddings with the media tokens merged in: [s, b, h], then this CP rank's chunks
+        [s / cp, b, h], scattered over the TP group under sequence parallelism (the decoder's
+        input)."""
         word = self.llm.embedding.word_embeddings(input_ids)          # [b, s, h], full sequence
         merged, anchor, aligned = self.merge_media(word, input_ids, batch)
         embeddings = (merged + anchor).transpose(0, 1).contiguous()    # [s, b, h]
+        cp = parallel_state.get_context_parallel_world_size()
         if aligned is not None:
             # the LM loss is a token sum that megatron divides by the global token count: scaling by
-            # this micro-batch's tokens makes the weight relative to the per-token LM loss
-            scale = self.omni.contrastive_weight * batch.loss_mask.sum()
+            # this micro-batch's tokens makes the weight relative to the per-token LM loss; each of
+            # the cp ranks (all computing the same loss) backpropagates 1/cp of it
+            scale = self.omni.contrastive_weight * batch.loss_mask.sum() / cp
             embeddings = attach(embeddings, scale * aligned)
             self.contrastive_losses.append(aligned.detach().float())
-        # (a context-parallel split of the merged sequence goes here, see the module docstring)
+        embeddings = split_for_cp(embeddings, seq_dim=0)  # this CP rank's load-balanced chunks
         if self.config.fp32_residual_connection:
             embeddings = embeddings.float()
         dropout = self.llm.embedding.embedding_dropout

@@ -37,9 +37,13 @@ class TMRotaryEmbedding(torch.nn.Module):
         self.sections = list(sections)
         self.rope = MultimodalRotaryEmbedding(kv_channels=head_dim, rotary_percent=rotary_percent,
                                               rotary_base=rotary_base)
+        # megatron's module keeps the CP group and slices its output for the CP layout; the ids
+        # given here are already this CP rank's (training/step.py splits them), so never re-slice
+        self.rope.cp_group = None
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        """``[3, b, s]`` TMRoPE ids, or ``[b, s]`` 1-D positions → ``[s, b, 1, rotary_dim]``."""
+        """``[3, b, s]`` TMRoPE ids, or ``[b, s]`` 1-D positions → ``[s, b, 1, rotary_dim]``, one
+        row per id given (under context parallelism: this rank's ids, in their local order)."""
         if position_ids.dim() == 2:
             position_ids = position_ids[None].expand(3, -1, -1)
         if position_ids.dim() != 3 or position_ids.shape[0] != 3:
