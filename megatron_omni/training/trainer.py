@@ -253,9 +253,9 @@ class Trainer:
         for name, data in self._validation_sets().items():
             batches = [self._next_global_batch(data) for _ in range(t.eval_steps)]
             totals[name] = evaluate(self.model, batches, self.cfg.data.seq_length, t.micro_batch_size)
-        if None in totals.values():
+        if any(total is None for total in totals.values()):  # not the last pipeline stage
             return None
-        if "loss" not in totals:
+        if self.omni:  # the held-out modalities together, weighted by their tokens
             totals = {"loss": torch.stack(list(totals.values())).sum(0), **totals}
         return {name: (total[0] / total[1]).item() for name, total in totals.items()}
 
