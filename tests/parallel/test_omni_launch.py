@@ -250,6 +250,7 @@ def _direct_validation(cfg, run_dir: Path) -> dict[str, tuple[float, int]]:
     import torch
 
     from megatron_omni.config import encoders
+    from megatron_omni.contract.batch import SAMPLE_MODALITY
     from megatron_omni.contract.media import KINDS
     from megatron_omni.conversion import hf_omni
     from megatron_omni.data.multimodal.loader import build_omni_loader, held_out_config
@@ -262,7 +263,10 @@ def _direct_validation(cfg, run_dir: Path) -> dict[str, tuple[float, int]]:
     out = {}
     for modality in cfg.data.multimodal.valid:
         total, count = 0.0, 0
-        for batch in build_omni_loader(held_out_config(cfg, modality), tokenizer, media_tokens, 0, 0, 1):
+        batches = list(build_omni_loader(held_out_config(cfg, modality), tokenizer, media_tokens, 0, 0, 1))
+        assert len(batches) == cfg.training.global_batch_size // cfg.training.micro_batch_size  # eval_steps=1
+        for batch in batches:
+            assert {SAMPLE_MODALITY[m] for m in batch.sample_modality} == {modality}, batch.sample_ids
             counts = item_token_counts(media_tokens, batch)
             index = batch.sample_index.reshape(-1)
             owners = {kind: assign_items(kind, (batch.tokens.reshape(-1) == model.placeholder_ids[kind])
