@@ -127,7 +127,7 @@ class TrainingConfig:
     eval_interval: int = 20
     """Run validation every N steps (0 = never; with model.omni it needs data.multimodal.valid)."""
     eval_steps: int = 2
-    """Global batches per validation."""
+    """Global batches per validation (with model.omni: per modality of data.multimodal.valid)."""
     recompute: Literal["selective", "full"] | None = None
     """Activation recomputation: null, 'selective' (core attention) or 'full' (whole layers)."""
     trainable: list | None = None
@@ -318,10 +318,12 @@ class MultimodalDataConfig:
     """Prepared folders of audio transcripts."""
     cross_modal: list = field(default_factory=list)
     """Prepared folders mixing modalities (videos with their audio track, conversations)."""
-    valid: list = field(default_factory=list)
-    """Prepared folders of held-out samples (e.g. SFT conversations) for validation at
-    training.eval_interval: training.eval_steps global batches of them, the same ones each time;
-    empty = no omni validation (eval_interval must be 0)."""
+    valid: dict = field(default_factory=dict)
+    """Held-out sources per mix modality, {text: [...], image_text: [...], audio: [...], ...}
+    (the keys of the sources above), for validation at training.eval_interval: each modality's
+    first training.eval_steps global batches of them, the same ones each time, logged as
+    validation loss/<modality> beside their token-weighted total; empty = no omni validation
+    (eval_interval must be 0)."""
     schedule: dict | list | None = None
     """The mix, as config/mixes.py Schedule.from_config reads it: {phase: 3}, {mix: {text: 0.4, ...}},
     {stages: [{start_step, mix, name}, ...]}, {progressive: true | [start steps]}; null = the

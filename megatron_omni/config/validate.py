@@ -8,7 +8,7 @@ from megatron_omni.config.load import ConfigError
 from megatron_omni.config.phases import GROUPS, PHASES, check_phase_runnable, model_groups
 from megatron_omni.config.schema import OmniConfig
 from megatron_omni.config.validate_dpo import validate_dpo, validate_dpo_inputs
-from megatron_omni.config.validate_inputs import validate_inputs
+from megatron_omni.config.validate_inputs import validate_held_out, validate_inputs
 from megatron_omni.config.validate_model import validate_model, validate_sizes
 from megatron_omni.config.validate_omni import validate_multimodal, validate_omni
 from megatron_omni.config.validate_parallel import validate_parallel
@@ -32,6 +32,7 @@ def validate(cfg: OmniConfig, world_size: int, check_inputs: bool = False) -> in
     validate_model(cfg)
     validate_omni(cfg)
     validate_multimodal(cfg)
+    validate_held_out(cfg)
     _validate_distill(cfg)
     check_phase_runnable(cfg.phase, cfg.model.omni is not None)
     validate_dpo(cfg, dp)

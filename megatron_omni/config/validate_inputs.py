@@ -1,7 +1,8 @@
 """Checks of what a run reads: the tokenizer, the text or omni data, the validation data and the
 checkpoints it starts from. ``validate(..., check_inputs=True)`` runs them (the trainer, and
 ``launch/pretrain_omni.py --dry-run`` unless ``--layout-only``); paths are relative to the
-working directory of the run, as the trainer opens them."""
+working directory of the run, as the trainer opens them. `validate_held_out` (the shape of
+data.multimodal.valid, no files) runs in every ``validate``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from megatron_omni.config.load import ConfigError
 from megatron_omni.config.mixes import Schedule
 from megatron_omni.config.schema import OmniConfig
 from megatron_omni.config.validate_omni import schedule_config
+from megatron_omni.contract.batch import MODALITIES
 
 TOKENIZER_SUFFIXES = (".model", ".json")
 """A SentencePiece model or a Hugging Face tokenizer.json (data/tokenizer.py load_tokenizer)."""
@@ -47,12 +49,31 @@ def _validate_multimodal_sources(cfg: OmniConfig) -> None:
     """Each source of a modality the mix draws, and of data.multimodal.valid, exists: a folder or
     an indexed-binary prefix (the loader then checks that a folder is a prepared one)."""
     mm = cfg.data.multimodal
-    for m in [*Schedule.from_config(schedule_config(cfg)).modalities, "valid"]:
-        for i, path in enumerate(getattr(mm, m)):
+    fields = [(m, getattr(mm, m)) for m in Schedule.from_config(schedule_config(cfg)).modalities]
+    fields += [(f"valid.{m}", paths) for m, paths in mm.valid.items()]
+    for name, paths in fields:
+        for i, path in enumerate(paths):
             if not (Path(path).is_dir() or all(Path(f"{path}{ext}").is_file() for ext in (".bin", ".idx"))):
-                raise ConfigError(f"data.multimodal.{m}[{i}]={path} does not exist; give a prepared "
+                raise ConfigError(f"data.multimodal.{name}[{i}]={path} does not exist; give a prepared "
                                   "folder (data_prep/multimodal) or an indexed-binary prefix with "
                                   ".bin/.idx (data_prep/preprocess_text.py)")
+
+
+def validate_held_out(cfg: OmniConfig) -> None:
+    """data.multimodal.valid: a mapping from mix modalities (contract/batch.py MODALITIES) to
+    non-empty lists of held-out sources (their files are checked with the inputs)."""
+    mm = cfg.data.multimodal
+    if mm is None:
+        return
+    example = "e.g. {text: [data/held_out/text], image_text: [data/held_out/images]}"
+    unknown = sorted(set(mm.valid) - set(MODALITIES), key=str)
+    if unknown:
+        raise ConfigError(f"data.multimodal.valid has unknown modalities {unknown}; its keys are mix "
+                          f"modalities ({', '.join(MODALITIES)}), {example}")
+    for m, paths in mm.valid.items():
+        if not (isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)):
+            raise ConfigError(f"data.multimodal.valid.{m}={paths!r} must be a non-empty list of held-out "
+                              f"prepared folders or indexed-binary prefixes, {example}")
 
 
 def check_blend(blend: list, name: str) -> None:
@@ -75,7 +96,7 @@ def check_blend(blend: list, name: str) -> None:
 def _validate_validation_data(cfg: OmniConfig) -> None:
     """data.split when it splits train_blend, and training.eval_interval > 0 needs validation
     data (when it falls within train_steps): data.valid_blend or a validation share of data.split
-    (text); the omni model has none yet."""
+    (text), data.multimodal.valid (omni)."""
     t, d = cfg.training, cfg.data
     if cfg.model.omni is None and d.valid_blend is None:
         shares = split_shares(d.split)
@@ -84,8 +105,8 @@ def _validate_validation_data(cfg: OmniConfig) -> None:
     if cfg.model.omni is not None:
         if d.multimodal is None or not d.multimodal.valid:
             raise ConfigError("training.eval_interval must be 0 with model.omni unless "
-                              "data.multimodal.valid lists held-out prepared folders; set "
-                              "training.eval_interval=0")
+                              "data.multimodal.valid gives held-out sources per modality (e.g. "
+                              "{text: [data/held_out/text]}); set training.eval_interval=0")
         return
     if t.train_steps >= t.eval_interval and d.valid_blend is None and shares[1] == 0:
         raise ConfigError(f"training.eval_interval={cfg.training.eval_interval} but data.split="

@@ -8,7 +8,12 @@
     | tok/s/GPU 12,345 | MFU 31.2% | peak_mem 1.2 GiB | skipped_steps 0 | loss/image_text 2.1
     | mix image_text 0.62 audio 0.38 | skipped corrupt_image 1 too_long 0
 
-(one line; MFU only where the GPU's peak is known, mix/skipped only for the omni loader).
+(one line; MFU only where the GPU's peak is known, mix/skipped only for the omni loader), and
+at training.eval_interval
+
+    step 10/100 | validation loss 2.4012 | validation loss/text 2.2001 | validation loss/audio 2.7
+
+(omni: one loss per modality of data.multimodal.valid and their token-weighted total).
 """
 from __future__ import annotations
 
@@ -165,11 +170,14 @@ class StepLogger:
         if interval is not None:
             print(line, flush=True)
 
-    def valid(self, step: int, loss: float) -> None:
+    def valid(self, step: int, losses: dict[str, float]) -> None:
+        """Trainer.validate's losses ("loss", omni: "loss/<m>" per held-out modality) as one line
+        (validation loss 2.3456 | validation loss/text 2.1 | ...) and valid/<name> scalars."""
         if not self.enabled:
             return
-        print(f"step {step:>6}/{self.total} | validation loss {loss:.4f}", flush=True)
-        self._write(step, {"valid/loss": loss})
+        parts = [f"step {step:>6}/{self.total}"] + [f"validation {name} {v:.4f}" for name, v in losses.items()]
+        print(" | ".join(parts), flush=True)
+        self._write(step, {f"valid/{name}": v for name, v in losses.items()})
 
     def _write(self, step: int, scalars: dict) -> None:
         if self.tb is not None:

@@ -179,8 +179,9 @@ def train_step(model, optimizer, scheduler, micro_batches: list, seq_length: int
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[list], seq_length: int, micro_batch_size: int) -> float | None:
-    """Mean per-token validation loss over global batches (last pipeline stage; None elsewhere)."""
+def evaluate(model, batches: list[list], seq_length: int, micro_batch_size: int) -> torch.Tensor | None:
+    """[loss sum, tokens] of the validation loss over global batches, summed over data- and
+    context-parallel ranks (last pipeline stage; None elsewhere): the per-token mean is sum / tokens."""
     for chunk in model:
         chunk.eval()
     totals = [run_schedule(model, mb, seq_length, micro_batch_size, forward_only=True) for mb in batches]
@@ -188,5 +189,4 @@ def evaluate(model, batches: list[list], seq_length: int, micro_batch_size: int)
         chunk.train()
     if totals[0] is None:
         return None
-    total = torch.stack([t["loss"] for t in totals]).sum(0)
-    return (total[0] / total[1]).item()
+    return torch.stack([t["loss"] for t in totals]).sum(0)

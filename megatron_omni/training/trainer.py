@@ -5,7 +5,6 @@ optimizer → scheduler → checkpoint → data), then Trainer.train.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import signal
@@ -23,8 +22,9 @@ from megatron.core.transformer.module import Float16Module
 from megatron_omni import platform
 from megatron_omni.config import ConfigError, OmniConfig, config_to_dict, validate
 from megatron_omni.config.phases import PHASES, trainable_groups
+from megatron_omni.contract.batch import MODALITIES
 from megatron_omni.contract.media import PLACEHOLDERS
-from megatron_omni.data.multimodal.loader import build_omni_loader, epoch_steps
+from megatron_omni.data.multimodal.loader import build_omni_loader, epoch_steps, held_out_config
 from megatron_omni.data.text import build_text_datasets, micro_batches
 from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.llm.model import build_llm, padded_vocab_size, params_dtype, transformer_config
@@ -127,16 +127,6 @@ def resolve_schedule(cfg: OmniConfig, tokenizer) -> None:
         log.info("warmup_ratio %g: %d warmup steps", t.warmup_ratio, t.warmup_steps)
 
 
-def held_out_config(cfg: OmniConfig) -> OmniConfig:
-    """The config whose omni loader yields the validation batches: data.multimodal.valid as the
-    only source (one mix modality), its plan's first training.eval_steps steps (the same
-    samples at every validation)."""
-    mm = dataclasses.replace(cfg.data.multimodal, cross_modal=cfg.data.multimodal.valid,
-                             schedule={"mix": {"cross_modal": 1.0}})
-    steps = dataclasses.replace(cfg.training, train_steps=cfg.training.eval_steps)
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, multimodal=mm), training=steps)
-
-
 class Trainer:
     def __init__(self, cfg: OmniConfig):
         self.cfg = cfg
@@ -237,24 +227,42 @@ class Trainer:
                                           scheduler, ck.keep_last)
         log.info("saved %s", path)
 
-    def validate(self) -> float | None:
-        """Mean validation loss over training.eval_steps fixed global batches (last stage)."""
-        t = self.cfg.training
-        if self.omni and self.cfg.data.multimodal.valid:
-            data = omni_micro_batches(held_out_config(self.cfg), self.tokenizer, 0, self.dp_rank,
-                                      self.dp)
-        elif self.valid_data is None:
+    def _validation_sets(self) -> dict:
+        """{name: this rank's validation micro-batches}: "loss/<m>" per modality of
+        data.multimodal.valid (in MODALITIES order) for the omni model, "loss" for the text one."""
+        if self.omni:
+            held_out = self.cfg.data.multimodal.valid
+            if not held_out:
+                raise ConfigError("no validation data: give data.multimodal.valid held-out sources "
+                                  "per modality, e.g. {text: [data/held_out/text]}")
+            return {f"loss/{m}": omni_micro_batches(held_out_config(self.cfg, m), self.tokenizer, 0,
+                                                    self.dp_rank, self.dp)
+                    for m in MODALITIES if m in held_out}
+        if self.valid_data is None:
             raise ConfigError("no validation data: set training.eval_interval > 0 (and give "
                               "data.valid_blend or a validation share in data.split)")
-        else:
-            data = micro_batches(self.valid_data, 0, self.cfg, self.dp_rank, self.dp)
-        batches = [self._next_global_batch(data) for _ in range(t.eval_steps)]
-        return evaluate(self.model, batches, self.cfg.data.seq_length, t.micro_batch_size)
+        return {"loss": micro_batches(self.valid_data, 0, self.cfg, self.dp_rank, self.dp)}
+
+    def validate(self) -> dict[str, float] | None:
+        """Per-token mean validation losses over training.eval_steps fixed global batches of
+        each validation set, on the last pipeline stage (None elsewhere): {"loss": ...} for the
+        text model; for the omni model "loss/<m>" per held-out modality (its own eval_steps
+        global batches) and "loss", their token-weighted mean."""
+        t = self.cfg.training
+        totals = {}
+        for name, data in self._validation_sets().items():
+            batches = [self._next_global_batch(data) for _ in range(t.eval_steps)]
+            totals[name] = evaluate(self.model, batches, self.cfg.data.seq_length, t.micro_batch_size)
+        if any(total is None for total in totals.values()):  # not the last pipeline stage
+            return None
+        if self.omni:  # the held-out modalities together, weighted by their tokens
+            totals = {"loss": torch.stack(list(totals.values())).sum(0), **totals}
+        return {name: (total[0] / total[1]).item() for name, total in totals.items()}
 
     def train(self, max_steps: int | None = None) -> dict:
         """Train to training.train_steps (or at most max_steps more steps in this call). Returns
-        {"train": {step: loss}, "valid": {step: loss}} as seen on this rank (filled on the last
-        pipeline stage)."""
+        {"train": {step: loss}, "valid": {step: validate()'s losses}} as seen on this rank
+        (filled on the last pipeline stage)."""
         t, ck = self.cfg.training, self.cfg.checkpoint
         if self.dpo is not None:
             data = build_pair_loader(self.cfg, self.tokenizer, encoders.media_tokens(self.cfg.model.omni),
@@ -284,10 +292,10 @@ class Trainer:
                 self.logger.train(self.iteration, metrics, {"lr": metrics["lr"], **group_lrs},
                                   time.perf_counter() - start, self.consumed, interval)
             if t.eval_interval and self.iteration % t.eval_interval == 0:
-                loss = self.validate()
-                if loss is not None:
-                    history["valid"][self.iteration] = loss
-                    self.logger.valid(self.iteration, loss)
+                losses = self.validate()
+                if losses is not None:
+                    history["valid"][self.iteration] = losses
+                    self.logger.valid(self.iteration, losses)
             if self._stop_requested():
                 self.save()
                 log.warning("stopped by signal after step %d; checkpoint saved, resume with the "

@@ -6,10 +6,14 @@ progress (elapsed, ETA, samples, non-padding tokens, tokens/s per GPU), peak mem
 parameter counts (console and TensorBoard). The phases run at
 TP=2 (the example; phase 1 also with the contrastive loss), DP=2 and PP=2, so the loader's
 counts are summed over data-parallel ranks, once per TP group, and reach a logging rank (last
-pipeline stage) that is not the one counting (first stage). A mistake in the command or the
-config is reported once, not once per rank."""
+pipeline stage) that is not the one counting (first stage). The PP=2 run (phase 3) validates at
+every step on held-out text, image-text and audio sources (data.multimodal.valid): the losses of
+each modality and their token-weighted total, on the console and in TensorBoard, equal a direct
+evaluation of the same held-out samples, each run alone through the run's checkpoint at TP=PP=1.
+A mistake in the command or the config is reported once, not once per rank."""
 import collections
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +33,9 @@ MIX = {1: ("image_text", "audio", "cross_modal"), 2: ("image_text", "audio"),
 """Modalities each run's mix surely draws in 2 steps of 8 samples (phase 3 samples audio and
 cross-modal at 10 % each)."""
 LAYOUT = {1: [], 2: ["parallel.tp=1"], 3: ["parallel.tp=1", "parallel.pp=2"]}
+VALIDATES = 3
+"""The run that validates (every step, one global batch per held-out modality): PP=2, so the
+losses come from the last stage, not the one that reads the media."""
 RUN = {1: ["model.omni.contrastive_weight=0.2",  # cross_modal: videos with their audio track
            "data.multimodal.schedule={mix: {image_text: 0.5, audio: 0.25, cross_modal: 0.25}}"],
        2: ["training.group_lr={projectors: 5.0e-3}"], 3: []}
@@ -52,15 +59,47 @@ def _break_media(folder: Path, indices) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("omni_demo")
     values = prepare_omni_demo(out, num_images=12, num_audio=6, num_videos=3, num_conversations=4,
                                num_docs=100)
     for folder, indices in CORRUPT.items():
         _break_media(out / folder, indices)
+    return out, values
+
+
+@pytest.fixture(scope="module")
+def demo(corpus):
+    out, values = corpus
     mm = dict(values["multimodal"], cross_modal=[str(out / "videos_audio")])
     return [f"data.tokenizer={values['tokenizer']}"] + [
         f"data.multimodal.{name}=[{','.join(paths)}]" for name, paths in mm.items()]
+
+
+@pytest.fixture(scope="module")
+def held_out(corpus) -> str:
+    """data.multimodal.valid of held-out text documents, image captions and audio transcripts,
+    prepared with the corpus's tokenizer from records of its own media (clean files: only the
+    training shards were broken)."""
+    from omni_data_prep.multimodal.audio_transcript import AudioTranscriptSource
+    from omni_data_prep.multimodal.image_caption import ImageCaptionSource
+    from omni_data_prep.multimodal.runner import run
+    from omni_data_prep.preprocess_text import preprocess
+
+    out, values = corpus
+    root, tokenizer = out / "held_out", values["tokenizer"]
+    root.mkdir()
+    records = {"text": [{"text": f"held out document {n}: {n} comes before {n + 1}."} for n in range(12)],
+               "images": [json.loads(r) for r in (out / "images.jsonl").read_text().splitlines()[8:]],
+               "audio": [json.loads(r) for r in (out / "audio.jsonl").read_text().splitlines()[3:]]}
+    for name, rows in records.items():
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    preprocess([str(root / "text.jsonl")], tokenizer, root / "text_document", progress=False)
+    for source, name in ((ImageCaptionSource(), "images"), (AudioTranscriptSource(), "audio")):
+        run(source, [str(root / f"{name}.jsonl")], tokenizer, root / name, progress=False,
+            media_root=out / "media")
+    return (f"data.multimodal.valid={{text: [{root / 'text_document'}], image_text: [{root / 'images'}], "
+            f"audio: [{root / 'audio'}]}}")
 
 
 def _expected_log(phase: int, sets: list[str], world: int) -> list[dict[str, float]]:
@@ -136,13 +175,16 @@ def _launch(phase: int, sets: list[str], cwd: Path) -> tuple[subprocess.Complete
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done, [line for line in done.stdout.splitlines() if line.startswith("step ")]
+    return done, [line for line in done.stdout.splitlines()
+                  if line.startswith("step ") and " | validation " not in line]
 
 
 @pytest.mark.parametrize("phase", [1, 2, 3])
-def test_pretrain_omni_phase_on_two_ranks(demo, tmp_path, phase):
+def test_pretrain_omni_phase_on_two_ranks(demo, held_out, tmp_path, phase, request):
     sets = demo + LAYOUT[phase] + RUN[phase] + [
         "training.train_steps=2", "training.warmup_steps=1", f"checkpoint.dir={tmp_path / 'run'}"]
+    if phase == VALIDATES:
+        sets += [held_out, "training.eval_interval=1", "training.eval_steps=1"]
     done, lines = _launch(phase, sets, tmp_path)
     assert [line.split("|")[0].split()[1] for line in lines] == ["1/2", "2/2"], done.stdout[-2000:]
     for modality in MIX[phase]:
@@ -173,6 +215,95 @@ def test_pretrain_omni_phase_on_two_ranks(demo, tmp_path, phase):
     if phase == 1:
         assert all("loss/contrastive " in line for line in lines), lines
         assert set(scalars["train/loss/contrastive"]) == {1, 2}
+    if phase == VALIDATES:
+        request.getfixturevalue("megatron_single_rank")
+        _check_validation(done.stdout, scalars, sets, tmp_path / "run")
+    else:
+        assert " | validation " not in done.stdout and not any(t.startswith("valid/") for t in scalars)
+
+
+def _one_sample(batch, k: int, item_samples: dict[str, list[int]]):
+    """Sample k of an omni micro-batch as a micro-batch of its own: one unpacked row of its
+    positions, with its media items (``item_samples``: the sample of each item, per kind)."""
+    import dataclasses
+
+    import torch
+
+    row = int((batch.sample_index == k).any(1).nonzero()[0])
+    at = batch.sample_index[row] == k
+    mine = {kind: [i for i, s in enumerate(owners) if s == k] for kind, owners in item_samples.items()}
+    return dataclasses.replace(
+        batch, tokens=batch.tokens[row][at][None], labels=batch.labels[row][at][None],
+        loss_mask=batch.loss_mask[row][at][None], position_ids=batch.position_ids[row][..., at][None],
+        sample_index=torch.zeros(1, int(at.sum()), dtype=torch.long), sample_ids=[batch.sample_ids[k]],
+        sample_modality=[batch.sample_modality[k]], sample_kinds=[batch.sample_kinds[k]],
+        images=batch.images[mine["image"]], videos=[batch.videos[i] for i in mine["video"]],
+        video_timestamps=[batch.video_timestamps[i] for i in mine["video"]],
+        audio_mel=batch.audio_mel[mine["audio"]], audio_frames=batch.audio_frames[mine["audio"]],
+        cu_seqlens=None)
+
+
+def _direct_validation(cfg, run_dir: Path) -> dict[str, tuple[float, int]]:
+    """{modality: (summed NLL of the loss-masked labels, their count)} over the held-out batches
+    of each modality of data.multimodal.valid (the loader of held_out_config from step 0, all
+    rows: dp 1), every sample run alone through the run's checkpoint at TP=PP=1."""
+    import torch
+
+    from megatron_omni.config import encoders
+    from megatron_omni.contract.batch import SAMPLE_MODALITY
+    from megatron_omni.contract.media import KINDS
+    from megatron_omni.conversion import hf_omni
+    from megatron_omni.data.multimodal.loader import build_omni_loader, held_out_config
+    from megatron_omni.data.tokenizer import load_tokenizer
+    from megatron_omni.models.omni.media import assign_items, item_token_counts
+
+    _, model, _, _, _ = hf_omni.load_omni(run_dir)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    media_tokens = encoders.media_tokens(cfg.model.omni)
+    out = {}
+    for modality in cfg.data.multimodal.valid:
+        total, count = 0.0, 0
+        batches = list(build_omni_loader(held_out_config(cfg, modality), tokenizer, media_tokens, 0, 0, 1))
+        assert len(batches) == cfg.training.global_batch_size // cfg.training.micro_batch_size  # eval_steps=1
+        for batch in batches:
+            assert {SAMPLE_MODALITY[m] for m in batch.sample_modality} == {modality}, batch.sample_ids
+            counts = item_token_counts(media_tokens, batch)
+            index = batch.sample_index.reshape(-1)
+            owners = {kind: assign_items(kind, (batch.tokens.reshape(-1) == model.placeholder_ids[kind])
+                                         .nonzero().squeeze(1), index, counts[kind], batch.sample_ids)
+                      for kind in KINDS}
+            for k in range(len(batch.sample_ids)):
+                one = _one_sample(batch, k, owners)
+                with torch.no_grad():
+                    losses = model(one.tokens, one.position_ids, None, labels=one.labels, batch=one)
+                total += (losses.double() * one.loss_mask.double()).sum().item()
+                count += int(one.loss_mask.sum())
+        out[modality] = (total, count)
+    return out
+
+
+def _check_validation(stdout: str, scalars: dict, sets: list[str], run_dir: Path) -> None:
+    """A validation line per step (total first, then each held-out modality), the same values in
+    TensorBoard, and at the last step (the checkpoint's weights) the direct evaluation's of the
+    plan's first rows: the second validation reads the same held-out rows as the first."""
+    from megatron_omni.config import load_config
+
+    cfg = load_config(str(EXAMPLE), [f"phase={VALIDATES}", *sets])
+    names = ["loss", "loss/text", "loss/image_text", "loss/audio"]
+    lines = [line for line in stdout.splitlines() if line.startswith("step ") and " | validation " in line]
+    assert [line.split(" | ")[0].split()[1] for line in lines] == ["1/2", "2/2"], lines
+    for step, line in enumerate(lines, start=1):
+        shown = {p.split()[1]: float(p.split()[2]) for p in line.split(" | ")[1:]}
+        assert list(shown) == names, line
+        for name in names:
+            assert shown[name] == pytest.approx(scalars[f"valid/{name}"][step], abs=6e-5), (name, line)
+    direct = _direct_validation(cfg, run_dir)
+    want = {f"loss/{m}": nll / n for m, (nll, n) in direct.items()}
+    want["loss"] = sum(nll for nll, _ in direct.values()) / sum(n for _, n in direct.values())
+    got = {name: scalars[f"valid/{name}"][2] for name in names}
+    print(f"validation at step 2: {got}; direct: {want}")
+    assert got == pytest.approx(want, abs=1e-4)
+    assert len({round(v, 3) for v in want.values()}) == len(want)  # the modalities differ
 
 
 def test_frozen_stage_saves_and_group_lr_resumes_exactly(demo, tmp_path):

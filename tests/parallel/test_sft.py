@@ -5,7 +5,7 @@ demo.py). The run takes the steps of its num_epochs (loader.epoch_steps) and the
 warmup_ratio, and lowers the loss, which is the assistant-token loss; its checkpoint exports
 with `launch/convert_checkpoint.py to-hf` (the omni folder, remote code), which transformers loads, scores (the
 assistant tokens of a text-only conversation, below the run's first loss) and generates from.
-The run validates every step on held-out text conversations (data.multimodal.valid); the last
+The run validates every step on held-out text conversations (data.multimodal.valid.text); the last
 validation loss equals a direct evaluation of the same samples, one at a time, by the export."""
 import json
 import os
@@ -69,7 +69,7 @@ def sft_run(tmp_path_factory):
         "--tokenizer", demo["tokenizer"], "--output-dir", str(held_out)])
     sets = data + [f"data.multimodal.{m}=[{','.join(p)}]" for m, p in demo["sft"].items()]
     sets += ["training.num_epochs=3", "training.warmup_ratio=0.2", "parallel.tp=1", "parallel.pp=2",
-             f"data.multimodal.valid=[{held_out}]", "training.eval_interval=1", "training.eval_steps=1",
+             f"data.multimodal.valid={{text: [{held_out}]}}", "training.eval_interval=1", "training.eval_steps=1",
              f"checkpoint.dir={tmp / 'run5'}", f"checkpoint.load={tmp / 'run3'}"]
     done = _launch("phase5.sh", SFT, sets, tmp / "logs5")
     return {"tmp": tmp, "demo": demo, "sets": sets, "stdout": done.stdout}
@@ -135,15 +135,15 @@ def test_sft_checkpoint_exports_to_hf_and_generates(sft_run, hf_model):
 
 
 def test_validation_loss_is_the_held_out_assistant_loss_sample_by_sample(sft_run, hf_model):
-    """The last step's validation loss (data.multimodal.valid, packed rows) equals the per-token
+    """The last step's validation loss (data.multimodal.valid.text, packed rows) equals the per-token
     mean over the same held-out batch with each sample run alone through the exported model:
     the held-out samples are scored on their assistant tokens and no packed sample sees another."""
-    from megatron_omni.training.trainer import held_out_config
+    from megatron_omni.data.multimodal.loader import held_out_config
 
     _, model = hf_model
     valid = [float(v) for v in re.findall(r"\| validation loss ([\d.]+)", sft_run["stdout"])]
     assert len(valid) == len(_steps(sft_run["stdout"])) and valid[-1] < valid[0], valid
-    cfg = held_out_config(load_config(SFT, ["phase=5", *sft_run["sets"]]))
+    cfg = held_out_config(load_config(SFT, ["phase=5", *sft_run["sets"]]), "text")
     tokenizer = load_tokenizer(sft_run["demo"]["tokenizer"])
     batches = list(build_omni_loader(cfg, tokenizer, encoders.media_tokens(cfg.model.omni), 0, 0, 1))
     assert len(batches) == cfg.training.global_batch_size // cfg.training.micro_batch_size and batches[0].packed

@@ -8,6 +8,9 @@ docs/omni_batch.md; built by `packing.collate`).
         logger.log(loader.stats())   # {"data/mix/<m>": share, "data/skipped/<reason>": n}
         # (or loader.counts(), summed over ranks: training/data_stats.py)
 
+    # validation: per modality m of data.multimodal.valid, the same eval_steps steps each time
+    valid = build_omni_loader(held_out_config(cfg, m), tokenizer, media_tokens, 0, dp_rank, dp)
+
 The plan. Rows (of data.seq_length positions) are grouped in steps of training.global_batch_size
 rows; step k's rows are filled, in order, with samples drawn by mixture.MixtureStream under the
 schedule stage of step k — greedily by each sample's expanded length from the metadata (no media
@@ -30,6 +33,7 @@ and key.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -262,6 +266,17 @@ def build_omni_loader(cfg: OmniConfig, tokenizer, media_tokens: MediaTokens,
         generator=torch.Generator().manual_seed(seed))
     num_micro = max(0, t.train_steps - first) * (t.global_batch_size // dp // t.micro_batch_size)
     return OmniLoader(loader, schedule.modalities, num_micro)
+
+
+def held_out_config(cfg: OmniConfig, modality: str) -> OmniConfig:
+    """The config whose loader yields the validation batches of one mix modality: its sources
+    data.multimodal.valid[modality] alone, a mix of that modality only, and its plan's first
+    training.eval_steps steps (the same rows at every validation; training.num_epochs is not
+    read)."""
+    mm = dataclasses.replace(cfg.data.multimodal, **{modality: list(cfg.data.multimodal.valid[modality])},
+                             schedule={"mix": {modality: 1.0}})
+    steps = dataclasses.replace(cfg.training, train_steps=cfg.training.eval_steps, num_epochs=None)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, multimodal=mm), training=steps)
 
 
 def epoch_steps(cfg: OmniConfig, tokenizer, media_tokens: MediaTokens, num_epochs: int) -> int:
