@@ -68,6 +68,7 @@ def fit(item: dict, seq_length: int) -> dict | None:
     out["audio_mel"] = item["audio_mel"][:count["audio"]]
     out["audio_frames"] = item["audio_frames"][:count["audio"]]
     out["audio_video"] = item["audio_video"][:count["audio"]]
+    out["audio_times"] = item["audio_times"][:count["audio"]]
     return out
 
 
