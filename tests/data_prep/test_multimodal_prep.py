@@ -262,9 +262,9 @@ def test_conversation_loss_mask_covers_exactly_assistant_turns(tmp_path, spm_pat
     assert tokenizer.decode(targets).count("shorter tone") == 1
     assert [m.kind for m in sample.meta.media] == ["image", "audio", "audio", "image", "audio"]
     assert [m.duration for m in sample.meta.media if m.kind == "audio"] == [30.0, 10.0, 2.0]
-    assert [m.start for m in sample.meta.media if m.kind == "audio"] == [0.0, 20.0, 1.0]
+    assert [m.start for m in sample.meta.media if m.kind == "audio"] == [0.0, 30.0, 1.0]
     assert all(m.video_index is None for m in sample.meta.media if m.kind == "audio")
-    assert [x.shape for x in sample.media] == [(16, 16, 3), (320000,), (320000,), (12, 20, 3),
+    assert [x.shape for x in sample.media] == [(16, 16, 3), (480000,), (160000,), (12, 20, 3),
                                                (32000,)]
     assert sample.meta.source["id"] == "sft_001"
     sample.check(tokenizer)
