@@ -32,7 +32,7 @@ REASONS = {
     "corrupt_audio": "audio that does not decode, or is empty, multi-channel or non-finite",
     "truncated_audio": "audio shorter than its declared duration or sample count",
     "wrong_sample_rate": "audio at another sample rate than declared, or below the minimum",
-    "too_long": "a sample that trains nothing before a media item longer than a packed row",
+    "too_long": "a sample whose first media item is longer than a packed row",
 }
 """Every skip reason, with what it means."""
 

@@ -137,9 +137,8 @@ def test_65s_video_with_its_track_interleaves_by_absolute_time(long_media, token
 def test_40_turn_dialogue_longer_than_the_row_is_cut_at_the_row(long_media, tokenizer):
     """The rule (docs/omni_batch.md): a sample longer than data.seq_length keeps its first
     seq_length positions, never cutting inside a media item; the turns after the cut are not
-    trained, the last kept position predicts nothing; a sample that would keep nothing it
-    trains on (here only the turn header before a window) is None (the loader counts it
-    too_long)."""
+    trained, the last kept position predicts nothing; only a sample that starts with an item
+    longer than the row keeps nothing (None: the loader counts it too_long)."""
     ds = long_media["dialogue"]
     item = ds[0]
     assert item["expanded_length"] == int(ds.planned_lengths()[0]) > 2000, item["expanded_length"]
@@ -154,9 +153,16 @@ def test_40_turn_dialogue_longer_than_the_row_is_cut_at_the_row(long_media, toke
     assert "turn 2:" in text and "turn 9:" not in text, text
     full = tokenizer.decode(item["tokens"][item["media_item"] < 0].tolist())
     assert f"turn {TURNS - 1}:" in full
-    # A row ending inside the second window moves the cut back before it, and one ending inside
-    # the first keeps only the turn header: both keep only the prompt, nothing trained -> None.
-    assert fit(item, 500) is None and fit(item, 300) is None
+    # A row ending inside the second window: the cut moves back before it (window 0 kept); one
+    # ending inside the first window keeps the turn header only. Both train nothing.
+    header = int((item["media_item"] >= 0).nonzero()[0])
+    short = fit(item, 500)
+    assert short["expanded_length"] == header + 375 and short["loss_mask"].sum() == 0
+    assert short["media_order"] == [("audio", 0)] and len(short["audio_mel"]) == 1
+    assert short["audio_times"] == [(0.0, 30.0)] and len(short["audio_frames"]) == 1
+    assert fit(item, 300)["expanded_length"] == header
+    assert fit(dict(item, media_item=item["media_item"][header:],
+                    expanded_length=item["expanded_length"] - header), 300) is None
 
 
 def test_packing_plans_long_samples_by_their_expanded_lengths(long_media):
@@ -179,3 +185,15 @@ def test_packing_plans_long_samples_by_their_expanded_lengths(long_media):
         assert out["skips"] == {}
         bounds = out["cu_seqlens"].tolist()
         assert [b - a for a, b in zip(bounds, bounds[1:])][:len(row)] == lengths
+
+
+def test_audio_windows_span_hand_computed_and_checked():
+    """The contract alone: windows of 3 and 2 tokens of 1 s at 0 s and 10 s after text; window 1
+    starts at id 3 + 250 (rule 4), not after window 0's last id; bad windows are refused."""
+    span = tmrope.AudioSpan(5, 1.0, ((3, 0.0), (2, 10.0)))
+    ids = tmrope.tmrope_position_ids([tmrope.TextSpan(3), span, tmrope.TextSpan(1)])
+    assert ids[0].tolist() == [0, 1, 2, 3, 28, 53, 253, 278, 279]
+    with pytest.raises(ValueError, match=r"do not hold num_tokens=6"):
+        tmrope.tmrope_position_ids([tmrope.AudioSpan(6, 1.0, span.windows)])
+    with pytest.raises(ValueError, match="overlap or start before 0 s"):
+        tmrope.tmrope_position_ids([tmrope.AudioSpan(5, 1.0, ((3, 0.0), (2, 1.5)))])

@@ -22,9 +22,9 @@ Rank r of dp takes rows [r·G/dp, (r+1)·G/dp) of every step (G = global batch),
 of training.micro_batch_size rows, up to training.train_steps: every rank yields the same number.
 
 Bad samples (bad_samples.LOADER_SKIP_REASONS: the datasets' reasons, plus "too_long": a sample
-that trains nothing before a media item longer than a row, packing.fit) leave their place in
-the row as padding; they are counted per reason and the counts reach `stats()` from the
-DataLoader workers with the micro-batches. With data.multimodal.strict the first one raises BadSampleError naming shard
+that starts with a media item longer than a row) leave their place in the row as padding; they
+are counted per reason and the counts reach `stats()` from the DataLoader workers with the
+micro-batches. With data.multimodal.strict the first one raises BadSampleError naming shard
 and key.
 """
 from __future__ import annotations
@@ -119,9 +119,8 @@ class RowReader(torch.utils.data.Dataset):
             if item is not None:
                 item = fit(item, self.seq_length)
                 if item is None:  # the dataset's counter: its strict mode and logging
-                    dataset.skips.skip(SkipSample("too_long", f"nothing it trains on comes "
-                                                  f"before its first media item longer than "
-                                                  f"{self.seq_length} positions"),
+                    dataset.skips.skip(SkipSample("too_long", f"its first media item does not "
+                                                  f"fit in {self.seq_length} positions"),
                                        dataset.where(local))
             if item is None:
                 skips.update(collections.Counter(dataset.skip_counts) - before)

@@ -18,8 +18,8 @@ A row holds samples s_1..s_k back to back, then padding:
 A sample longer than L is cut (`fit`) at the start of the first media item that does not fit
 whole (the model checks positions per item), else at L; its last kept position then predicts
 nothing. This is the rule for long multi-turn dialogues too: the turns after the cut are not
-trained (prepare dialogues longer than the row as several records to keep them); a sample whose
-kept part trains nothing is dropped (the loader counts it too_long).
+trained (prepare dialogues longer than the row as several records to keep them). Only a sample
+that starts with an item longer than L keeps nothing (the loader counts it too_long).
 """
 from __future__ import annotations
 
@@ -37,9 +37,8 @@ PER_POSITION = ("tokens", "labels", "loss_mask", "position_ids", "media_item")
 def fit(item: dict, seq_length: int) -> dict | None:
     """`item` cut to at most `seq_length` positions without splitting a media item: the cut
     moves back to the first position of any item that would not fit whole; media tensors keep
-    the items still present. None when the kept part trains nothing (no loss-mask position
-    left: the sample starts, or has only prompt text, before an item longer than
-    seq_length)."""
+    the items still present. None when nothing is left (the sample starts with an item longer
+    than seq_length)."""
     n = item["expanded_length"]
     if n <= seq_length:
         return item
@@ -52,7 +51,7 @@ def fit(item: dict, seq_length: int) -> dict | None:
         if not first or min(first) >= cut:
             break
         cut = min(first)
-    if cut == 0 or not item["loss_mask"][:cut - 1].any():
+    if cut == 0:
         return None
     kept = int(media[:cut].max()) + 1
     out = dict(item)
