@@ -6,9 +6,12 @@ transcript.
 
 Input: jsonl records as in the plan, {"audio_path", "transcript", "duration", ...}; optional
 "start"/"end" (seconds) take a segment of a longer recording, optional "sample_rate" is checked
-against the file. Audio is mixed to mono, resampled to 16 kHz and cut into the fewest equal
-clips of at most --max-seconds (30), one `<audio>` each. The transcript and `<eod>` are
-training targets.
+against the file. Audio is mixed to mono, resampled to 16 kHz and cut into consecutive windows
+of --max-audio-seconds (30, the audio encoder's window; the last window shorter), one `<audio>`
+each, in time order: a 75 s recording is windows at 0, 30 and 60 s (30, 30 and 15 s long), and
+the loader gives them one TMRoPE audio span in which window k starts 30·k seconds after the
+first (megatron_omni/data/multimodal/expand.py). The transcript and `<eod>` are training
+targets.
 """
 from __future__ import annotations
 
@@ -19,23 +22,26 @@ from megatron_omni.data.bad_samples import SkipSample
 from megatron_omni.data.media_items import MAX_AUDIO_SECONDS
 from megatron_omni.data.sample_format import Manifest, Placeholder, split_placeholders
 from omni_data_prep.multimodal import cli
-from omni_data_prep.multimodal.media import audio_items, load_audio
+from omni_data_prep.multimodal.media import (AUDIO_WINDOW_HELP, audio_items, check_window,
+                                             load_audio)
 from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
                                               option, text_of)
 
 
 @dataclass
 class AudioTranscriptSource(SampleSource):
-    """Options: record keys, the longest clip in seconds, the lowest accepted sample rate."""
+    """Options: record keys, the audio window in seconds, the lowest accepted sample rate."""
 
     audio_key: str = option("audio_path", "key of the audio path")
     text_key: str = option("transcript", "key of the transcript")
-    max_seconds: float = option(MAX_AUDIO_SECONDS, "longest audio clip; longer audio is cut "
-                                                   "into equal clips")
+    max_audio_seconds: float = option(MAX_AUDIO_SECONDS, AUDIO_WINDOW_HELP)
     min_sample_rate: int = option(8000, "skip audio recorded below this rate")
 
     kind = "audio_transcript"
     description = "Audio–transcript manifests -> multimodal shards (16 kHz FLAC)."
+
+    def __post_init__(self):
+        check_window(self.max_audio_seconds, "--max-audio-seconds")
 
     def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
         text = text_of(record, self.text_key)
@@ -48,7 +54,7 @@ class AudioTranscriptSource(SampleSource):
                                 field_of(record, "sample_rate", int, required=False),
                                 field_of(record, "duration", (int, float), required=False),
                                 self.min_sample_rate)
-        clips = audio_items(wave, rate, float(start), self.max_seconds)
+        clips = audio_items(wave, rate, float(start), self.max_audio_seconds)
         pieces = [Placeholder("audio")] * len(clips) + split_placeholders(text, loss=True)
         return Prepared(pieces, clips)
 

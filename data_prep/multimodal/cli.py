@@ -67,9 +67,10 @@ def main(kind: str, argv: Sequence[str] | None = None) -> Manifest:
     """Run command `kind` on `argv` (default: the process arguments); returns the Manifest."""
     args = build_parser(kind).parse_args(argv)
     source_cls = source_class(kind)
-    source = source_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(source_cls)})
     start = time.perf_counter()
-    with cli_io.user_errors():
+    with cli_io.user_errors():   # a source checks its options when made (ValueError)
+        source = source_cls(**{f.name: getattr(args, f.name)
+                               for f in dataclasses.fields(source_cls)})
         manifest = run(source, args.input, args.tokenizer, args.output_dir,
                        workers=args.workers, samples_per_shard=args.samples_per_shard,
                        strict=args.strict, media_root=args.media_root,

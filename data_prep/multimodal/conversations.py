@@ -10,8 +10,10 @@ Input: jsonl records
                         "reasoning": "...", "loss": true}]}
 (every media key optional; "audio" and "audio_segments" exclusive). The k-th `<image>` in the
 turns is images[k], the k-th `<audio>` the k-th audio segment, the k-th `<video>` videos[k]; the
-counts must match (else `placeholder_mismatch`). Audio longer than 30 s becomes consecutive clips,
-each with its own `<audio>`. Turns are rendered by `sample_format.render_conversation`; only the
+counts must match (else `placeholder_mismatch`). Audio longer than --max-audio-seconds (30, the
+audio encoder's window) becomes consecutive windows, each with its own `<audio>`, which the
+loader keeps as one TMRoPE audio span in time order. Videos are sampled by duration as in
+video_caption.py (--fps, --max-frames), without their audio track. Turns are rendered by `sample_format.render_conversation`; only the
 assistant ("gpt") turns' content and turn-end markers are training targets, `<eod>` is not.
 
 Reasoning mode (docs/sft.md). `reasoning_mode` is rendered the way the model is asked at
@@ -44,8 +46,9 @@ from megatron_omni.data.sample_format import (PLACEHOLDERS, ROLES, Manifest, Pla
                                               placeholder_kinds, render_conversation,
                                               shard_name, split_placeholders)
 from omni_data_prep.multimodal import cli
-from omni_data_prep.multimodal.media import (audio_items, load_audio, load_image, load_video,
-                                             read_bytes)
+from omni_data_prep.multimodal.media import (AUDIO_WINDOW_HELP, FPS_HELP, MAX_FRAMES_HELP,
+                                             audio_items, check_sampling, check_window,
+                                             load_audio, load_image, load_video, read_bytes)
 from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
                                               option)
 
@@ -60,13 +63,13 @@ STOP_MARKER = "[INTERRUPTED]"
 
 @dataclass
 class ConversationSource(SampleSource):
-    """Options: the longest audio clip, the lowest accepted sample rate, video frame
+    """Options: the audio window, the lowest accepted sample rate, video frame
     sampling, the share of long reasoning mode among records that leave it open."""
 
-    max_audio_seconds: float = option(MAX_AUDIO_SECONDS, "longest audio clip")
+    max_audio_seconds: float = option(MAX_AUDIO_SECONDS, AUDIO_WINDOW_HELP)
     min_sample_rate: int = option(8000, "skip audio recorded below this rate")
-    fps: float = option(1.0, "video frames sampled per second")
-    max_frames: int = option(64, "most frames per video")
+    fps: float = option(1.0, FPS_HELP)
+    max_frames: int = option(64, MAX_FRAMES_HELP)
     long_share: float = option(0.0, "share of the records without reasoning_mode whose assistant "
                                     "turns all have reasoning rendered long (chosen by a hash "
                                     "of the turns); the rest short")
@@ -75,9 +78,13 @@ class ConversationSource(SampleSource):
     description = ("SFT conversations (images/audio/videos + turns) -> multimodal shards with "
                    "loss on assistant turns only.")
 
-    def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
+    def __post_init__(self):
+        check_window(self.max_audio_seconds, "--max-audio-seconds")
+        check_sampling(self.fps, self.max_frames)
         if not 0 <= self.long_share <= 1:
             raise ValueError(f"long_share={self.long_share} must be in [0, 1], e.g. 0.3")
+
+    def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
         mode = field_of(record, "reasoning_mode", str, required=False)
         if mode is not None and mode not in REASONING_MODES:
             raise SkipSample("bad_field", f"reasoning_mode is {mode!r}, not one of "

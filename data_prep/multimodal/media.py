@@ -2,8 +2,10 @@
 
 Every loader raises `SkipSample` (megatron_omni/data/bad_samples.py) for input it cannot use, so
 the caller skips and counts the record (or stops under --strict). Images keep their encoded
-bytes; audio becomes 16 kHz mono FLAC clips of at most 30 s; videos become JPEG frames sampled
-at a fixed rate (PyAV) plus, optionally, their audio track as audio clips.
+bytes; audio becomes 16 kHz mono FLAC clips, consecutive windows of at most 30 s (the audio
+encoder's window); videos become JPEG frames sampled by duration (a rate, lowered for a clip
+longer than the frame cap allows) with their timestamps (PyAV), plus, optionally, their audio
+track as audio windows.
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from megatron_omni.data.bad_samples import SkipSample
-from megatron_omni.data.media_items import (AUDIO_SAMPLE_RATE, AudioInfo, ImageInfo, VideoInfo,
-                                            pack_frames)
+from megatron_omni.data.media_items import (AUDIO_SAMPLE_RATE, MAX_AUDIO_SECONDS, AudioInfo,
+                                            ImageInfo, VideoInfo, pack_frames)
 
 _IMAGE_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 _JPEG_QUALITY = 95
+_MEL_HOP = 160
+"""Samples per Whisper mel frame at 16 kHz (10 ms)."""
 
 
 def read_bytes(path: Path) -> bytes:
@@ -137,22 +141,48 @@ def load_audio(path: Path, start: float = 0.0, end: float | None = None,
     return data.mean(axis=1), rate
 
 
-def audio_items(wave: np.ndarray, rate: int, start: float, max_seconds: float
+def audio_items(wave: np.ndarray, rate: int, start: float, window_seconds: float
                 ) -> list[tuple[AudioInfo, bytes]]:
-    """Resample to 16 kHz and cut into the fewest equal clips of at most `max_seconds`; each
-    clip is (AudioInfo, 16-bit FLAC bytes). `start` is where `wave` begins in its source."""
+    """Resample to 16 kHz and cut into consecutive windows of `window_seconds` (the audio
+    encoder's window), the last one shorter; each is (AudioInfo, 16-bit FLAC bytes), window k
+    starting at `start` + k·window_seconds (`start`: where `wave` begins in its source). A last
+    window shorter than one Whisper mel frame (10 ms) is dropped: it would encode to nothing."""
     soundfile = _require("soundfile", "soundfile")
     resampled = resample(wave, rate, AUDIO_SAMPLE_RATE)
-    max_len = int(max_seconds * AUDIO_SAMPLE_RATE)
-    count = max(1, math.ceil(len(resampled) / max_len))
-    bounds = [round(i * len(resampled) / count) for i in range(count + 1)]
+    size = round(window_seconds * AUDIO_SAMPLE_RATE)
+    starts = list(range(0, len(resampled), size)) or [0]
+    if len(starts) > 1 and len(resampled) - starts[-1] < _MEL_HOP:
+        starts.pop()
     items = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        clip = np.clip(resampled[a:b], -1.0, 32767 / 32768)
+    for a in starts:
+        clip = np.clip(resampled[a:a + size], -1.0, 32767 / 32768)
         buf = io.BytesIO()
         soundfile.write(buf, clip, AUDIO_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        items.append((AudioInfo(b - a, start + a / AUDIO_SAMPLE_RATE, rate), buf.getvalue()))
+        items.append((AudioInfo(len(clip), start + a / AUDIO_SAMPLE_RATE, rate), buf.getvalue()))
     return items
+
+
+AUDIO_WINDOW_HELP = ("audio encoder window in seconds (at most 30): longer audio becomes "
+                     "consecutive windows of this length, the last one shorter")
+FPS_HELP = "video frames sampled per second"
+MAX_FRAMES_HELP = ("most frames per video: a video longer than max_frames / fps seconds is "
+                   "sampled at max_frames / duration instead, so the frames span all of it")
+
+
+def check_window(window_seconds: float, option: str) -> None:
+    """ValueError naming `option` unless 0 < window_seconds <= the encoder's 30 s window (the
+    loader keeps at most 30 s of a clip)."""
+    if not 0 < window_seconds <= MAX_AUDIO_SECONDS:
+        raise ValueError(f"{option}={window_seconds} must be in (0, {MAX_AUDIO_SECONDS:g}] seconds "
+                         f"(the audio encoder's window), e.g. {MAX_AUDIO_SECONDS:g}")
+
+
+def check_sampling(fps: float, max_frames: int) -> None:
+    """ValueError naming the option unless fps > 0 and max_frames >= 1."""
+    if not fps > 0:
+        raise ValueError(f"--fps={fps} must be > 0, e.g. 2")
+    if max_frames < 1:
+        raise ValueError(f"--max-frames={max_frames} must be >= 1, e.g. 64")
 
 
 # ----------------------------------------------------------------------------- video

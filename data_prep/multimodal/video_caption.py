@@ -5,9 +5,14 @@
         --tokenizer tok.model --output-dir data/video --workers 8 --max-frames 64
 
 Input: jsonl records {"video_path", "caption"?, "subtitles"?: [{"start", "end", "text"}]} with
-a caption, subtitles or both. Frames are sampled with PyAV at --fps (1) up to --max-frames (64;
-a longer clip is sampled evenly over its whole length), stored as JPEG. The audio track, when
-present and not disabled with --no-audio, becomes 16 kHz clips of at most 30 s. The text is the
+a caption, subtitles or both. Frames are sampled by duration with PyAV: at --fps (1) up to
+--max-frames (64); a clip longer than max_frames / fps seconds is sampled at max_frames / duration
+instead, so the frames span all of it (a 3-minute clip at --fps 2 --max-frames 64: 64 frames
+2.8 s apart). Frames are stored as JPEG with their presentation times, which the loader's
+TMRoPE ids use. The audio track, when present and not disabled with --no-audio, becomes 16 kHz
+consecutive windows of --max-audio-seconds (30), the last one shorter, on the video's clock
+(window k starts at 30·k s), interleaved with the frames in 2-second TMRoPE chunks by the
+loader. The text is the
 caption followed by the subtitle texts, one per line; it and `<eod>` are training targets. The
 subtitles with their times are kept in the sample metadata (`extra["subtitles"]`).
 """
@@ -21,7 +26,9 @@ from megatron_omni.data.bad_samples import SkipSample
 from megatron_omni.data.media_items import MAX_AUDIO_SECONDS
 from megatron_omni.data.sample_format import Manifest, Placeholder, split_placeholders
 from omni_data_prep.multimodal import cli
-from omni_data_prep.multimodal.media import audio_items, load_video
+from omni_data_prep.multimodal.media import (AUDIO_WINDOW_HELP, FPS_HELP, MAX_FRAMES_HELP,
+                                             audio_items, check_sampling, check_window,
+                                             load_video)
 from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSource, field_of,
                                               option)
 
@@ -29,19 +36,22 @@ from omni_data_prep.multimodal.runner import (Prepared, RecordContext, SampleSou
 @dataclass
 class VideoCaptionSource(SampleSource):
     """Options: record keys, frame sampling rate and cap, whether to keep the audio track,
-    the longest audio clip in seconds."""
+    the audio window in seconds."""
 
     video_key: str = option("video_path", "key of the video path")
     caption_key: str = option("caption", "key of the caption")
     subtitles_key: str = option("subtitles", "key of the subtitles")
-    fps: float = option(1.0, "frames sampled per second")
-    max_frames: int = option(64, "most frames per video; longer videos are sampled evenly over "
-                                 "their length")
+    fps: float = option(1.0, FPS_HELP)
+    max_frames: int = option(64, MAX_FRAMES_HELP)
     with_audio: bool = option(True, "drop the audio track")
-    max_audio_seconds: float = option(MAX_AUDIO_SECONDS, "longest audio clip")
+    max_audio_seconds: float = option(MAX_AUDIO_SECONDS, AUDIO_WINDOW_HELP)
 
     kind = "video_caption"
     description = "Videos with captions/subtitles -> multimodal shards."
+
+    def __post_init__(self):
+        check_sampling(self.fps, self.max_frames)
+        check_window(self.max_audio_seconds, "--max-audio-seconds")
 
     def prepare(self, record: dict, ctx: RecordContext) -> Prepared:
         caption = field_of(record, self.caption_key, str, required=False)

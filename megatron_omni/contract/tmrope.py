@@ -12,7 +12,10 @@ spans of tokens:
                                        len(timestamps) temporal groups (frames, or resampler
                                        packages) of grid_h * grid_w row-major tokens each;
                                        timestamps in seconds from the clip start
-    AudioSpan(n, seconds_per_token)    n audio tokens, token i starting at i * seconds_per_token
+    AudioSpan(n, seconds_per_token, windows)
+                                       n audio tokens, token i starting at i * seconds_per_token;
+                                       audio longer than the encoder's window (Whisper: 30 s)
+                                       lists its windows: (tokens, start seconds) each
     AudioVideoSpan(video, audio)       the video and the audio track of one clip, interleaved
 
 Rules (R = ids_per_second = 25, C = seconds_per_chunk = 2; ``s`` = the span's start id):
@@ -24,7 +27,10 @@ Rules (R = ids_per_second = 25, C = seconds_per_chunk = 2; ``s`` = the span's st
 2. Image: token (r, c) gets (s, s + r, s + c) — temporal id fixed at s.
 3. Video: token (f, r, c) of temporal group f gets (s + ⌊R·timestamps[f]⌋, s + r, s + c).
 4. Audio: token i gets s + ⌊R·i·seconds_per_token⌋ on all three axes (with 40 ms tokens this is
-   s + i; our Whisper + Conv-GMLP tokens are 80 ms, giving s + 2i).
+   s + i; our Whisper + Conv-GMLP tokens are 80 ms, giving s + 2i). Audio encoded in several
+   windows (one span for the whole recording): token j of the window starting at w seconds
+   gets s + ⌊R·(w + j·seconds_per_token)⌋, so window k of 30 s windows starts at s + 750·k
+   whatever the token count of the windows before it.
 5. Audio-video of one clip: both tracks start at the same s and keep their own ids (rules 3, 4,
    audio timestamps and video timestamps on the same clock). Tokens are grouped into chunks of
    C seconds by temporal id, chunk k = ⌊(t - s) / (R·C)⌋ (50 ids per chunk), and laid out chunk
@@ -85,6 +91,21 @@ class VideoSpan:
 class AudioSpan:
     num_tokens: int
     seconds_per_token: float = 0.04
+    windows: tuple[tuple[int, float], ...] = ()
+    """Audio encoded in consecutive encoder windows: (tokens, start seconds from the span's
+    time origin) of each window in order, the tokens summing to num_tokens. Empty: one window
+    starting at 0 s."""
+
+    def token_seconds(self) -> list[float]:
+        """Start time of each token, seconds from the span's time origin."""
+        windows = self.windows or ((self.num_tokens, 0.0),)
+        if sum(n for n, _ in windows) != self.num_tokens or min(n for n, _ in windows) < 0:
+            raise ValueError(f"audio windows {self.windows} do not hold num_tokens={self.num_tokens}")
+        times = [w + j * self.seconds_per_token for n, w in windows for j in range(n)]
+        if any(b < a for a, b in zip(times, times[1:])) or min(times, default=0) < 0:
+            raise ValueError(f"audio windows {self.windows} overlap or start before 0 s: each "
+                             f"must start after the previous one's last token")
+        return times
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +139,8 @@ def _video_ids(span: VideoSpan, start: int, ids_per_second: float) -> torch.Tens
 
 
 def _audio_ids(span: AudioSpan, start: int, ids_per_second: float) -> torch.Tensor:
-    t = torch.tensor([_temporal_id(i * span.seconds_per_token, ids_per_second)
-                      for i in range(span.num_tokens)], dtype=torch.long)
+    t = torch.tensor([_temporal_id(seconds, ids_per_second) for seconds in span.token_seconds()],
+                     dtype=torch.long)
     return t.view(1, -1).expand(3, -1) + start
 
 

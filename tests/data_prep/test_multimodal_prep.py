@@ -169,14 +169,14 @@ def test_audio_transcript_roundtrip(tmp_path, spm_path, tokenizer):
     long, cd, phone = iter_samples(out)
     audio = special_id(tokenizer, "audio")
 
-    # 65 s -> three equal clips of 21.67 s, one <audio> each, then the transcript.
+    # 65 s -> consecutive 30 s windows (30, 30, 5 s), one <audio> each, then the transcript.
     assert long.tokens.tolist() == [audio] * 3 + tokenizer.encode("a long chirp") + [
         tokenizer.eod_id]
     assert long.loss_mask.tolist() == [False] * 3 + [True] * (len(long.tokens) - 3)
     assert all(isinstance(m, AudioInfo) and m.sample_rate == AUDIO_SAMPLE_RATE
                and m.duration <= 30 for m in long.meta.media)
-    assert [m.num_samples for m in long.meta.media] == [346667, 346666, 346667]
-    assert [round(m.start, 4) for m in long.meta.media] == [0.0, 21.6667, 43.3333]
+    assert [m.num_samples for m in long.meta.media] == [480000, 480000, 80000]
+    assert [m.start for m in long.meta.media] == [0.0, 30.0, 60.0]
     np.testing.assert_allclose(np.concatenate(long.media), long_wave, atol=1.5 / 32768)
 
     assert [m.num_samples for m in cd.meta.media] == [32000]
@@ -261,10 +261,10 @@ def test_conversation_loss_mask_covers_exactly_assistant_turns(tmp_path, spm_pat
     targets = sample.tokens[sample.loss_mask].tolist()
     assert tokenizer.decode(targets).count("shorter tone") == 1
     assert [m.kind for m in sample.meta.media] == ["image", "audio", "audio", "image", "audio"]
-    assert [m.duration for m in sample.meta.media if m.kind == "audio"] == [20.0, 20.0, 2.0]
-    assert [m.start for m in sample.meta.media if m.kind == "audio"] == [0.0, 20.0, 1.0]
+    assert [m.duration for m in sample.meta.media if m.kind == "audio"] == [30.0, 10.0, 2.0]
+    assert [m.start for m in sample.meta.media if m.kind == "audio"] == [0.0, 30.0, 1.0]
     assert all(m.video_index is None for m in sample.meta.media if m.kind == "audio")
-    assert [x.shape for x in sample.media] == [(16, 16, 3), (320000,), (320000,), (12, 20, 3),
+    assert [x.shape for x in sample.media] == [(16, 16, 3), (480000,), (160000,), (12, 20, 3),
                                                (32000,)]
     assert sample.meta.source["id"] == "sft_001"
     sample.check(tokenizer)

@@ -20,6 +20,8 @@ Item (a dict; `None` for a skipped bad sample when not strict):
     audio_frames int64 [n_aud]                  mel frames that hold audio
     audio_video list[int | None]                per audio item: the video (index among videos)
                                                 whose track it is
+    audio_times list[(float, float)]            per audio item: (start, end) seconds on its
+                                                source's clock (the video's for a track)
 
 Bad samples are skipped (data/bad_samples.py): `__getitem__` returns None, adds one to
 `skip_counts[reason]` (reasons in `READ_SKIP_REASONS`) and logs the first few with shard and
@@ -174,7 +176,7 @@ class MultimodalDataset(SkippingDataset):
             raise SkipSample("empty_text", "no text token is a training target")
 
         cfg = self.config
-        images, videos, stamps, mels, frames, audio_video = [], [], [], [], [], []
+        images, videos, stamps, mels, frames, audio_video, times = [], [], [], [], [], [], []
         order, video_of_media = [], {}
         encoded_images = []
         for i, (info, data) in enumerate(zip(meta.media, media)):
@@ -194,6 +196,7 @@ class MultimodalDataset(SkippingDataset):
                 frames.append(n)
                 audio_video.append(video_of_media.get(info.video_index)
                                    if info.video_index is not None else None)
+                times.append((info.start, info.start + info.duration))
         images = self._images(encoded_images)
 
         size = cfg.image_size
@@ -204,7 +207,7 @@ class MultimodalDataset(SkippingDataset):
             "audio_mel": (torch.stack(mels) if mels
                           else torch.zeros(0, cfg.n_mels, features.N_FRAMES)),
             "audio_frames": torch.tensor(frames, dtype=torch.long),
-            "audio_video": audio_video,
+            "audio_video": audio_video, "audio_times": times,
         }
         item = self.expander.expand(tokens, mask, item)
         planned = int(self.planned_lengths()[index])
@@ -331,7 +334,8 @@ class TextDocuments(SkippingDataset):
         item = {"id": f"{Path(self.prefix).name}:{index}", "kind": self.kind, "media_order": [],
                 "images": torch.zeros(0, 3, size, size), "videos": [], "video_timestamps": [],
                 "audio_mel": torch.zeros(0, self.config.n_mels, features.N_FRAMES),
-                "audio_frames": torch.zeros(0, dtype=torch.long), "audio_video": []}
+                "audio_frames": torch.zeros(0, dtype=torch.long), "audio_video": [],
+                "audio_times": []}
         return self.expander.finish(item, tokens, np.ones(n, bool), np.full(n, -1),
                                     [tmrope.TextSpan(n)])
 

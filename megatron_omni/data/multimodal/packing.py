@@ -17,7 +17,9 @@ A row holds samples s_1..s_k back to back, then padding:
 
 A sample longer than L is cut (`fit`) at the start of the first media item that does not fit
 whole (the model checks positions per item), else at L; its last kept position then predicts
-nothing.
+nothing. This is the rule for long multi-turn dialogues too: the turns after the cut are not
+trained (prepare dialogues longer than the row as several records to keep them). Only a sample
+that starts with an item longer than L keeps nothing (the loader counts it too_long).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def fit(item: dict, seq_length: int) -> dict | None:
         cut = min(first)
     if cut == 0:
         return None
-    kept = int(media[:cut].max()) + 1 if cut else 0
+    kept = int(media[:cut].max()) + 1
     out = dict(item)
     for key in PER_POSITION:
         if key in item:
@@ -68,6 +70,7 @@ def fit(item: dict, seq_length: int) -> dict | None:
     out["audio_mel"] = item["audio_mel"][:count["audio"]]
     out["audio_frames"] = item["audio_frames"][:count["audio"]]
     out["audio_video"] = item["audio_video"][:count["audio"]]
+    out["audio_times"] = item["audio_times"][:count["audio"]]
     return out
 
 
