@@ -33,9 +33,19 @@ def validate_model(cfg: OmniConfig) -> None:
     _validate_packed_backend(cfg)
 
 
+def packed_rows(cfg: OmniConfig) -> str | None:
+    """The field that puts several samples in one row (data.packed for text,
+    data.multimodal.packing for the omni model), or None when rows hold one sample."""
+    if cfg.model.omni is not None:
+        mm = cfg.data.multimodal
+        return "data.multimodal.packing" if mm is not None and mm.packing else None
+    return "data.packed" if cfg.data.packed else None
+
+
 def _validate_packed_backend(cfg: OmniConfig) -> None:
-    if cfg.data.packed and cfg.model.backend == "te" and "D" in cfg.model.layer_types():
-        raise ConfigError("data.packed=true: dense (D) layers take packed batches (qkv_format sbhd) "
+    field = packed_rows(cfg)
+    if field and cfg.model.backend == "te" and "D" in cfg.model.layer_types():
+        raise ConfigError(f"{field}=true: dense (D) layers take packed batches (qkv_format sbhd) "
                           "with the local backend only; set model.backend=local (or auto)")
 
 

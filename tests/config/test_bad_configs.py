@@ -51,6 +51,8 @@ CASES = {
                               "tokenizer.json"]),
     "packed_with_te_backend": (False, ["data.packed=true", "training.micro_batch_size=1", "model.backend=te"],
                                ["data.packed=true: dense (D) layers", "set model.backend=local"]),
+    "omni_packing_with_te_backend": (True, ["model.backend=te"],
+                                     ["data.multimodal.packing=true: dense (D) layers", "set model.backend=local"]),
     "packed_with_micro_batch_2": (False, ["data.packed=true"],
                                   ["data.packed=true packs", "set training.micro_batch_size=1"]),
     "bad_precision": (False, ["training.precision=fp16"], ["training.precision='fp16'; use auto, bf16 or fp32"]),

@@ -10,6 +10,7 @@ from megatron.core.utils import get_pg_rank, get_pg_size
 
 from megatron_omni import platform
 from megatron_omni.config.schema import OmniConfig
+from megatron_omni.config.validate_model import packed_rows
 from megatron_omni.models.llm.spec import decoder_block_spec
 from megatron_omni.models.transformer_config import base_transformer_config
 from megatron_omni.platform.backend import resolve_backend
@@ -140,7 +141,7 @@ def build_llm(cfg: OmniConfig, vocab_size: int, vp_stage: int | None = None, *,
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     m = cfg.model
     # TE's dense layers take no packed batches: auto picks local (config/validate_model.py refuses te)
-    packed_dense = cfg.data.packed and "D" in m.layer_types()
+    packed_dense = packed_rows(cfg) is not None and "D" in m.layer_types()
     backend = "local" if packed_dense and m.backend == "auto" else resolve_backend(m.backend)
     model = GPTModel(
         config=config,
