@@ -17,8 +17,9 @@ GROUPS = ("llm", "linear_attention", "vision_encoder", "audio_encoder", "project
 """Every group a parameter can belong to (training/freeze.py: a module's `trainable_group`)."""
 TEXT_PHASES = {3, 4}
 """Phases that run on the text-only LLM: its pretraining and long-context continuation."""
-OMNI_PHASES = {1, 2, 3, 5, 6}
-"""Phases that run the omni model (model.omni set)."""
+OMNI_PHASES = {1, 2, 3, 4, 5, 6}
+"""Phases that run the omni model (model.omni set); phase 4 with model.omni is the long-context
+omni run and its hybrid distillation (training/distill.py)."""
 DEFAULT_TRAINABLE = {1: ["projectors"], 2: ["vision_encoder", "audio_encoder", "projectors"]}
 """training.trainable when the config leaves it null; other phases train everything."""
 

@@ -52,17 +52,23 @@ def omni_loss_func(loss_mask: torch.Tensor, modality: torch.Tensor, output_tenso
     return loss_sum, num_tokens, report
 
 
-def omni_forward_step(batch: OmniBatch, model):
-    """An omni micro-batch through this rank's chunk: the media go along (read on stage 0),
-    position ids to every stage (TMRoPE rotates on all of them). A packed micro-batch
-    (cu_seqlens over its b*s tokens) runs as one sequence of b*s tokens."""
-    device = next(model.parameters()).device
+def omni_local_batch(batch: OmniBatch, device) -> tuple:
+    """(the micro-batch as the model reads it, tokens, position_ids, labels, loss_mask, the
+    modality index of each position, packed_seq_params) of an omni micro-batch on this rank; a
+    packed micro-batch (cu_seqlens over its b*s tokens) as one sequence of b*s tokens."""
     if batch.packed:
         batch = batch.as_one_row()
     tokens, position_ids, labels, loss_mask = (x.to(device, non_blocking=True) for x in (
         batch.tokens, batch.position_ids, batch.labels, batch.loss_mask))
-    modality = batch.modality_index().to(device)
-    packed = packed_seq_params(batch.cu_seqlens, device)
+    return (batch, tokens, position_ids, labels, loss_mask, batch.modality_index().to(device),
+            packed_seq_params(batch.cu_seqlens, device))
+
+
+def omni_forward_step(batch: OmniBatch, model):
+    """An omni micro-batch through this rank's chunk: the media go along (read on stage 0),
+    position ids to every stage (TMRoPE rotates on all of them)."""
+    batch, tokens, position_ids, labels, loss_mask, modality, packed = omni_local_batch(
+        batch, next(model.parameters()).device)
     output = model(tokens, position_ids, None, labels=labels, batch=batch, packed_seq_params=packed)
     return output, partial(omni_loss_func, loss_mask, modality)
 

@@ -55,8 +55,6 @@ CASES = {
                                "use parallel.tp in [1, 2]"]),
     "phase_outside_plan": (False, ["phase=7"], ["phase=7 is not a phase of the plan; use one of 1-6"]),
     "text_model_in_phase_1": (False, ["phase=1"], ["phase=1 (adapter alignment", "set model.omni"]),
-    "omni_model_in_phase_4": (True, ["phase=4", "data.multimodal.schedule={phase: 3}"],
-                              ["phase=4 (long context) runs the text-only LLM", "set model.omni=null"]),
     "unknown_trainable_group": (False, ["training.trainable=[encoder]"],
                                 ["training.trainable=['encoder']: use a non-empty list of llm"]),
     "trainable_group_the_model_lacks": (False, ["training.trainable=[vision_encoder]"],

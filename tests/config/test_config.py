@@ -238,7 +238,6 @@ def test_top_level_must_be_a_mapping(tmp_path):
     (1, False, "phase=1 (adapter alignment: trains projectors only (LLM and encoders frozen)) needs the "
                "omni model; set model.omni"),
     (2, False, "phase=2 (encoder finetune: trains encoders + projectors (LLM frozen)) needs the omni model"),
-    (4, True, "phase=4 (long context) runs the text-only LLM; set model.omni=null"),
     (5, False, "phase=5 (SFT: trains all parameters on conversations with loss masks) needs the omni "
                "model"),
     (6, False, "phase=6 (preference"),
@@ -251,7 +250,7 @@ def test_phases_the_model_cannot_run_say_so(phase, omni, message):
 
 @pytest.mark.parametrize("phase, omni, name", [
     (3, False, "joint pretraining"), (4, False, "long context"), (1, True, "adapter alignment"),
-    (2, True, "encoder finetune"), (3, True, "joint pretraining"), (5, True, "SFT"),
+    (2, True, "encoder finetune"), (3, True, "joint pretraining"), (4, True, "long context"), (5, True, "SFT"),
     (6, True, "preference")])
 def test_runnable_phases(phase, omni, name):
     assert check_phase_runnable(phase, omni) == name
