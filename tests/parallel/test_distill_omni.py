@@ -7,8 +7,8 @@ parallel) distils it on the synthetic media corpus with the encoders and project
   also split by mix modality (loss/<m>);
 - step 1's logged KL equals the KL computed here, on one rank, from the same micro-batches (the
   loader's first global batch) through the dense teacher and the converted student: per token of
-  the merged sequence (text and media positions), masked by the loss mask — a teacher that did
-  not see the media, or a KL over the text tokens only, would differ;
+  the merged sequence (text and media positions, samples kept apart by cu_seqlens), masked by
+  the loss mask;
 - after distillation the encoders and projectors are still bit-identical to the conversion's.
 """
 import os
@@ -28,6 +28,7 @@ from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.models.omni.model import MEDIA_MODULES, OmniModel
 from megatron_omni.training import checkpoint
 from megatron_omni.training.distill import teacher_config
+from megatron_omni.training.step import packed_seq_params
 from megatron_omni.training.trainer import omni_micro_batches
 from omni_data_prep.multimodal.demo import prepare_omni_demo
 from tests.parallel.conftest import checkpoint_tensors
@@ -75,9 +76,10 @@ def _first_step_kl(cfg, dense_cfg, tokenizer, teacher: Path, student: Path) -> f
     loader = omni_micro_batches(cfg, tokenizer, 0, 0, 1)
     total, tokens, media = 0.0, 0.0, 0
     for _ in range(cfg.training.global_batch_size // cfg.training.micro_batch_size):
-        batch = next(loader)
-        log_p, log_q = (F.log_softmax(m(batch.tokens, batch.position_ids, None, batch=batch).float(), -1)
-                        for m in models)
+        batch = next(loader)  # rows of several samples: cu_seqlens keeps them apart
+        packed = packed_seq_params(batch.cu_seqlens, batch.tokens.device)
+        log_p, log_q = (F.log_softmax(m(batch.tokens, batch.position_ids, None, batch=batch,
+                                        packed_seq_params=packed).float(), -1) for m in models)
         kl = (log_p.exp() * (log_p - log_q)).sum(-1)
         total += float((kl * batch.loss_mask).sum())
         tokens += float(batch.loss_mask.sum())
