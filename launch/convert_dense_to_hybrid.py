@@ -3,14 +3,15 @@
     python launch/convert_dense_to_hybrid.py --dense runs/dense --out runs/hybrid-init --pattern SLLS \
         [--set model.linear.num_query_groups=32 ...]
 
-``--dense`` is a run folder (newest checkpoint) or one checkpoint folder saved at any TP/PP.
-The hybrid model is the dense run's config with ``model.layer_pattern=--pattern`` (letters D, S,
-L per layer, or ``hybrid``) and the ``--set`` overrides. Dense-typed weights are copied
+``--dense`` is a run folder (newest checkpoint) or one checkpoint folder saved at any TP/PP, of
+the text LLM or of the omni model. The hybrid model is the dense run's config with
+``model.layer_pattern=--pattern`` (letters D, S, L per layer, or ``hybrid``) and the ``--set``
+overrides. Dense-typed weights (and an omni model's encoders and projectors) are copied
 bit-identically, linear layers take the dense W_q/W_k/W_v/W_o (K/V heads replicated when
 model.linear.num_query_groups is larger), new gates and norms keep their fresh initialisation
-(megatron_omni/conversion/hybrid.py). Writes a weights-only checkpoint (iteration 0) under
-``--out``; train from it with ``--set checkpoint.load=OUT --set model.layer_pattern=PATTERN``
-(and the same overrides). Prints a JSON summary of what was copied, replicated and fresh. A bad
+(megatron_omni/conversion/hybrid.py, docs/hybrid_conversion.md). Writes a weights-only
+checkpoint (iteration 0) under ``--out``; train from it with ``--set checkpoint.load=OUT --set
+model.layer_pattern=PATTERN`` (and the same overrides). Prints a JSON summary of what was copied, replicated and fresh. A bad
 input ends with one ``error:`` line, exit status 1 and no ``--out`` folder.
 """
 from __future__ import annotations

@@ -38,10 +38,17 @@ def single_rank_config(cfg: OmniConfig, dtype: str) -> OmniConfig:
         training=dataclasses.replace(cfg.training, precision="bf16" if dtype == "bfloat16" else "fp32"))
 
 
-def single_rank_model(cfg: OmniConfig, vocab_size: int):
+def single_rank_model(cfg: OmniConfig, vocab_size: int, omni: bool = False):
+    """The TP=1 LLM of cfg, or with ``omni`` the whole omni model (encoders, projectors, LLM;
+    placeholder ids 0: they only steer the forward's merge, not the weights); initialises one-rank
+    parallel state when there is none."""
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(1, 1)
         tensor_parallel.model_parallel_cuda_manual_seed(cfg.training.seed)
+    if omni:
+        from megatron_omni.models.omni.model import OmniModel
+
+        return OmniModel(cfg, vocab_size, {"image": 0, "video": 0, "audio": 0})
     return build_llm(cfg, vocab_size)
 
 

@@ -10,6 +10,10 @@ Per layer, by the pattern letter:
   linear layer's fused layout, with the K/V heads replicated when the linear layer has more K/V
   heads (``model.linear.num_query_groups``) than the dense one (MiniCPM-SALA: 2 → 32).
 - Everything outside the layers (embedding, final norm, untied output layer) copied.
+- An omni checkpoint (model.omni set): the vision and audio encoders and both projectors copied
+  bit-identically too (the LLM's tensors are the ones above, under ``llm.``), so the hybrid omni
+  model sees the media exactly as the dense one; its model.omni must be the dense checkpoint's
+  in every field that shapes or changes those modules (checkpoint.OMNI_FUNCTION_FIELDS).
 
 New parameters — the output gates (``linear_gate``, S and L) and the Lightning output norm
 (``out_norm``) — are freshly initialised: they keep the values the hybrid model's own
@@ -35,18 +39,18 @@ import torch
 import yaml
 
 from megatron_omni.config import OmniConfig, config_from_dict, config_to_dict, load_config, validate
-from megatron_omni.config.schema import ModelConfig
+from megatron_omni.config.schema import ModelConfig, OmniModelConfig
 from megatron_omni.conversion.checkpoints import (plain_state, resolve_checkpoint, single_rank_config,
                                                   single_rank_model)
 from megatron_omni.conversion.common import staged_folder
 from megatron_omni.conversion.qwen3 import ConversionError
-from megatron_omni.models.llm.model import build_llm
 from megatron_omni.training import checkpoint
 
 FRESH = ("self_attention.linear_gate.weight", "self_attention.out_norm.weight")
 """Hybrid-only parameters (key suffixes) left at the hybrid model's initial values."""
 
-_LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
+_LAYER = re.compile(r"(?:llm\.)?decoder\.layers\.(\d+)\.(.+)")
+"""A decoder layer's key: of the LLM's state dict, or of the omni model's (under ``llm.``)."""
 _QKV = ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias")
 
 
@@ -69,10 +73,28 @@ def replicate_kv_heads(qkv: torch.Tensor, num_heads: int, groups: int, new_group
     return torch.cat([q, k, v], dim=1).reshape(-1, *rest)
 
 
+def _check_omni(dense: OmniModelConfig | None, hybrid: OmniModelConfig | None) -> None:
+    """The hybrid model has the dense model's encoders and projectors (or neither has any)."""
+    if dense is None and hybrid is not None:
+        raise ConversionError("the dense checkpoint is the text-only LLM but the hybrid config sets "
+                              "model.omni; convert an omni checkpoint (launch/convert_checkpoint.py "
+                              "from-hf-omni makes one) or drop the model.omni override")
+    if dense is not None and hybrid is None:
+        raise ConversionError("the dense checkpoint is the omni model and its encoders and projectors "
+                              "are copied: the hybrid model keeps model.omni (drop model.omni=null)")
+    differ = [f"model.omni.{f}: dense {getattr(dense, f)} vs hybrid {getattr(hybrid, f)}"
+              for f in checkpoint.OMNI_FUNCTION_FIELDS if dense is not None
+              and getattr(dense, f) != getattr(hybrid, f)]
+    if differ:
+        raise ConversionError("the encoders and projectors are copied from the dense checkpoint, so "
+                              "the hybrid model needs its model.omni; " + "; ".join(differ))
+
+
 def _check_configs(dense_cfg: ModelConfig, hybrid_cfg: ModelConfig) -> str:
     if set(dense_cfg.layer_types()) != {"D"}:
         raise ConversionError(f"the source must be dense (model.layer_pattern null or all D), "
                               f"got model.layer_pattern={dense_cfg.layer_pattern!r}")
+    _check_omni(dense_cfg.omni, hybrid_cfg.omni)
     differ = [f"model.{f}: dense {getattr(dense_cfg, f)} vs hybrid {getattr(hybrid_cfg, f)}"
               for f in checkpoint.MODEL_SHAPE_FIELDS if getattr(dense_cfg, f) != getattr(hybrid_cfg, f)]
     if differ:
@@ -88,7 +110,8 @@ def _check_configs(dense_cfg: ModelConfig, hybrid_cfg: ModelConfig) -> str:
 def dense_to_hybrid(dense_state: dict[str, torch.Tensor], dense_cfg: ModelConfig,
                     hybrid_cfg: ModelConfig, init_state: dict[str, torch.Tensor]
                     ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """The hybrid model's state dict from a dense one (both TP=1, without ``_extra_state``).
+    """The hybrid model's state dict from a dense one (both TP=1, without ``_extra_state``): of
+    the LLMs, or of the omni models (encoders and projectors copied like the embedding).
 
     init_state: the freshly built hybrid model's state dict; it names every tensor of the
     result and supplies the new gates and norms (module/docstring above). Returns
@@ -139,9 +162,10 @@ def hybrid_config(dense: dict, pattern: str, overrides: list[str] = ()) -> OmniC
 
 def convert_dense_checkpoint(source: str | Path, out_root: str | Path, pattern: str,
                              overrides: list[str] = ()) -> tuple[Path, dict[str, list[str]]]:
-    """Load a dense checkpoint (run folder or checkpoint folder, any TP/PP) into a TP=1 model,
-    build the hybrid TP=1 model of the same config with ``pattern`` (and overrides), convert
-    (dense_to_hybrid) and save it as a weights-only checkpoint, iteration 0, under out_root.
+    """Load a dense checkpoint (run folder or checkpoint folder, any TP/PP; the LLM or the omni
+    model) into a TP=1 model, build the hybrid TP=1 model of the same config with ``pattern``
+    (and overrides), convert (dense_to_hybrid) and save it as a weights-only checkpoint,
+    iteration 0, under out_root, with the hybrid config (model.omni kept for an omni source).
     It loads at any TP/PP with ``checkpoint.load=<out_root>`` and the same layer pattern.
     Needs a process group (``platform.init_distributed()``). Holds both models in memory.
     Returns (the checkpoint folder, the report of dense_to_hybrid)."""
@@ -151,15 +175,17 @@ def convert_dense_checkpoint(source: str | Path, out_root: str | Path, pattern: 
     dense_cfg = single_rank_config(config_from_dict(common["config"]), dtype)
     hybrid_cfg = single_rank_config(hybrid_config(common["config"], pattern, overrides), dtype)
     validate(hybrid_cfg, world_size=1)
-    dense = single_rank_model(dense_cfg, vocab_size)
-    checkpoint.load_checkpoint(path, [dense])
-    hybrid = build_llm(hybrid_cfg, vocab_size)
-    state, report = dense_to_hybrid(plain_state(dense), dense_cfg.model, hybrid_cfg.model,
-                                    plain_state(hybrid))
-    missing, unexpected = hybrid.load_state_dict(state, strict=False)
-    missing = [k for k in missing if "_extra_state" not in k]
-    if missing or unexpected:
-        raise ConversionError(f"hybrid model left unset: missing {missing}, unexpected {unexpected}")
-    with staged_folder(out_root) as tmp:
+    _check_configs(dense_cfg.model, hybrid_cfg.model)  # before two models are built
+    omni = dense_cfg.model.omni is not None
+    with staged_folder(out_root) as tmp:  # an existing out_root is refused before the work
+        dense = single_rank_model(dense_cfg, vocab_size, omni)
+        checkpoint.load_checkpoint(path, [dense])
+        hybrid = single_rank_model(hybrid_cfg, vocab_size, omni)
+        state, report = dense_to_hybrid(plain_state(dense), dense_cfg.model, hybrid_cfg.model,
+                                        plain_state(hybrid))
+        missing, unexpected = hybrid.load_state_dict(state, strict=False)
+        missing = [k for k in missing if "_extra_state" not in k]
+        if missing or unexpected:
+            raise ConversionError(f"hybrid model left unset: missing {missing}, unexpected {unexpected}")
         out = checkpoint.save_checkpoint(tmp, 0, [hybrid], 0, config_to_dict(hybrid_cfg), vocab_size)
     return Path(out_root) / out.name, report

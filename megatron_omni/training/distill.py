@@ -15,6 +15,14 @@ parallelism each rank scores its own tokens. The teacher is built from its check
 config (all dense) in this run's TP/CP layout, loaded, set to eval mode and run under no_grad;
 it has no optimizer. Pipeline parallelism is refused (config/validate.py): the teacher would
 need its own pipeline schedule.
+
+With the omni model (model.omni) the teacher is the dense omni checkpoint, encoders and
+projectors included: both models read the same OmniBatch (media, TMRoPE ids), each merges its
+own media tokens into its sequence, and the KL, hidden-state and LM terms are taken over every
+position of that merged sequence (placeholder positions carry media tokens whose loss mask is
+0). The teacher must expand media to the student's token counts (the data path expanded the
+placeholders once) and use the same positions (model.omni.tmrope); its contrastive loss is off.
+The reported loss is also split by mix modality (loss/<m>, as training/step.py does).
 """
 from __future__ import annotations
 
@@ -32,10 +40,12 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import unwrap_model
 
 from megatron_omni import platform
-from megatron_omni.config import ConfigError, OmniConfig, config_from_dict
+from megatron_omni.config import ConfigError, OmniConfig, config_from_dict, encoders
+from megatron_omni.contract.batch import OmniBatch
 from megatron_omni.models.llm.model import build_llm, params_dtype
+from megatron_omni.models.omni.model import OmniModel
 from megatron_omni.training import checkpoint
-from megatron_omni.training.step import local_batch, loss_func
+from megatron_omni.training.step import local_batch, loss_func, omni_local_batch, omni_loss_func
 
 
 def vocab_parallel_log_softmax(logits: torch.Tensor, temperature: float,
@@ -69,15 +79,43 @@ def vocab_parallel_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return kl
 
 
+def _batch_reading(omni) -> dict:
+    """What an omni model of this model.omni reads from the batch as the data path made it."""
+    return {"media token counts": encoders.media_tokens(omni), "model.omni.tmrope": omni.tmrope,
+            "image size": encoders.vision_config(omni).image_size,
+            "mel bins": encoders.audio_config(omni).num_mel_bins}
+
+
+def _check_omni_teacher(cfg: OmniConfig, teacher: OmniConfig) -> None:
+    """An omni student needs an omni teacher that reads the student's batches as they are."""
+    source = f"distill.teacher={cfg.distill.teacher}"
+    if teacher.model.omni is None:
+        raise ConfigError(f"{source} is the text-only LLM but model.omni is set: the teacher must "
+                          "see the media too; give the dense omni checkpoint as the teacher")
+    its, mine = _batch_reading(teacher.model.omni), _batch_reading(cfg.model.omni)
+    differ = [f"{name}: teacher {its[name]} vs this run {mine[name]}" for name in mine if its[name] != mine[name]]
+    if differ:
+        raise ConfigError(f"{source} cannot read this run's omni batches (placeholders expanded and "
+                          "media sized for model.omni): " + "; ".join(differ) + "; give a teacher "
+                          "with the student's model.omni encoders and projectors")
+
+
 def teacher_config(cfg: OmniConfig, saved: dict) -> OmniConfig:
     """The teacher's config: its checkpoint's own (model), this run's parallel layout, precision,
-    backend and packing; every layer dense."""
+    backend and packing; every layer dense. With a text student an omni checkpoint's LLM alone
+    is the teacher."""
     teacher = config_from_dict(saved)
     if set(teacher.model.layer_types()) != {"D"}:
         raise ConfigError(f"distill.teacher={cfg.distill.teacher} is a hybrid model "
                           f"(layer_pattern={teacher.model.layer_pattern!r}); give a dense "
                           "(all-D) checkpoint as the teacher")
+    if cfg.model.omni is None:
+        teacher.model.omni = None
+    else:
+        _check_omni_teacher(cfg, teacher)
+        teacher.model.omni.contrastive_weight = 0.0
     teacher.parallel = copy.deepcopy(cfg.parallel)
+    teacher.parallel.modality_decoupled = False  # the one-stage teacher encodes its own media
     teacher.training.precision = cfg.training.precision
     teacher.training.recompute = None
     teacher.model.backend = cfg.model.backend
@@ -101,7 +139,10 @@ class Distiller:
                 f"distill.hidden_mse_weight={d.hidden_mse_weight} needs the teacher's hidden size "
                 f"({tcfg.model.hidden_size}) to equal model.hidden_size={cfg.model.hidden_size}; "
                 "set distill.hidden_mse_weight=0")
-        teacher = build_llm(tcfg, vocab_size)
+        if tcfg.model.omni is not None:  # the student's placeholder ids steer the merge
+            teacher = OmniModel(tcfg, vocab_size, unwrap_model(student[0]).placeholder_ids)
+        else:
+            teacher = build_llm(tcfg, vocab_size)
         teacher = platform.to_device(teacher)
         if params_dtype(tcfg) != torch.float32:  # as the student: bf16 weights, fp32 logits
             teacher = Float16Module(teacher.config, teacher)
@@ -111,7 +152,8 @@ class Distiller:
         self.teacher = teacher
         self.hidden: dict[str, torch.Tensor] = {}
         for name, model in (("teacher", teacher), ("student", student[0])):
-            unwrap_model(model).decoder.register_forward_hook(partial(self._keep_hidden, name))
+            inner = unwrap_model(model)
+            getattr(inner, "llm", inner).decoder.register_forward_hook(partial(self._keep_hidden, name))
         self.sequence_parallel = cfg.parallel.sequence_parallel
         self.tp_group = ps.get_tensor_model_parallel_group()
 
@@ -129,14 +171,22 @@ class Distiller:
         return mse.transpose(0, 1)
 
     def forward_step(self, data_iterator, model):
-        """megatron's forward_step_func: the teacher and the student on one micro-batch; the
-        output is the per-token weighted loss [b, s], reported with its parts."""
+        """megatron's forward_step_func: the teacher and the student on one micro-batch (text,
+        or an OmniBatch: logits of the merged sequence); the output is the per-token weighted
+        loss [b, s], reported with its parts."""
         d = self.settings
-        tokens, position_ids, labels, loss_mask, packed = local_batch(
-            next(data_iterator), next(model.parameters()).device)
+        batch, device = next(data_iterator), next(model.parameters()).device
+        if isinstance(batch, OmniBatch):
+            batch, tokens, position_ids, labels, loss_mask, modality, packed = omni_local_batch(batch, device)
+            inputs = {"batch": batch, "packed_seq_params": packed}
+            report = partial(omni_loss_func, loss_mask, modality)
+        else:
+            tokens, position_ids, labels, loss_mask, packed = local_batch(batch, device)
+            inputs = {"packed_seq_params": packed}
+            report = partial(loss_func, loss_mask)
         with torch.no_grad():
-            teacher_logits = self.teacher(tokens, position_ids, None, packed_seq_params=packed)
-        student_logits = model(tokens, position_ids, None, packed_seq_params=packed)  # [b, s, V/tp]
+            teacher_logits = self.teacher(tokens, position_ids, None, **inputs)
+        student_logits = model(tokens, position_ids, None, **inputs)  # [b, s, V/tp]
         parts = {
             "kl": vocab_parallel_kl(student_logits, teacher_logits, d.temperature, self.tp_group),
             "mse": self._hidden_mse(),
@@ -145,12 +195,13 @@ class Distiller:
         }
         output = (d.kl_weight * d.temperature ** 2 * parts["kl"]
                   + d.hidden_mse_weight * parts["mse"] + d.lm_weight * parts["lm"])
-        return output, partial(distill_loss_func, loss_mask, parts)
+        return output, partial(distill_loss_func, report, loss_mask, parts)
 
 
-def distill_loss_func(loss_mask: torch.Tensor, parts: dict, output_tensor: torch.Tensor):
-    """loss_func of the weighted loss, also reporting each part's [sum, tokens]."""
-    loss_sum, num_tokens, report = loss_func(loss_mask, output_tensor)
+def distill_loss_func(report_loss, loss_mask: torch.Tensor, parts: dict, output_tensor: torch.Tensor):
+    """``report_loss`` (loss_func, or omni_loss_func with its per-modality losses, bound to the
+    micro-batch) of the weighted loss, also reporting each part's [sum, tokens]."""
+    loss_sum, num_tokens, report = report_loss(output_tensor)
     for name, values in parts.items():
         report[name] = loss_func(loss_mask, values.detach())[2]["loss"]
     return loss_sum, num_tokens, report
