@@ -41,12 +41,6 @@ class GRPO:
         r = cfg.rl
         self.records = (load_prompts(r.prompts) if r.prompts is not None
                         else addition_records(SYNTHETIC_PROMPTS, cfg.training.seed))
-        eos = tokenizer.encode(END_OF_TURN)
-        if len(eos) != 1:
-            raise ConfigError(f"data.tokenizer={cfg.data.tokenizer} spells {END_OF_TURN} as {len(eos)} "
-                              "tokens; GRPO rollouts stop at it as one token: use a tokenizer that "
-                              "holds it as a single (user-defined) token")
-        self.eos_id = eos[0]
         self.reference = (build_reference(cfg, r.reference, vocab_size, placeholder_ids)
                           if r.kl_coef > 0 else None)
         self.batches: list = []
@@ -68,6 +62,11 @@ class GRPO:
         from megatron_omni.rl.rollout import STOP_EOS, generate
 
         r, t = self.settings, self.cfg.training
+        eos = self.tokenizer.encode(END_OF_TURN)
+        if len(eos) != 1:
+            raise ConfigError(f"data.tokenizer={self.cfg.data.tokenizer} spells {END_OF_TURN} as {len(eos)} "
+                              "tokens; GRPO rollouts stop at it as one token: use a tokenizer that "
+                              "holds it as a single (user-defined) token")
         per_rank = r.prompts_per_step // dp
         first = index * r.prompts_per_step + dp_rank * per_rank
         chosen = [(j, self.records[j % len(self.records)]) for j in range(first, first + per_rank)]
@@ -84,7 +83,7 @@ class GRPO:
                 raise ConfigError(f"a {mode}-mode prompt of {longest} tokens and rl.max_new_tokens_{mode}="
                                   f"{new} exceed data.seq_length={self.cfg.data.seq_length}")
             out = generate(model[0], prompts, max_new_tokens=new, temperature=r.temperature, top_p=r.top_p,
-                           eos_ids=self.eos_id, seed=rollout_seed(t.seed, index, dp_rank, mode))
+                           eos_ids=eos[0], seed=rollout_seed(t.seed, index, dp_rank, mode))
             for n, (ids, mask, logps) in enumerate(zip(out.responses(), out.response_mask.tolist(),
                                                       out.logprobs.tolist())):
                 k = mine[n // r.group_size]
@@ -103,11 +102,17 @@ class GRPO:
         batches = [rollout_batch([row[0] for row in rows[i:i + b]], advantages[i:i + b],
                                  self.cfg.data.seq_length, self.tokenizer.pad_id, tmrope, size, n_mels)
                    for i in range(0, len(rows), b)]
-        if self.reference is not None:
-            with torch.no_grad():
-                run_schedule(self.reference, batches, self.cfg.data.seq_length, b, forward_only=True,
-                             forward_step_func=self._reference_step)
+        self.prepare(batches)
         return batches, rollout_metrics(rows)
+
+    def prepare(self, batches: list) -> None:
+        """The frozen reference's log-probs of each micro-batch's labels (collective over the
+        pipeline; on the last stage); nothing to do with rl.kl_coef = 0."""
+        if self.reference is None:
+            return
+        with torch.no_grad():
+            run_schedule(self.reference, batches, self.cfg.data.seq_length, self.cfg.training.micro_batch_size,
+                         forward_only=True, forward_step_func=self._reference_step)
 
     def _reference_step(self, data_iterator, model):
         return forward_logits(next(data_iterator), model, partial(logprobs_loss_func, "ref_logps"))

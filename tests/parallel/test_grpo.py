@@ -1,0 +1,44 @@
+"""GRPO's step (rl/grpo.py loss, training/grpo.py reference pass) on the tiny omni model (fp32,
+CPU, gloo) for the same fixed rollouts (tests/parallel/grpo_runner.py: 2 prompts x 4 responses,
+the rollout policy's and the reference's log-probs moved off the policy's so ratios clip and
+the KL pulls) gives one rank's every-parameter gradient, loss, KL, clip fraction and entropy at
+TP=2, PP=2 and DP=2. Two launches: one rank (the step-0 weights, also the reference, and the
+reference result), then two ranks running the three layouts in turn."""
+from pathlib import Path
+
+import pytest
+
+from tests.parallel.conftest import TINY, checkpoint_tensors, torchrun
+
+RUNNER = Path(__file__).with_name("grpo_runner.py")
+BASE = TINY + ["model.omni.preset=tiny", "phase=6", "rl.grpo=true", "rl.prompts_per_step=2", "rl.group_size=4",
+               "rl.kl_coef=0.1", "rl.clip_high=0.28", "rl.max_new_tokens_short=8", "rl.max_new_tokens_long=16",
+               "training.eval_interval=0", "checkpoint.save_interval=0"]
+LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "dp2": ["parallel.distributed_optimizer=false"]}
+
+
+@pytest.fixture(scope="module")
+def grpo_runs(tmp_path_factory, text_data):
+    out = tmp_path_factory.mktemp("grpo")
+    results = torchrun(1, BASE + text_data, out / "one.json", "--save-init", "--layout=one=", runner=RUNNER)
+    layouts = [f"--layout={n}={','.join(o)}" for n, o in LAYOUTS.items()]
+    results.update(torchrun(2, BASE + text_data, out / "two.json", *layouts, runner=RUNNER))
+    return {**results, "dir": out}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_grpo_gradients_match_one_rank(grpo_runs, name):
+    ref, got = grpo_runs["one"], grpo_runs[name]
+    assert ref["loss"][1] == 8 * 0 + sum(6 + 5 * k for k in range(4)) * 2 - 2  # response tokens trained
+    assert 0 < ref["rl/clip_fraction"][0] < ref["loss"][1] and ref["rl/kl"][0] > 0
+    for key in ("loss", "rl/kl", "rl/clip_fraction", "rl/entropy"):
+        assert got[key][1] == ref[key][1]
+        assert got[key][0] == pytest.approx(ref[key][0], rel=1e-5, abs=1e-5), key
+    ref_grads = checkpoint_tensors(grpo_runs["dir"] / "one" / "grads" / "iter_0000000")
+    grads = checkpoint_tensors(grpo_runs["dir"] / name / "grads" / "iter_0000000")
+    assert grads.keys() == ref_grads.keys()
+    llm = [k for k, g in ref_grads.items() if k.startswith("llm.") and g.abs().max() > 0]
+    assert len(llm) > 10
+    for key, ref_grad in ref_grads.items():
+        err = (grads[key] - ref_grad).abs().max().item()
+        assert err <= 1e-5 * max(ref_grad.abs().max().item(), 1e-3), (key, err)
