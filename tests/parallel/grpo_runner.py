@@ -79,7 +79,7 @@ def run_layout(name: str, overrides: list[str], out: Path) -> dict:
     b = t.micro_batch_size
     for i, batch in enumerate(batches):
         mine = rows[i * b:(i + 1) * b]
-        if batch.old_logps is not None:  # the last stage
+        if ps.is_pipeline_last_stage(ignore_virtual=True):  # where the loss and log-probs are
             batch.old_logps = batch.old_logps + offset(mine, cfg.data.seq_length, 0.5, 0.0) * batch.loss_mask
             batch.ref_logps = batch.ref_logps + offset(mine, cfg.data.seq_length, 0.4, 1.0) * batch.loss_mask
     for chunk in model:

@@ -44,7 +44,7 @@ def test_accuracy(text, mode, answer, expected):
     (f"\n</think>\n\n82{END}", "long", True, 0.0),                   # empty reasoning
     (f"a</think>b</think>82{END}", "long", True, 0.0),              # two closes
     (f"a<think>b</think>82{END}", "long", True, 0.0),               # a second open
-    (f"37+45=82 and on", "long", False, 0.0),
+    ("37+45=82 and on", "long", False, 0.0),
 ])
 def test_format(text, mode, stopped, expected):
     assert format_reward(_r(text, mode, stopped=stopped)) == expected
