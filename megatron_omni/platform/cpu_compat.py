@@ -3,8 +3,9 @@
 megatron-core assumes CUDA in a handful of places (research/megatron.md, "Running megatron-core
 on CPU"): literal ``device="cuda"`` / ``torch.cuda.current_device()`` in factory calls (also
 inside custom autograd backward functions, which run outside the caller's torch-function modes),
-``Tensor.cuda()``, CUDA RNG-state functions in its RNG tracker, and ``Tensor.type()`` strings
-checked against ``torch.cuda.*Tensor`` by the optimizer and gradient clipping. ``enable()``
+``Tensor.cuda()``, CUDA RNG-state functions in its RNG tracker, ``Tensor.type()`` strings
+checked against ``torch.cuda.*Tensor`` by the optimizer and gradient clipping, and the
+``is_cuda`` assertion of the inference package's pipeline broadcast. ``enable()``
 redirects exactly those to the CPU. On a CUDA machine it is never called.
 
 RNG: on CPU the "device generator" is the CPU default generator, so megatron's tracker forks
@@ -92,6 +93,11 @@ class _Event:
         return (end._t - self._t) * 1e3
 
 
+def _check_present(tensor) -> None:
+    """megatron.core.inference.communication_utils._is_cuda without its CUDA requirement."""
+    assert tensor is not None
+
+
 def enable() -> None:
     """Install the CPU redirections (idempotent). Call before building any megatron module."""
     global _ENABLED
@@ -99,6 +105,7 @@ def enable() -> None:
         return
     if torch.cuda.is_available():
         raise RuntimeError("cpu_compat.enable() called on a CUDA machine; it is for CPU-only runs")
+    from megatron.core.inference import communication_utils
     from megatron.core.tensor_parallel import random as mrandom
 
     _CudaToCpu().__enter__()  # stays active for the life of the process
@@ -115,6 +122,7 @@ def enable() -> None:
     torch.cuda.stream = lambda stream=None: contextlib.nullcontext()
     mrandom._get_cuda_rng_state = _get_rng_state
     mrandom._set_cuda_rng_state = _set_rng_state
+    communication_utils._is_cuda = _check_present   # broadcast_from_last_pipeline_stage (rollouts)
     # The tracker's fork() warns whenever the CPU generator moves inside a fork: on CPU that
     # generator *is* the device generator, so the warning is expected and carries no signal.
     logging.getLogger(mrandom.__name__).addFilter(
