@@ -3,7 +3,8 @@ same step-0 weights (also the frozen reference) on the same fixed rollouts. Per 
 reference pass, the policy's own log-probs (forward-only) as the rollout policy's, both moved by
 fixed offsets per (row, position) so ratios clip and the KL has a gradient, then one GRPO
 forward/backward; every parameter's main_grad is written into a weights-only checkpoint under
-<dir>/<name>/grads (read by the test in global layout) and the step's reported sums.
+<dir>/<name>/grads (read by the test in global layout) and the step's reported sums. A layout
+named loop* instead trains through Trainer.train (real rollouts) and returns its losses.
 
     torchrun --nproc_per_node N tests/parallel/grpo_runner.py --out DIR/result.json [--save-init]
         --set a.b=c ... --layout NAME=o1,o2 ...
@@ -64,6 +65,11 @@ def run_layout(name: str, overrides: list[str], out: Path) -> dict:
 
     cfg = load_config(None, overrides + [f"checkpoint.dir={out / name}"])
     trainer = Trainer(cfg)
+    if name.startswith("loop"):
+        history = trainer.train()
+        writer = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
+        ps.destroy_model_parallel()
+        return {"train": history["train"]} if writer else {}
     model, t = trainer.model, cfg.training
     text_from = max(trainer.tokenizer.special_ids.values()) + 1
     batches, rows = fixed_rollouts(trainer.vocab_size, text_from, trainer.dp_rank, trainer.dp, t.micro_batch_size,
