@@ -43,6 +43,7 @@ class GRPO:
                         else addition_records(SYNTHETIC_PROMPTS, cfg.training.seed))
         self.reference = (build_reference(cfg, r.reference, vocab_size, placeholder_ids)
                           if r.kl_coef > 0 else None)
+        self.placeholders = set(placeholder_ids.values())
         self.batches: list = []
         self.metrics: dict = {}
 
@@ -88,8 +89,12 @@ class GRPO:
                                                       out.logprobs.tolist())):
                 k = mine[n // r.group_size]
                 record = chosen[k][1]
-                response = Response(self.tokenizer.decode(ids), ids, record.answer, mode,
-                                    out.stop_reason[n] == STOP_EOS, r.repetition_ngram)
+                stopped = out.stop_reason[n] == STOP_EOS
+                cut = next((i for i, token in enumerate(ids) if token in self.placeholders), None)
+                if cut is not None:  # a sampled media placeholder (no media behind it) ends the response
+                    ids, stopped = ids[:cut], False
+                response = Response(self.tokenizer.decode(ids), ids, record.answer, mode, stopped,
+                                    r.repetition_ngram)
                 rows[k * r.group_size + n % r.group_size] = (
                     Rollout(prompts[n], ids, mask[:len(ids)], logps[:len(ids)]), mode,
                     score(response, r.rewards))
