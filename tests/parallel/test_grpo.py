@@ -59,8 +59,8 @@ def test_grpo_gradients_match_one_rank(grpo_runs, name):
     ref_grads = checkpoint_tensors(grpo_runs["dir"] / "one" / "grads" / "iter_0000000")
     grads = checkpoint_tensors(grpo_runs["dir"] / name / "grads" / "iter_0000000")
     assert grads.keys() == ref_grads.keys()
-    llm = [k for k, g in ref_grads.items() if k.startswith("llm.") and g.abs().max() > 0]
-    assert len(llm) > 10
+    decoder = [k for k in ref_grads if k.startswith("decoder.")]  # the LLM's layers (stacked per key)
+    assert decoder and all(ref_grads[k].abs().max() > 0 for k in decoder)
     for key, ref_grad in ref_grads.items():
         err = (grads[key] - ref_grad).abs().max().item()
         assert err <= 1e-5 * max(ref_grad.abs().max().item(), 1e-3), (key, err)
