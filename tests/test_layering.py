@@ -25,15 +25,16 @@ ALLOWED = {
     "megatron_omni.plan": BASE | {"megatron_omni.config"},   # the planner builds no model
     "megatron_omni.models": BASE | {"megatron_omni.config", "megatron_omni.parallel", "omni_kernels"},
     "megatron_omni.data": BASE | {"megatron_omni.config", "megatron_omni.parallel"},
+    # reinforcement learning: rollouts, rewards, the GRPO loss; the trainer drives it
+    "megatron_omni.rl": BASE | {"megatron_omni.config", "megatron_omni.parallel", "megatron_omni.models",
+                                "megatron_omni.data", "omni_kernels"},
     "megatron_omni.training": BASE | {"megatron_omni.config", "megatron_omni.parallel",
                                       "megatron_omni.models", "megatron_omni.data", "omni_kernels",
-                                      "megatron_omni.plan"},   # the planner's FLOP counts
+                                      "megatron_omni.plan",   # the planner's FLOP counts
+                                      "megatron_omni.rl"},
     "megatron_omni.conversion": BASE | {"megatron_omni.config", "megatron_omni.parallel",
                                         "megatron_omni.models", "megatron_omni.data",
-                                        "megatron_omni.training"},
-    # phase-6 RL (rollouts, GRPO) sits above training: it reads its log-prob helpers and steps
-    "megatron_omni.rl": BASE | {"megatron_omni.config", "megatron_omni.parallel", "megatron_omni.models",
-                                "megatron_omni.data", "megatron_omni.training"},
+                                        "megatron_omni.rl", "megatron_omni.training"},
     "megatron_omni": set(),   # the package's own __init__
     # the tools above the package
     "omni_data_prep": BASE | {"megatron_omni.config", "megatron_omni.data", "megatron_omni"},

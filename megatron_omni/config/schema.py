@@ -219,6 +219,8 @@ class OmniConfig:
     """Phase-4 distillation from a dense teacher (defined at the end of this file)."""
     dpo: DpoConfig = field(default_factory=lambda: DpoConfig())
     """Phase-6 preference training (defined at the end of this file)."""
+    rl: RlConfig = field(default_factory=lambda: RlConfig())
+    """Phase-6 reinforcement learning, GRPO (defined at the end of this file)."""
 
 
 @dataclass
@@ -399,3 +401,58 @@ class DpoConfig:
     reference_logprobs: str | None = None
     """Name of the reference log-prob table stored beside each preference folder (written by
     launch/precompute_ref_logprobs.py), e.g. ref_logprobs.json; null = use reference."""
+
+
+@dataclass
+class RlConfig:
+    """Phase-6 GRPO (rl/grpo.py, training/grpo.py, docs/grpo.md): every rl.inner_steps optimizer
+    steps the policy generates rl.group_size responses to each of rl.prompts_per_step prompts
+    (the rollout batch: training.global_batch_size rows, one response per row of data.seq_length
+    tokens), each prompt in short or long reasoning mode; the responses are scored
+    (rl/rewards.py), advantages normalised within each prompt's group, and the clipped-ratio
+    loss with a k3 KL penalty to the frozen reference is averaged over the response tokens of
+    the rollout batch. ``--phase 6`` runs GRPO when rl.grpo is true, else DPO (the dpo
+    section)."""
+
+    grpo: bool = False
+    """Run GRPO in phase 6 (instead of DPO)."""
+    prompts: str | None = None
+    """A jsonl file of prompt records {prompt, answer, reasoning_mode?} (docs/grpo.md: prompt a
+    string, the user turn, or a conversation prefix of turns {from, value}); null = the
+    synthetic verifiable task, two-digit addition (rl/prompts.py), seeded by training.seed."""
+    prompts_per_step: int = 4
+    """Prompts per rollout batch over all data-parallel ranks (a multiple of the DP size: each
+    prompt's group stays on one rank)."""
+    group_size: int = 4
+    """G: responses sampled per prompt (>= 2; advantages are normalised within the group)."""
+    long_ratio: float = 0.5
+    """Share of prompts rolled out in long reasoning mode (the rest short), unless a record
+    names its reasoning_mode; 0.5 = the plan's 50:50."""
+    max_new_tokens_short: int = 256
+    """Most generated tokens of a short-mode response."""
+    max_new_tokens_long: int = 2048
+    """Most generated tokens of a long-mode response."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (> 0). The importance ratio's log-probs are the
+    policy's own at temperature 1 (rl/grpo.py)."""
+    top_p: float = 1.0
+    """Nucleus-sampling mass of the rollouts, in (0, 1]."""
+    rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5, "repetition": 0.5})
+    """Weight of each reward function (rl/rewards.py REWARDS: accuracy, format, repetition); a
+    response's reward is the weighted sum of the listed ones."""
+    repetition_ngram: int = 4
+    """n of the repetition penalty's token n-grams (>= 1)."""
+    advantage_eps: float = 1e-6
+    """Added to the group's reward std before dividing (> 0)."""
+    clip_low: float = 0.2
+    """The importance ratio is clipped to [1 - clip_low, 1 + clip_high] (PPO's epsilon)."""
+    clip_high: float = 0.2
+    """Upper clip range (DAPO's clip-higher uses e.g. 0.28)."""
+    kl_coef: float = 0.04
+    """Coefficient of the k3 KL penalty to rl.reference (>= 0; 0 = no reference model)."""
+    reference: str | None = None
+    """The frozen reference model's run or checkpoint folder (usually the run's checkpoint.load),
+    built as this run's model in its layout; required when kl_coef > 0."""
+    inner_steps: int = 1
+    """Optimizer steps on each rollout batch before the next one is generated (>= 1); each
+    takes the whole batch against the rollout policy's log-probs."""

@@ -7,11 +7,11 @@ from __future__ import annotations
 from megatron_omni.config.load import ConfigError
 from megatron_omni.config.phases import GROUPS, PHASES, check_phase_runnable, model_groups
 from megatron_omni.config.schema import OmniConfig
-from megatron_omni.config.validate_dpo import validate_dpo, validate_dpo_inputs
 from megatron_omni.config.validate_inputs import validate_held_out, validate_inputs
 from megatron_omni.config.validate_model import validate_model, validate_sizes
 from megatron_omni.config.validate_omni import validate_multimodal, validate_omni
 from megatron_omni.config.validate_parallel import validate_parallel
+from megatron_omni.config.validate_rl import validate_rl, validate_rl_inputs
 
 
 def validate(cfg: OmniConfig, world_size: int, check_inputs: bool = False) -> int:
@@ -35,10 +35,10 @@ def validate(cfg: OmniConfig, world_size: int, check_inputs: bool = False) -> in
     validate_held_out(cfg)
     _validate_distill(cfg)
     check_phase_runnable(cfg.phase, cfg.model.omni is not None)
-    validate_dpo(cfg, dp)
+    validate_rl(cfg, dp)  # phase 6: GRPO, or DPO (config/validate_dpo.py)
     if check_inputs:
         validate_inputs(cfg)
-        validate_dpo_inputs(cfg)
+        validate_rl_inputs(cfg)
     return dp
 
 

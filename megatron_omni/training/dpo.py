@@ -29,24 +29,17 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 from megatron.core.transformer.module import Float16Module
 
 from megatron_omni import platform
 from megatron_omni.config import OmniConfig
 from megatron_omni.config.schema import DpoConfig
 from megatron_omni.data.multimodal.pairs import PreferenceBatch
+from megatron_omni.models.llm.logprobs import token_logprobs
 from megatron_omni.models.llm.model import params_dtype
 from megatron_omni.models.omni.model import OmniModel
 from megatron_omni.training import checkpoint
 from megatron_omni.training.step import run_schedule
-
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label) per position [b, s] of vocab-parallel logits [b, s, V/TP] (float32 or
-    wider), the same on every rank of the tensor-parallel group."""
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    # megatron's cross entropy works in place on the logits it is given: a copy
-    return -vocab_parallel_cross_entropy(logits.to(dtype).clone(), labels)
 
 
 def sample_sums(values: torch.Tensor, loss_mask: torch.Tensor, sample_index: torch.Tensor,
@@ -128,7 +121,7 @@ class DPO:
     def __init__(self, cfg: OmniConfig, vocab_size: int, placeholder_ids: dict[str, int]):
         self.settings = cfg.dpo
         self.seq_length, self.micro_batch_size = cfg.data.seq_length, cfg.training.micro_batch_size
-        self.reference = (build_reference(cfg, vocab_size, placeholder_ids)
+        self.reference = (build_reference(cfg, cfg.dpo.reference, vocab_size, placeholder_ids)
                           if cfg.dpo.reference else None)
 
     def prepare(self, micro_batches: list[PreferenceBatch]) -> None:
@@ -148,9 +141,10 @@ class DPO:
         return forward_logits(next(data_iterator), model, partial(dpo_loss_func, self.settings))
 
 
-def build_reference(cfg: OmniConfig, vocab_size: int, placeholder_ids: dict[str, int]) -> list:
-    """This rank's chunks of the frozen reference model, loaded from dpo.reference."""
-    source = checkpoint.resolve(cfg.dpo.reference)
+def build_reference(cfg: OmniConfig, folder: str, vocab_size: int, placeholder_ids: dict[str, int]) -> list:
+    """This rank's chunks of a frozen reference model (dpo.reference, rl.reference), loaded from
+    the run or checkpoint `folder`, built as this run's model in its layout."""
+    source = checkpoint.resolve(folder)
     rcfg = reference_config(cfg)
     checkpoint.check_same_model(checkpoint.read_common(source), rcfg, vocab_size, source)
     vpp = cfg.parallel.vpp or 1

@@ -107,6 +107,9 @@ def step_report(step: int, total: int, m: dict, lrs: dict[str, float], seconds: 
     for name in sorted(k for k in m if k.startswith("loss/")):  # omni: loss/<mix modality>
         scalars[f"train/{name}"] = m[name]
         parts.append(f"{name} {m[name]:.4f}")
+    for name in sorted(k for k in m if k.startswith("rl/")):  # GRPO: training/grpo.py
+        scalars[name] = m[name]
+        parts.append(f"{name.removeprefix('rl/')} {m[name]:.4g}")
     if "encoder_items" in m:  # parallel.modality_decoupled: this replica's encoder work per stage
         parts.append(f"encoder items {'/'.join(map(str, m['encoder_items']))} "
                      f"cost {'/'.join(f'{c:.3g}' for c in m['encoder_cost'])}")

@@ -39,6 +39,7 @@ from megatron_omni.training.metrics import StepLogger, setup_logging
 from megatron_omni.training.param_counts import model_parameters, projector_parameters
 from megatron_omni.training.distill import Distiller
 from megatron_omni.training.dpo import DPO
+from megatron_omni.training.grpo import GRPO
 from megatron_omni.data.multimodal.pairs import build_pair_loader
 from megatron_omni.training.step import evaluate, forward_step, train_step
 from megatron_omni.training.writer_queue import STOP_SIGNALS
@@ -143,10 +144,13 @@ class Trainer:
         # phase-4 distillation trains on the teacher's outputs; validation stays the LM loss
         self.forward_step = (Distiller(cfg, self.model, self.vocab_size).forward_step
                              if cfg.distill.teacher else forward_step)
-        # phase-6 preference training: the DPO loss against a frozen or precomputed reference
-        self.dpo = DPO(cfg, self.vocab_size, placeholder_ids) if cfg.phase == 6 else None
-        if self.dpo is not None:
-            self.forward_step = self.dpo.forward_step
+        # phase 6: GRPO on the policy's rollouts (rl.grpo), else the DPO loss against a frozen
+        # or precomputed reference
+        self.grpo = GRPO(cfg, self.tokenizer, self.vocab_size, placeholder_ids) if cfg.phase == 6 and cfg.rl.grpo else None
+        self.dpo = DPO(cfg, self.vocab_size, placeholder_ids) if cfg.phase == 6 and self.grpo is None else None
+        for method in (self.dpo, self.grpo):
+            if method is not None:
+                self.forward_step = method.forward_step
         self.iteration, self.consumed = self._restore()
         t = cfg.training
         num_evals = t.train_steps // t.eval_interval if t.eval_interval else 0
@@ -264,7 +268,9 @@ class Trainer:
         {"train": {step: loss}, "valid": {step: validate()'s losses}} as seen on this rank
         (filled on the last pipeline stage)."""
         t, ck = self.cfg.training, self.cfg.checkpoint
-        if self.dpo is not None:
+        if self.grpo is not None:
+            data = None  # the rollouts are the data
+        elif self.dpo is not None:
             data = build_pair_loader(self.cfg, self.tokenizer, encoders.media_tokens(self.cfg.model.omni),
                                      self.consumed, self.dp_rank, self.dp)
         else:
@@ -275,11 +281,17 @@ class Trainer:
         self.logger.start(self.iteration)
         while self.iteration < end:
             start = time.perf_counter()
-            batches, group_lrs = self._next_global_batch(data), self._group_lrs()
+            group_lrs, rollout = self._group_lrs(), {}
+            if self.grpo is not None:
+                batches, rollout = self.grpo.step_batches(self.model, self.iteration, self.dp_rank, self.dp)
+            else:
+                batches = self._next_global_batch(data)
             if self.dpo is not None:
                 self.dpo.prepare(batches)
             metrics = train_step(self.model, self.optimizer, self.scheduler, batches,
                                  self.cfg.data.seq_length, t.micro_batch_size, self.forward_step)
+            if rollout:  # GRPO: the rollout's metrics, and the time the step trained
+                metrics.update(rollout, **{"rl/train_s": time.perf_counter() - start - rollout["rl/rollout_s"]})
             self.iteration += 1
             self.consumed += t.global_batch_size
             self.data_stats.count(sum(non_padding_tokens(b) for b in batches),
