@@ -69,9 +69,9 @@ def test_phase_examples_follow_the_plan():
 
 def test_sft_examples_follow_the_plan():
     """Seed plan 3.1.6 / 7.1.2 phase 5: lr 2e-5, 3 epochs, warmup ratio 0.03, stage 1 at 8K with
-    the ~10% text share (the phase-5 mix), stage 2 at 32K on long-CoT data (no CP until the omni
-    model has it: a layout the planner fits into 80 GiB without), each from the stage before;
-    8 GPUs."""
+    the ~10% text share (the phase-5 mix), stage 2 at 32K on long-CoT data (without CP: the
+    planner ranks tp 8 above tp 4 x cp 2 at 32K on 8 GPUs, and fits it into 80 GiB), each from
+    the stage before; 8 GPUs."""
     s1 = load_config(EXAMPLE_DIR / "omni_8b_sft_stage1_8gpu.yaml")
     s2 = load_config(EXAMPLE_DIR / "omni_8b_sft_stage2_8gpu.yaml")
     for cfg, seq in ((s1, 8192), (s2, 32768)):
