@@ -84,6 +84,9 @@ def test_sft_examples_follow_the_plan():
     for name, cfg in (("omni_8b_sft_stage1_8gpu.yaml", s1), ("omni_8b_sft_stage2_8gpu.yaml", s2)):
         assert header_world_size(EXAMPLE_DIR / name) == 8
         check_fits(cfg, validate(cfg, 8), 8, Hardware(gpu_memory_gib=80.0))  # the planner: it fits an A100 80GB
+    cp = load_config(EXAMPLE_DIR / "omni_8b_sft_stage2_8gpu.yaml",   # the CP layout its header names
+                     ["parallel.tp=4", "parallel.cp=2", "training.recompute=full"])
+    check_fits(cp, validate(cp, 8), 8, Hardware(gpu_memory_gib=80.0))
 
 
 def test_dpo_examples_follow_the_plan():
