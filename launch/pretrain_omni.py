@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import yaml
 
@@ -26,11 +27,20 @@ def first_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def leave_the_report_to_rank0(code: int) -> int:
+    """On the other ranks: wait before exiting with `code`, so rank 0 reports the mistake and
+    exits first (torchrun then stops this rank); exiting at once can make torchrun kill rank 0
+    before its line is out."""
+    if not first_rank():
+        time.sleep(30)
+    return code
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         if first_rank():
             super().error(message)  # usage and "error: ...", exit 2
-        sys.exit(2)
+        sys.exit(leave_the_report_to_rank0(2))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,7 +99,7 @@ def main(argv=None) -> int:
     except ConfigError as err:
         if first_rank():
             print(f"config error: {err}", file=sys.stderr)
-        return 2
+        return leave_the_report_to_rank0(2)
     return 0
 
 

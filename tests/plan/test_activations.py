@@ -1,6 +1,8 @@
 """The planner's per-layer activation estimate of the local-module layers (D on the local
 backend, S, L) against what the built layer really saves for backward on CPU: every tensor
-autograd keeps (saved_tensors_hooks), each storage counted once, the weights left out."""
+autograd keeps (saved_tensors_hooks), each storage counted once, the weights left out. The S/L
+layers run the Triton kernels (in the interpreter here), as on the GPUs the planner plans for:
+the CPU torch ops (model.kernels=torch) save more."""
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from megatron_omni.plan.memory import layer_activation_bytes
 SHAPE = ["model.hidden_size=256", "model.num_attention_heads=4", "model.num_query_groups=2",
          "model.head_dim=64", "model.ffn_hidden_size=768", "data.seq_length=256",
          "training.micro_batch_size=2", "training.precision=fp32", "model.vocab_size=512",
-         "model.backend=local"]
+         "model.backend=local", "model.kernels=triton"]
 CASES = {"dense": ["model.layer_pattern=DDDD"], "sparse_linear": ["model.layer_pattern=SLLS"],
          "ungated": ["model.layer_pattern=SLLS", "model.sparse.output_gate=false",
                      "model.linear.output_gate=false"]}
