@@ -137,10 +137,10 @@ def run_layout(name: str, pattern: str, overrides: list[str], out: Path) -> dict
     import torch
     from megatron.core import parallel_state as ps
 
-    from megatron_omni.config import config_to_dict, load_config
-    from megatron_omni.training import checkpoint
+    from megatron_omni.config import load_config
     from megatron_omni.training.step import run_schedule
     from megatron_omni.training.trainer import Trainer
+    from tests.parallel.grads import save_main_grads
 
     cfg = load_config(None, overrides + PATTERNS[pattern] + [
         f"checkpoint.dir={out / name}", f"checkpoint.load={out / f'init_{pattern}' / 'iter_0000000'}"])
@@ -150,8 +150,6 @@ def run_layout(name: str, pattern: str, overrides: list[str], out: Path) -> dict
     steps = {"rows": rows_batches(cfg, trainer.tokenizer), "packed": packed["packed"]}
     if torch.distributed.get_world_size() == 1:  # the reference also runs the packed samples apart
         steps["apart"] = packed["apart"]
-    params = [p for chunk in model for p in chunk.module.parameters()]
-    weights = [p.detach().clone() for p in params]
     reports = {}
     for kind, batches in steps.items():
         for chunk in model:
@@ -159,14 +157,7 @@ def run_layout(name: str, pattern: str, overrides: list[str], out: Path) -> dict
         report = run_schedule(model, batches, cfg.data.seq_length, t.micro_batch_size, forward_only=False)
         if report is not None:
             reports[kind] = {k: v.tolist() for k, v in report.items()}
-        with torch.no_grad():
-            for p in params:
-                p.copy_(p.main_grad if p.requires_grad else torch.zeros_like(p))
-        checkpoint.save_checkpoint(out / name / f"grads_{kind}", 0, model, 0, config_to_dict(cfg),
-                                   trainer.vocab_size)
-        with torch.no_grad():
-            for p, w in zip(params, weights):
-                p.copy_(w)
+        save_main_grads(model, cfg, trainer.vocab_size, out / name / f"grads_{kind}")
     writer = (ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
               and ps.get_data_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0)
     ps.destroy_model_parallel()
