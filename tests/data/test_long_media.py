@@ -2,7 +2,7 @@
 video sampled by duration (fps with a frame cap) whose stored timestamps are the TMRoPE times,
 75 s of audio as consecutive 30 s windows in one time-ordered span, a 65 s video with its audio
 track interleaved in 2-second chunks by absolute time (ids checked against hand-computed ones),
-a 40-turn dialogue longer than the row (cut by the documented rule), and packing planned from
+a 40-turn dialogue longer than the row (cut after its last whole answer), and packing planned from
 the expanded lengths of the index."""
 import numpy as np
 import pytest
@@ -134,27 +134,40 @@ def test_65s_video_with_its_track_interleaves_by_absolute_time(long_media, token
         [1] * 375 + [2] * 375 + [3] * last)
 
 
-def test_40_turn_dialogue_longer_than_the_row_is_cut_at_the_row(long_media, tokenizer):
-    """The rule (docs/omni_batch.md): a sample longer than data.seq_length keeps its first
-    seq_length positions, never cutting inside a media item; the turns after the cut are not
-    trained, the last kept position predicts nothing; only a sample that starts with an item
+def test_40_turn_dialogue_longer_than_the_row_is_cut_after_its_last_whole_answer(long_media, tokenizer):
+    """The rule (docs/omni_batch.md): a sample longer than data.seq_length is cut within its first
+    seq_length positions, never inside a media item; a conversation right after the end-of-turn
+    of its last answer that fits whole (no answer trained half-way). The turns after the cut are
+    not trained, the last kept position predicts nothing; only a sample that starts with an item
     longer than the row keeps nothing (None: the loader counts it too_long)."""
     ds = long_media["dialogue"]
     item = ds[0]
+    assert item["kind"] == "conversation"
     assert item["expanded_length"] == int(ds.planned_lengths()[0]) > 2000, item["expanded_length"]
     assert item["media_order"] == [("audio", 0), ("audio", 1), ("audio", 2)]
+    mask = item["loss_mask"]
+    answer_ends = [c for c in range(2, item["expanded_length"]) if mask[c - 2] == 1 and mask[c - 1] == 0]
+    assert len(answer_ends) == TURNS // 2, answer_ends        # turns 1, 3, ..., 39 are answers
+    last = max(c for c in answer_ends if c <= 1200)
+    assert 1200 - last > 10, "the row ends inside an answer"
     cut = fit(item, 1200)
-    assert cut["expanded_length"] == 1200
-    assert torch.equal(cut["tokens"], item["tokens"][:1200])
-    assert torch.equal(cut["position_ids"], item["position_ids"][:, :1200])
-    assert torch.equal(cut["loss_mask"][:1199], item["loss_mask"][:1199])
-    assert cut["loss_mask"][1199] == 0 and item["loss_mask"][1199] == 1
+    assert cut["expanded_length"] == last
+    assert torch.equal(cut["tokens"], item["tokens"][:last])
+    assert torch.equal(cut["position_ids"], item["position_ids"][:, :last])
+    assert torch.equal(cut["loss_mask"], item["loss_mask"][:last]) and cut["loss_mask"][-1] == 0
     text = tokenizer.decode(cut["tokens"][cut["media_item"] < 0].tolist())
-    assert "turn 2:" in text and "turn 9:" not in text, text
+    assert text.endswith("<|im_end|>\n"), text[-80:]   # an answer's targets end with its newline
+    answered = (answer_ends.index(last) + 1) * 2 - 1         # the last whole answer's turn
+    assert f"turn {answered}:" in text and f"turn {answered + 1}:" not in text, text[-200:]
+    assert fit(item, last)["expanded_length"] == last        # a row ending on a turn end keeps it
     full = tokenizer.decode(item["tokens"][item["media_item"] < 0].tolist())
     assert f"turn {TURNS - 1}:" in full
+    # Another kind with the same positions keeps its first seq_length positions.
+    other = fit(dict(item, kind="interleaved"), 1200)
+    assert other["expanded_length"] == 1200 and other["loss_mask"][1199] == 0 and mask[1199] == 1
     # A row ending inside the second window: the cut moves back before it (window 0 kept); one
-    # ending inside the first window keeps the turn header only. Both train nothing.
+    # ending inside the first window keeps the turn header only. No answer ends before either:
+    # both keep the media rule's cut and train nothing.
     header = int((item["media_item"] >= 0).nonzero()[0])
     short = fit(item, 500)
     assert short["expanded_length"] == header + 375 and short["loss_mask"].sum() == 0
@@ -167,7 +180,8 @@ def test_40_turn_dialogue_longer_than_the_row_is_cut_at_the_row(long_media, toke
 
 def test_packing_plans_long_samples_by_their_expanded_lengths(long_media):
     """The plan reads each sample's expanded length from the index (no media decoded); a long
-    sample takes min(length, row) positions, and the rows read back hold exactly those."""
+    sample takes min(length, row) positions, and the rows read back hold those, but for the long
+    dialogue, cut back to its last whole answer (the rest of its row is padding)."""
     datasets = [long_media[k] for k in ("video", "av", "audio", "dialogue")]
     sources = {"cross_modal": ModalitySources(datasets)}
     expanded = [d[0]["expanded_length"] for d in datasets]
@@ -179,12 +193,14 @@ def test_packing_plans_long_samples_by_their_expanded_lengths(long_media):
                            rows_per_step=4, packing=True))
     planned = [[min(expanded[i], seq_length) for _, i in row] for row in rows]
     assert all(sum(p) <= seq_length for p in planned) and sum(len(r) for r in rows) >= 4
+    held = [fit(d[0], seq_length)["expanded_length"] for d in datasets]
+    assert held[:3] == [min(n, seq_length) for n in expanded[:3]] and held[3] < seq_length < expanded[3]
     reader = RowReader(sources, seq_length, pad_id=0, tmrope=True)
-    for row, lengths in zip(rows, planned):
+    for row in rows:
         out = reader[tuple(row)]
         assert out["skips"] == {}
         bounds = out["cu_seqlens"].tolist()
-        assert [b - a for a, b in zip(bounds, bounds[1:])][:len(row)] == lengths
+        assert [b - a for a, b in zip(bounds, bounds[1:])][:len(row)] == [held[i] for _, i in row]
 
 
 def test_audio_windows_span_hand_computed_and_checked():

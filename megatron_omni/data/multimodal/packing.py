@@ -17,9 +17,11 @@ A row holds samples s_1..s_k back to back, then padding:
 
 A sample longer than L is cut (`fit`) at the start of the first media item that does not fit
 whole (the model checks positions per item), else at L; its last kept position then predicts
-nothing. This is the rule for long multi-turn dialogues too: the turns after the cut are not
-trained (prepare dialogues longer than the row as several records to keep them). Only a sample
-that starts with an item longer than L keeps nothing (the loader counts it too_long).
+nothing. A conversation (kind "conversation") is cut further back, right after the end-of-turn
+token of its last assistant turn that fits whole, so no answer is trained half-way; one whose
+first answer does not fit keeps the rule above. The turns after the cut are not trained
+(prepare dialogues longer than the row as several records to keep them). Only a sample that
+starts with an item longer than L keeps nothing (the loader counts it too_long).
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ from megatron_omni.contract.media import KINDS
 from megatron_omni.data.multimodal.features import N_FRAMES
 
 PER_POSITION = ("tokens", "labels", "loss_mask", "position_ids", "media_item")
+CONVERSATION = "conversation"
+"""The manifest kind of prepared conversations (data_prep/multimodal/conversations.py), cut at
+turn ends."""
 
 
 def fit(item: dict, seq_length: int) -> dict | None:
@@ -51,6 +56,8 @@ def fit(item: dict, seq_length: int) -> dict | None:
         if not first or min(first) >= cut:
             break
         cut = min(first)
+    if item.get("kind") == CONVERSATION and cut > 1:
+        cut = _last_turn_end(item["loss_mask"], cut) or cut
     if cut == 0:
         return None
     kept = int(media[:cut].max()) + 1
@@ -72,6 +79,14 @@ def fit(item: dict, seq_length: int) -> dict | None:
     out["audio_video"] = item["audio_video"][:count["audio"]]
     out["audio_times"] = item["audio_times"][:count["audio"]]
     return out
+
+
+def _last_turn_end(loss_mask: torch.Tensor, cut: int) -> int:
+    """The largest c <= cut right after an assistant turn's end-of-turn token: position c - 1
+    holds that token, so the loss mask (1 where the next token is a target: the answer and its
+    end-of-turn) is 1 at c - 2 and 0 at c - 1. 0 when no answer ends before cut."""
+    ends = ((loss_mask[:cut - 1] > 0) & (loss_mask[1:cut] == 0)).nonzero()
+    return int(ends[-1]) + 2 if len(ends) else 0
 
 
 def pack_row(samples: Sequence[dict], seq_length: int, pad_id: int, tmrope: bool) -> dict:
